@@ -1,0 +1,145 @@
+//! The alert (DESIGN §5): its fields, its deterministic id and its JSON form.
+//! Alerts are built by the engine and read by everything to its right; this
+//! module does no I/O.
+//!
+//! Times are carried as epoch milliseconds and written as RFC 3339 UTC with
+//! millisecond precision (`2026-11-27T15:04:32.123Z`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::engine::Severity;
+
+/// A reference to an event that triggered an alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRef {
+    #[serde(with = "rfc3339")]
+    pub ts: i64,
+    pub event: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub server: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub position: Option<String>,
+}
+
+/// One alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Deterministic: see [`alert_id`].
+    pub id: String,
+    pub rule: String,
+    pub title: String,
+    pub severity: Severity,
+    pub tenant: String,
+    /// The rule's group-by or key fields and their values (tenant excluded).
+    pub key: BTreeMap<String, String>,
+    /// Event time of the alert (`t*`, the event's, or the deadline).
+    #[serde(with = "rfc3339")]
+    pub ts: i64,
+    /// Wall clock when raised; set by the pipeline, never by the engine.
+    #[serde(
+        with = "rfc3339::option",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub detected_at: Option<i64>,
+    pub count: u64,
+    #[serde(
+        with = "rfc3339::option",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub window_start: Option<i64>,
+    #[serde(
+        with = "rfc3339::option",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub window_end: Option<i64>,
+    pub summary: String,
+    pub events: Vec<EventRef>,
+}
+
+/// Bytes of an event fingerprint.
+pub type Fingerprint = [u8; 16];
+
+/// A fingerprint of the event JSON text: two distinct events differ here.
+pub fn fingerprint(payload: &str) -> Fingerprint {
+    let digest = Sha256::digest(payload.as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+/// The alert id: a hash of (rule id, tenant, key, ts, trigger fingerprint)
+/// shown as a UUID (version 8, "custom"). `key` is the joined key values.
+pub fn alert_id(rule: &str, tenant: &str, key: &str, ts: i64, trigger: &Fingerprint) -> String {
+    let mut h = Sha256::new();
+    for part in [rule.as_bytes(), tenant.as_bytes(), key.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(ts.to_le_bytes());
+    h.update(trigger);
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80; // version 8
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let hex = |s: &[u8]| s.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!(
+        "{}-{}-{}-{}-{}",
+        hex(&b[0..4]),
+        hex(&b[4..6]),
+        hex(&b[6..8]),
+        hex(&b[8..10]),
+        hex(&b[10..16])
+    )
+}
+
+/// Formats epoch milliseconds as RFC 3339 UTC with milliseconds.
+pub fn format_ts(ms: i64) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(ts) => ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        Err(_) => ms.to_string(),
+    }
+}
+
+/// serde adapters: epoch milliseconds <-> RFC 3339 strings.
+pub mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_ts(*ms))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse::<jiff::Timestamp>()
+            .map(jiff::Timestamp::as_millisecond)
+            .map_err(D::Error::custom)
+    }
+
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+            match ms {
+                Some(ms) => super::serialize(ms, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+            #[derive(Deserialize)]
+            struct W(#[serde(with = "super")] i64);
+            Ok(Option::<W>::deserialize(d)?.map(|W(ms)| ms))
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The command line (clap derive) and the commands that are not the daemon:
+//! `replay`, `check` and `generate`. Exit codes follow DESIGN §10.
+
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::corpus::{Corpus, CorpusConfig};
+use crate::decode::{DEFAULT_MAX_RECORD_BYTES, Decoder, Format};
+use crate::duration;
+use crate::engine::{EngineConfig, RuleSet};
+use crate::replay::{self, Input, ReplayOptions};
+
+/// Exit code for invalid configuration or rules (`EX_CONFIG`).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Streaming security alerts for MCP server audit logs.
+///
+/// mcp-alertd reads the audit events of MCP servers (authentication,
+/// sessions, tool calls, credentials), applies detection rules with sliding
+/// windows and deadlines, and writes alerts as JSON lines.
+#[derive(Debug, Parser)]
+#[command(name = "mcp-alertd", version, propagate_version = true)]
+#[command(after_help = "Examples:\n  \
+    mcp-alertd replay examples/audit.jsonl examples/audit.syslog\n  \
+    mcp-alertd check --rules /etc/mcp-alertd/rules\n\n\
+    Logs go to stderr; set MCP_ALERTD_LOG=debug for more. Design: see README.md.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run audit logs through the rules once and print the alerts.
+    ///
+    /// Reads each FILE in order (`-` or nothing: standard input) as one
+    /// stream, writes alerts as JSON lines to stdout and a summary (records,
+    /// events by type, rejections with positions, alerts by rule, speed) to
+    /// stderr. Event time drives every window and deadline; deadlines that
+    /// are due at the end of the input fire before it exits.
+    Replay(ReplayArgs),
+    /// Validate the rules and list them.
+    ///
+    /// Exits 0 when valid, 78 with every error (file, rule, message) when
+    /// not; nothing of an invalid set is ever used.
+    Check(CheckArgs),
+    /// Write a synthetic, deterministic audit log (for benchmarks and demos).
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RulesArg {
+    /// Directory of rule files (`*.toml`, with `tasks.toml`); replaces the
+    /// built-in default rules.
+    #[arg(long, value_name = "DIR")]
+    pub rules: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub rules: RulesArg,
+    /// How records are framed: `auto` detects JSON or syslog per line.
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
+    /// How far behind the newest event time an event may arrive and still
+    /// be on time; the engine clock trails the newest `ts` by this much.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration::parse_arg)]
+    pub allowed_lateness: i64,
+    /// Records longer than this are rejected (`too_large`) unread.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RECORD_BYTES)]
+    pub max_record_bytes: usize,
+    /// Live keys per rule before the oldest are evicted (with a
+    /// `state_pressure` alert).
+    #[arg(long, value_name = "N", default_value_t = crate::engine::DEFAULT_MAX_KEYS_PER_RULE)]
+    pub max_keys_per_rule: usize,
+    /// Do not print the summary on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Audit log files; `-` (or none) reads standard input.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub rules: RulesArg,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Number of events.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Seed: the same seed gives the same log.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Distinct agents.
+    #[arg(long, default_value_t = 10_000)]
+    pub agents: u32,
+    /// Distinct tenants.
+    #[arg(long, default_value_t = 4)]
+    pub tenants: u32,
+    /// Mean event-time spacing between events.
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = duration::parse_arg)]
+    pub spacing: i64,
+    /// Move each event's time back by up to this much.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration::parse_arg)]
+    pub disorder: i64,
+    /// Output framing.
+    #[arg(long, value_enum, default_value_t = GenFormat::Jsonl)]
+    pub format: GenFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GenFormat {
+    Jsonl,
+    Syslog,
+}
+
+/// Loads the rule set a command asked for.
+pub fn load_rules(dir: Option<&Path>) -> Result<RuleSet, crate::engine::RuleSetError> {
+    match dir {
+        Some(dir) => RuleSet::load_dir(dir),
+        None => RuleSet::embedded(),
+    }
+}
+
+/// Runs a command; the returned code is the process exit code.
+pub fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Replay(args) => replay_cmd(args),
+        Command::Check(args) => check_cmd(args),
+        Command::Generate(args) => generate_cmd(args),
+    }
+}
+
+fn replay_cmd(args: ReplayArgs) -> Result<u8> {
+    let rules = load_rules(args.rules.rules.as_deref())?;
+    let inputs: Vec<Input> = if args.files.is_empty() {
+        vec![Input::Stdin]
+    } else {
+        args.files.iter().map(|f| Input::parse(f)).collect()
+    };
+    let opts = ReplayOptions {
+        decoder: Decoder::new(args.format, args.max_record_bytes),
+        allowed_lateness_ms: args.allowed_lateness,
+        engine: EngineConfig {
+            max_keys_per_rule: args.max_keys_per_rule,
+        },
+    };
+    let stdout = io::stdout().lock();
+    let mut out = BufWriter::with_capacity(64 * 1024, stdout);
+    let summary =
+        replay::replay(&inputs, Arc::new(rules), &opts, &mut out).context("replay failed")?;
+    out.flush().context("cannot write alerts to stdout")?;
+    if !args.quiet {
+        eprint!("{summary}");
+    }
+    Ok(0)
+}
+
+fn check_cmd(args: CheckArgs) -> Result<u8> {
+    let rules = load_rules(args.rules.rules.as_deref())?;
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "rules OK: {} rules from {}",
+        rules.rules().len(),
+        rules.origin
+    )?;
+    for rule in rules.rules() {
+        writeln!(
+            out,
+            "  {:<28} {:<9} {:<8} {}",
+            rule.id,
+            rule.kind.name(),
+            rule.severity.name(),
+            rule.title
+        )?;
+        writeln!(out, "  {:<28} {}", "", rule.describe())?;
+    }
+    Ok(0)
+}
+
+fn generate_cmd(args: GenerateArgs) -> Result<u8> {
+    let mut corpus = Corpus::new(CorpusConfig {
+        seed: args.seed,
+        tenants: args.tenants,
+        agents: args.agents,
+        spacing_ms: args.spacing,
+        disorder_ms: args.disorder,
+        syslog: args.format == GenFormat::Syslog,
+        ..CorpusConfig::default()
+    });
+    let mut out = BufWriter::with_capacity(256 * 1024, io::stdout().lock());
+    let mut line = String::with_capacity(512);
+    for _ in 0..args.events {
+        corpus.next_line(&mut line);
+        line.push('\n');
+        match out.write_all(line.as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
+            Err(e) => return Err(e).context("cannot write to stdout"),
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("cannot write to stdout"),
+        _ => Ok(0),
+    }
+}

@@ -1,0 +1,364 @@
+//! The native JSON event object (DESIGN §2), decoded with a hand-written
+//! serde visitor so that known fields borrow from the record, unknown fields
+//! are kept, and secret-looking fields are skipped without ever being
+//! materialized.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use super::DecodeError;
+use crate::event::{DEFAULT_TENANT, Event, EventKind, FieldId, UNKNOWN_AGENT};
+
+/// Field names that carry credential values (compared ASCII
+/// case-insensitively), and suffixes that do.
+const SECRET_NAMES: [&str; 12] = [
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "authorization",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "api_key",
+    "apikey",
+    "private_key",
+];
+const SECRET_SUFFIXES: [&str; 4] = ["_token", "_secret", "_password", "_api_key"];
+
+/// Whether a field of this name looks like it holds a credential value. Such
+/// fields are dropped at decode time, at any depth, and never stored, logged
+/// or forwarded.
+pub fn is_secret_field(name: &str) -> bool {
+    let ends_with = |suffix: &str| {
+        name.len() >= suffix.len()
+            && name.as_bytes()[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    SECRET_NAMES.iter().any(|s| name.eq_ignore_ascii_case(s))
+        || SECRET_SUFFIXES.iter().any(|s| ends_with(s))
+}
+
+/// Removes secret-looking fields from nested objects of an unknown field.
+fn scrub(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|k, _| !is_secret_field(k));
+            map.values_mut().for_each(scrub);
+        }
+        Value::Array(items) => items.iter_mut().for_each(scrub),
+        _ => {}
+    }
+}
+
+/// Decodes the JSON object text of one event.
+pub(super) fn decode_event(text: &str) -> Result<Event<'_>, DecodeError> {
+    if !text.starts_with('{') {
+        return Err(DecodeError::NotJson("expected a JSON object".to_owned()));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let raw = de.deserialize_map(RawVisitor).map_err(classify)?;
+    de.end().map_err(classify)?;
+    raw.into_event(text)
+}
+
+fn classify(err: serde_json::Error) -> DecodeError {
+    match err.classify() {
+        serde_json::error::Category::Data => DecodeError::BadField(err.to_string()),
+        _ => DecodeError::NotJson(err.to_string()),
+    }
+}
+
+/// `ts` as found, validated after the object is read so the rejection
+/// reason is `bad_timestamp` rather than a type error.
+enum RawTs<'a> {
+    Text(Cow<'a, str>),
+    Millis(i64),
+    Invalid(&'static str),
+}
+
+#[derive(Default)]
+struct RawEvent<'a> {
+    ts: Option<RawTs<'a>>,
+    event: Option<Cow<'a, str>>,
+    tenant: Option<Cow<'a, str>>,
+    strings: [Option<Cow<'a, str>>; 10],
+    allowed_tools: Option<Vec<Cow<'a, str>>>,
+    expected_runtime_s: Option<f64>,
+    extra: Vec<(Cow<'a, str>, Value)>,
+}
+
+/// The optional string fields, in the order of `RawEvent::strings`.
+const STRING_FIELDS: [FieldId; 10] = [
+    FieldId::AgentId,
+    FieldId::SessionId,
+    FieldId::CredentialId,
+    FieldId::Tool,
+    FieldId::Reason,
+    FieldId::Role,
+    FieldId::DeclaredTask,
+    FieldId::Server,
+    FieldId::SourceIp,
+    FieldId::TraceId,
+];
+
+impl<'a> RawEvent<'a> {
+    fn into_event(self, payload: &'a str) -> Result<Event<'a>, DecodeError> {
+        let name = self
+            .event
+            .filter(|e| !e.is_empty())
+            .ok_or(DecodeError::MissingField("event"))?;
+        let ts = match self.ts.ok_or(DecodeError::MissingField("ts"))? {
+            RawTs::Millis(ms) => check_range(ms)?,
+            RawTs::Text(text) => parse_rfc3339(&text)?,
+            RawTs::Invalid(what) => {
+                return Err(DecodeError::BadTimestamp(format!(
+                    "`ts` is {what}; expected an RFC 3339 string or epoch milliseconds"
+                )));
+            }
+        };
+        let kind = EventKind::from_name(&name);
+        let mut event = Event::new(ts, kind);
+        event.event = name;
+        event.tenant = self
+            .tenant
+            .filter(|t| !t.is_empty())
+            .unwrap_or(Cow::Borrowed(DEFAULT_TENANT));
+        for (field, value) in STRING_FIELDS.into_iter().zip(self.strings) {
+            if let Some(slot) = event.slot_mut(field) {
+                *slot = value;
+            }
+        }
+        if kind == EventKind::AuthFailure && event.agent_id.as_deref().is_none_or(str::is_empty) {
+            event.agent_id = Some(Cow::Borrowed(UNKNOWN_AGENT));
+        }
+        for &field in kind.required() {
+            if event.get(field).is_none_or(str::is_empty) {
+                return Err(DecodeError::MissingField(field.name()));
+            }
+        }
+        event.allowed_tools = self.allowed_tools;
+        event.expected_runtime_s = self.expected_runtime_s;
+        event.extra = self.extra;
+        event.payload = payload;
+        Ok(event)
+    }
+}
+
+fn check_range(ms: i64) -> Result<i64, DecodeError> {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|_| ms)
+        .map_err(|_| DecodeError::BadTimestamp(format!("{ms} ms is out of range")))
+}
+
+fn parse_rfc3339(text: &str) -> Result<i64, DecodeError> {
+    text.parse::<jiff::Timestamp>()
+        .map(jiff::Timestamp::as_millisecond)
+        .map_err(|e| DecodeError::BadTimestamp(format!("`ts`: {e}")))
+}
+
+struct RawVisitor;
+
+impl<'de> Visitor<'de> for RawVisitor {
+    type Value = RawEvent<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEvent<'de>, A::Error> {
+        let mut raw = RawEvent::default();
+        while let Some(key) = map.next_key_seed(CowStr)? {
+            match key.as_ref() {
+                "ts" => raw.ts = Some(map.next_value_seed(TsSeed)?),
+                "event" => raw.event = map.next_value_seed(OptStr("event"))?,
+                "tenant" => raw.tenant = map.next_value_seed(OptStr("tenant"))?,
+                "allowed_tools" => raw.allowed_tools = map.next_value_seed(StrList)?,
+                "expected_runtime_s" => {
+                    raw.expected_runtime_s = map.next_value_seed(OptNumber("expected_runtime_s"))?
+                }
+                name => {
+                    if let Some(i) = STRING_FIELDS.iter().position(|f| f.name() == name) {
+                        raw.strings[i] = map.next_value_seed(OptStr(STRING_FIELDS[i].name()))?;
+                    } else if is_secret_field(name) {
+                        map.next_value::<IgnoredAny>()?;
+                    } else {
+                        let mut value: Value = map.next_value()?;
+                        scrub(&mut value);
+                        raw.extra.push((key, value));
+                    }
+                }
+            }
+        }
+        Ok(raw)
+    }
+}
+
+/// A string that borrows from the input when it has no escapes.
+struct CowStr;
+
+impl<'de> DeserializeSeed<'de> for CowStr {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CowStr {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// A string field that may be null; the name makes type errors precise.
+struct OptStr(&'static str);
+
+impl<'de> DeserializeSeed<'de> for OptStr {
+    type Value = Option<Cow<'de, str>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OptStr {
+    type Value = Option<Cow<'de, str>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "a string for `{}`", self.0)
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// A number field that may be null.
+struct OptNumber(&'static str);
+
+impl<'de> DeserializeSeed<'de> for OptNumber {
+    type Value = Option<f64>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OptNumber {
+    type Value = Option<f64>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "a number for `{}`", self.0)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v as f64))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v as f64))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// `allowed_tools`: a list of strings, or null.
+struct StrList;
+
+impl<'de> DeserializeSeed<'de> for StrList {
+    type Value = Option<Vec<Cow<'de, str>>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrList {
+    type Value = Option<Vec<Cow<'de, str>>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of strings for `allowed_tools`")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut tools = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
+        while let Some(tool) = seq.next_element_seed(CowStr)? {
+            tools.push(tool);
+        }
+        Ok(Some(tools))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// `ts`: a string or an integer of milliseconds; anything else is kept as
+/// invalid so the rejection says `bad_timestamp`.
+struct TsSeed;
+
+impl<'de> DeserializeSeed<'de> for TsSeed {
+    type Value = RawTs<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TsSeed {
+    type Value = RawTs<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an RFC 3339 string or epoch milliseconds for `ts`")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(RawTs::Text(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(RawTs::Text(Cow::Owned(v.to_owned())))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(i64::try_from(v).map_or(RawTs::Invalid("out of range"), RawTs::Millis))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(RawTs::Millis(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // Whole milliseconds written with a fraction or exponent are fine.
+        if v.fract() == 0.0 && v.abs() < 9.0e15 {
+            Ok(RawTs::Millis(v as i64))
+        } else {
+            Ok(RawTs::Invalid("a fractional number"))
+        }
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(RawTs::Invalid("a boolean"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(RawTs::Invalid("null"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(RawTs::Invalid("an array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(RawTs::Invalid("an object"))
+    }
+}

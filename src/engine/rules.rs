@@ -1,0 +1,741 @@
+//! Rule files (DESIGN §4): TOML → validated, compiled [`RuleSet`].
+//!
+//! Loading is all or nothing: every problem in every file is collected into
+//! one [`RuleSetError`] (file, rule id, message) and no rule of a set that
+//! has any problem is used. The default rules and task table ship in
+//! `rules/` and are embedded in the binary.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::condition::{Cond, FieldRef};
+use crate::duration::{self, display_ms};
+
+/// Default life of a lifetime-threshold key after its last event.
+pub const DEFAULT_KEY_TTL_MS: i64 = 24 * 3_600_000;
+/// The task table file read from the rules directory.
+pub const TASKS_FILE: &str = "tasks.toml";
+
+/// The embedded default rule set: (file name, text).
+pub const EMBEDDED: [(&str, &str); 5] = [
+    ("auth.toml", include_str!("../../rules/auth.toml")),
+    ("tools.toml", include_str!("../../rules/tools.toml")),
+    (
+        "credentials.toml",
+        include_str!("../../rules/credentials.toml"),
+    ),
+    ("sessions.toml", include_str!("../../rules/sessions.toml")),
+    (TASKS_FILE, include_str!("../../rules/tasks.toml")),
+];
+
+/// Alert severity, in increasing order.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// `gt` or `gte` against a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountOp {
+    Gt,
+    Gte,
+}
+
+/// A threshold condition such as `{ gt = 3 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountCondition {
+    pub op: CountOp,
+    pub value: u64,
+}
+
+impl CountCondition {
+    pub fn holds(self, count: u64) -> bool {
+        match self.op {
+            CountOp::Gt => count > self.value,
+            CountOp::Gte => count >= self.value,
+        }
+    }
+}
+
+impl fmt::Display for CountCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = match self.op {
+            CountOp::Gt => ">",
+            CountOp::Gte => ">=",
+        };
+        write!(f, "{op} {}", self.value)
+    }
+}
+
+/// How a task's deadline is found for an absence rule.
+#[derive(Debug, Clone)]
+pub struct DeadlineSpec {
+    /// A numeric field of the start event, in seconds.
+    pub field: Option<FieldRef>,
+    /// `declared_task` → milliseconds.
+    pub tasks: Option<Arc<HashMap<String, i64>>>,
+    /// The rule's fallback, milliseconds.
+    pub default_ms: i64,
+}
+
+/// The detection semantics of one rule.
+#[derive(Debug, Clone)]
+pub enum RuleKind {
+    Match {
+        when: Cond,
+        group_by: Vec<FieldRef>,
+    },
+    Threshold {
+        when: Cond,
+        group_by: Vec<FieldRef>,
+        condition: CountCondition,
+        /// `Some((window, suppress))` for a sliding window, milliseconds.
+        window: Option<(i64, i64)>,
+        key_ttl_ms: i64,
+    },
+    Absence {
+        start: Cond,
+        stop: Cond,
+        key: Vec<FieldRef>,
+        deadline: DeadlineSpec,
+    },
+}
+
+impl RuleKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RuleKind::Match { .. } => "match",
+            RuleKind::Threshold { .. } => "threshold",
+            RuleKind::Absence { .. } => "absence",
+        }
+    }
+
+    /// The fields forming the alert key (tenant excluded).
+    pub fn key_fields(&self) -> &[FieldRef] {
+        match self {
+            RuleKind::Match { group_by, .. } | RuleKind::Threshold { group_by, .. } => group_by,
+            RuleKind::Absence { key, .. } => key,
+        }
+    }
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: Arc<str>,
+    pub title: Arc<str>,
+    pub severity: Severity,
+    pub description: Option<String>,
+    /// The file it was loaded from.
+    pub file: String,
+    pub kind: RuleKind,
+}
+
+impl Rule {
+    /// One line describing what the rule does (for `check`).
+    pub fn describe(&self) -> String {
+        let fields = |f: &[FieldRef]| {
+            let mut names = vec!["tenant"];
+            names.extend(f.iter().map(FieldRef::name));
+            names.join(", ")
+        };
+        match &self.kind {
+            RuleKind::Match { group_by, .. } => {
+                format!("every matching event, key ({})", fields(group_by))
+            }
+            RuleKind::Threshold {
+                group_by,
+                condition,
+                window,
+                key_ttl_ms,
+                ..
+            } => match window {
+                Some((w, s)) => format!(
+                    "count {condition} within {} by ({}), suppress {}",
+                    display_ms(*w),
+                    fields(group_by),
+                    display_ms(*s)
+                ),
+                None => format!(
+                    "lifetime count {condition} by ({}), once per key, key ttl {}",
+                    fields(group_by),
+                    display_ms(*key_ttl_ms)
+                ),
+            },
+            RuleKind::Absence { key, deadline, .. } => {
+                let mut by = Vec::new();
+                if let Some(f) = &deadline.field {
+                    by.push(format!("field {}", f.name()));
+                }
+                if let Some(t) = &deadline.tasks {
+                    by.push(format!("task table ({} tasks)", t.len()));
+                }
+                by.push(format!("default {}", display_ms(deadline.default_ms)));
+                format!(
+                    "stop within deadline by ({}); deadline: {}",
+                    fields(key),
+                    by.join(" > ")
+                )
+            }
+        }
+    }
+}
+
+/// One problem found while loading rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    pub file: String,
+    pub rule: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.rule {
+            Some(rule) => write!(f, "{}: rule `{rule}`: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Every problem of a refused rule set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct RuleSetError {
+    pub errors: Vec<RuleError>,
+}
+
+impl fmt::Display for RuleSetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid rule set ({} error", self.errors.len())?;
+        if self.errors.len() != 1 {
+            f.write_str("s")?;
+        }
+        f.write_str(")")?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A validated set of rules, ordered by id (the tie-break order of timers).
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    /// Where the set came from (`embedded` or a directory), for messages.
+    pub origin: String,
+}
+
+impl RuleSet {
+    /// The embedded default rules.
+    pub fn embedded() -> Result<RuleSet, RuleSetError> {
+        let files = EMBEDDED
+            .iter()
+            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+            .collect();
+        RuleSet::from_files(files, "embedded")
+    }
+
+    /// Every `*.toml` rule file of `dir`, with `tasks.toml` as task table.
+    pub fn load_dir(dir: &Path) -> Result<RuleSet, RuleSetError> {
+        let origin = dir.display().to_string();
+        let fail = |message: String| RuleSetError {
+            errors: vec![RuleError {
+                file: origin.clone(),
+                rule: None,
+                message,
+            }],
+        };
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| fail(format!("cannot read rules directory: {e}")))?;
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        for entry in entries {
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) => return Err(fail(format!("cannot list rules directory: {e}"))),
+            };
+            if path.extension().is_none_or(|e| e != "toml") || !path.is_file() {
+                continue;
+            }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match std::fs::read_to_string(&path) {
+                Ok(text) => files.push((name, text)),
+                Err(e) => errors.push(RuleError {
+                    file: path.display().to_string(),
+                    rule: None,
+                    message: format!("cannot read: {e}"),
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(RuleSetError { errors });
+        }
+        files.sort();
+        RuleSet::from_files(files, &origin)
+    }
+
+    /// Compiles named file texts; `tasks.toml` (if present) is the task table.
+    pub fn from_files(files: Vec<(String, String)>, origin: &str) -> Result<RuleSet, RuleSetError> {
+        let mut errors = Vec::new();
+        let mut tables: BTreeMap<String, Arc<HashMap<String, i64>>> = BTreeMap::new();
+        for (name, text) in &files {
+            if name == TASKS_FILE {
+                match parse_tasks(text) {
+                    Ok(t) => {
+                        tables.insert(name.clone(), Arc::new(t));
+                    }
+                    Err(msgs) => errors.extend(msgs.into_iter().map(|message| RuleError {
+                        file: name.clone(),
+                        rule: None,
+                        message,
+                    })),
+                }
+            }
+        }
+        let mut rules: Vec<Rule> = Vec::new();
+        for (name, text) in &files {
+            if name != TASKS_FILE {
+                parse_rule_file(name, text, &tables, &mut rules, &mut errors);
+            }
+        }
+        let mut seen: HashMap<Arc<str>, String> = HashMap::new();
+        for rule in &rules {
+            if let Some(first) = seen.insert(rule.id.clone(), rule.file.clone()) {
+                errors.push(RuleError {
+                    file: rule.file.clone(),
+                    rule: Some(rule.id.to_string()),
+                    message: format!("duplicate rule id (also defined in {first})"),
+                });
+            }
+        }
+        if rules.is_empty() && errors.is_empty() {
+            errors.push(RuleError {
+                file: origin.to_owned(),
+                rule: None,
+                message: "no rules found (expected *.toml files with [[rule]] tables)".to_owned(),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(RuleSetError { errors });
+        }
+        rules.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(RuleSet {
+            rules,
+            origin: origin.to_owned(),
+        })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| &*r.id == id)
+    }
+}
+
+fn parse_tasks(text: &str) -> Result<HashMap<String, i64>, Vec<String>> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        #[serde(default)]
+        tasks: BTreeMap<String, String>,
+    }
+    let raw: Raw = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+    let mut errors = Vec::new();
+    let mut out = HashMap::with_capacity(raw.tasks.len());
+    for (task, text) in raw.tasks {
+        match duration::parse_ms(&text) {
+            Ok(ms) if ms > 0 => {
+                out.insert(task, ms);
+            }
+            Ok(_) => errors.push(format!("task `{task}`: duration must be positive")),
+            Err(e) => errors.push(format!("task `{task}`: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: String,
+    title: String,
+    severity: Severity,
+    kind: String,
+    description: Option<String>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(rename = "match")]
+    match_: Option<toml::Table>,
+    group_by: Option<Vec<String>>,
+    window: Option<String>,
+    condition: Option<toml::Table>,
+    suppress: Option<String>,
+    key_ttl: Option<String>,
+    start: Option<toml::Table>,
+    stop: Option<toml::Table>,
+    key: Option<Vec<String>>,
+    deadline_field: Option<String>,
+    deadline_by_task: Option<String>,
+    deadline: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn parse_rule_file(
+    file: &str,
+    text: &str,
+    tables: &BTreeMap<String, Arc<HashMap<String, i64>>>,
+    rules: &mut Vec<Rule>,
+    errors: &mut Vec<RuleError>,
+) {
+    let err = |rule: Option<&str>, message: String| RuleError {
+        file: file.to_owned(),
+        rule: rule.map(str::to_owned),
+        message,
+    };
+    let mut doc: toml::Table = match toml::from_str(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            errors.push(err(None, e.to_string().trim_end().to_owned()));
+            return;
+        }
+    };
+    let entries = match doc.remove("rule") {
+        Some(toml::Value::Array(entries)) => entries,
+        Some(_) => {
+            errors.push(err(
+                None,
+                "`rule` must be an array of tables ([[rule]])".to_owned(),
+            ));
+            return;
+        }
+        None => Vec::new(),
+    };
+    for key in doc.keys() {
+        errors.push(err(
+            None,
+            format!("unknown top-level key `{key}` (expected [[rule]] tables)"),
+        ));
+    }
+    for (index, entry) in entries.into_iter().enumerate() {
+        let label = entry
+            .get("id")
+            .and_then(toml::Value::as_str)
+            .map_or_else(|| format!("#{}", index + 1), str::to_owned);
+        let raw: RawRule = match entry.try_into() {
+            Ok(raw) => raw,
+            Err(e) => {
+                errors.push(err(Some(&label), e.to_string().trim_end().to_owned()));
+                continue;
+            }
+        };
+        let mut msgs = Vec::new();
+        let rule = compile_rule(file, raw, tables, &mut msgs);
+        errors.extend(msgs.into_iter().map(|m| err(Some(&label), m)));
+        if let Some(rule) = rule {
+            rules.push(rule);
+        }
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-' || b == b'.'
+        })
+}
+
+fn compile_rule(
+    file: &str,
+    raw: RawRule,
+    tables: &BTreeMap<String, Arc<HashMap<String, i64>>>,
+    errors: &mut Vec<String>,
+) -> Option<Rule> {
+    if !valid_id(&raw.id) {
+        errors.push("`id` must be 1-128 characters of a-z, 0-9, `_`, `-`, `.`".to_owned());
+    }
+    if raw.id == super::STATE_PRESSURE_RULE {
+        errors.push(format!(
+            "`{}` is reserved for internal alerts",
+            super::STATE_PRESSURE_RULE
+        ));
+    }
+    if raw.title.trim().is_empty() {
+        errors.push("`title` must not be empty".to_owned());
+    }
+    let dur = |name: &str, value: &Option<String>, errors: &mut Vec<String>| -> Option<i64> {
+        let text = value.as_ref()?;
+        match duration::parse_ms(text) {
+            Ok(ms) if ms > 0 => Some(ms),
+            Ok(_) => {
+                errors.push(format!("`{name}` must be positive"));
+                None
+            }
+            Err(e) => {
+                errors.push(format!("`{name}`: {e}"));
+                None
+            }
+        }
+    };
+    let not_for = |kind: &str, present: &[(&str, bool)], errors: &mut Vec<String>| {
+        for (name, is) in present {
+            if *is {
+                errors.push(format!("`{name}` does not apply to kind `{kind}`"));
+            }
+        }
+    };
+    let fields =
+        |names: &Option<Vec<String>>, what: &str, errors: &mut Vec<String>| -> Vec<FieldRef> {
+            let mut out = Vec::new();
+            for name in names.iter().flatten() {
+                if name == "tenant" {
+                    errors.push(format!(
+                        "`{what}`: `tenant` is always part of the key; remove it"
+                    ));
+                } else if name.is_empty() {
+                    errors.push(format!("`{what}`: empty field name"));
+                } else if out.iter().any(|f: &FieldRef| f.name() == name) {
+                    errors.push(format!("`{what}`: field `{name}` listed twice"));
+                } else {
+                    out.push(FieldRef::parse(name));
+                }
+            }
+            out
+        };
+    let cond = |name: &str,
+                table: &Option<toml::Table>,
+                errors: &mut Vec<String>|
+     -> Option<Cond> {
+        match table {
+            None => {
+                errors.push(format!("`{name}` is required"));
+                None
+            }
+            Some(t) if t.is_empty() => {
+                errors.push(format!(
+                    "`{name}` must test at least one field (e.g. {{ event = \"auth.failure\" }})"
+                ));
+                None
+            }
+            Some(t) => {
+                let before = errors.len();
+                let c = Cond::compile(t, errors);
+                for e in &mut errors[before..] {
+                    *e = format!("`{name}`: {e}");
+                }
+                (errors.len() == before).then_some(c)
+            }
+        }
+    };
+
+    let kind = match raw.kind.as_str() {
+        "match" => {
+            not_for(
+                "match",
+                &[
+                    ("window", raw.window.is_some()),
+                    ("condition", raw.condition.is_some()),
+                    ("suppress", raw.suppress.is_some()),
+                    ("key_ttl", raw.key_ttl.is_some()),
+                    ("start", raw.start.is_some()),
+                    ("stop", raw.stop.is_some()),
+                    ("key", raw.key.is_some()),
+                    ("deadline_field", raw.deadline_field.is_some()),
+                    ("deadline_by_task", raw.deadline_by_task.is_some()),
+                    ("deadline", raw.deadline.is_some()),
+                ],
+                errors,
+            );
+            let group_by = fields(&raw.group_by, "group_by", errors);
+            cond("match", &raw.match_, errors).map(|when| RuleKind::Match { when, group_by })
+        }
+        "threshold" => {
+            not_for(
+                "threshold",
+                &[
+                    ("start", raw.start.is_some()),
+                    ("stop", raw.stop.is_some()),
+                    ("key", raw.key.is_some()),
+                    ("deadline_field", raw.deadline_field.is_some()),
+                    ("deadline_by_task", raw.deadline_by_task.is_some()),
+                    ("deadline", raw.deadline.is_some()),
+                ],
+                errors,
+            );
+            let group_by = fields(&raw.group_by, "group_by", errors);
+            let when = cond("match", &raw.match_, errors);
+            let condition = count_condition(raw.condition.as_ref(), errors);
+            let window = dur("window", &raw.window, errors);
+            let suppress = dur("suppress", &raw.suppress, errors);
+            let key_ttl = dur("key_ttl", &raw.key_ttl, errors);
+            if window.is_none() && raw.window.is_none() && raw.suppress.is_some() {
+                errors.push(
+                    "`suppress` needs a `window` (a lifetime threshold fires once per key)"
+                        .to_owned(),
+                );
+            }
+            if raw.window.is_some() && raw.key_ttl.is_some() {
+                errors.push("`key_ttl` applies only without `window` (windowed keys expire with their window)".to_owned());
+            }
+            match (when, condition) {
+                (Some(when), Some(condition)) => Some(RuleKind::Threshold {
+                    when,
+                    group_by,
+                    condition,
+                    window: window.map(|w| (w, suppress.unwrap_or(w))),
+                    key_ttl_ms: key_ttl.unwrap_or(DEFAULT_KEY_TTL_MS),
+                }),
+                _ => None,
+            }
+        }
+        "absence" => {
+            not_for(
+                "absence",
+                &[
+                    ("match", raw.match_.is_some()),
+                    ("group_by", raw.group_by.is_some()),
+                    ("window", raw.window.is_some()),
+                    ("condition", raw.condition.is_some()),
+                    ("suppress", raw.suppress.is_some()),
+                    ("key_ttl", raw.key_ttl.is_some()),
+                ],
+                errors,
+            );
+            let key = fields(&raw.key, "key", errors);
+            if raw.key.as_ref().is_none_or(Vec::is_empty) {
+                errors.push("`key` is required: the fields that tie a stop event to its start (e.g. [\"session_id\"])".to_owned());
+            }
+            let start = cond("start", &raw.start, errors);
+            let stop = cond("stop", &raw.stop, errors);
+            let default_ms = dur("deadline", &raw.deadline, errors);
+            if raw.deadline.is_none() {
+                errors.push(
+                    "`deadline` is required (the fallback when no field or task gives one)"
+                        .to_owned(),
+                );
+            }
+            let field = raw.deadline_field.as_deref().map(FieldRef::parse);
+            if let Some(FieldRef::Known(f)) = &field {
+                errors.push(format!(
+                    "`deadline_field`: `{}` is a string field; name a numeric field in seconds",
+                    f.name()
+                ));
+            }
+            let tasks = match raw.deadline_by_task.as_deref() {
+                None => None,
+                Some(name) => match tables.get(name) {
+                    Some(t) => Some(t.clone()),
+                    None => {
+                        errors.push(format!(
+                            "`deadline_by_task`: no task table `{name}` in this rule set (it is read from `{TASKS_FILE}` beside the rules)"
+                        ));
+                        None
+                    }
+                },
+            };
+            match (start, stop, default_ms) {
+                (Some(start), Some(stop), Some(default_ms)) => Some(RuleKind::Absence {
+                    start,
+                    stop,
+                    key,
+                    deadline: DeadlineSpec {
+                        field,
+                        tasks,
+                        default_ms,
+                    },
+                }),
+                _ => None,
+            }
+        }
+        other => {
+            errors.push(format!(
+                "unknown kind `{other}` (expected match, threshold or absence)"
+            ));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return None;
+    }
+    if !raw.enabled {
+        return None;
+    }
+    Some(Rule {
+        id: raw.id.into(),
+        title: raw.title.into(),
+        severity: raw.severity,
+        description: raw.description,
+        file: file.to_owned(),
+        kind: kind?,
+    })
+}
+
+fn count_condition(
+    table: Option<&toml::Table>,
+    errors: &mut Vec<String>,
+) -> Option<CountCondition> {
+    let Some(table) = table else {
+        errors.push("`condition` is required, e.g. { gt = 3 }".to_owned());
+        return None;
+    };
+    if table.len() != 1 {
+        errors.push("`condition` takes exactly one of `gt`, `gte`, e.g. { gt = 3 }".to_owned());
+        return None;
+    }
+    let (op, value) = table.iter().next()?;
+    let op = match op.as_str() {
+        "gt" => CountOp::Gt,
+        "gte" => CountOp::Gte,
+        other => {
+            errors.push(format!(
+                "`condition`: unknown operator `{other}` (gt or gte: conditions must grow with the count)"
+            ));
+            return None;
+        }
+    };
+    match value.as_integer().and_then(|v| u64::try_from(v).ok()) {
+        Some(value) if !(op == CountOp::Gte && value == 0) => Some(CountCondition { op, value }),
+        Some(_) => {
+            errors.push("`condition`: `gte = 0` always holds; use a kind `match` rule".to_owned());
+            None
+        }
+        None => {
+            errors.push("`condition`: the count must be a non-negative integer".to_owned());
+            None
+        }
+    }
+}

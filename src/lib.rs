@@ -1,0 +1,28 @@
+//! `mcp-alertd`: streaming security analytics and alerting for MCP servers.
+//!
+//! Data flows one way: source → decode → engine → (router → outbox → sinks).
+//! Each module may use the modules to its left and the vocabulary modules
+//! (`event`, `alert`, `duration`, `telemetry`).
+//!
+//! - [`duration`]: the `"60s"` / `"15d"` duration strings used by rules and options.
+//! - [`event`]: the normalized audit [`event::Event`] and record positions.
+//! - [`source`]: framing of raw input into bounded records (lines of a file or stdin).
+//! - [`decode`]: pure record → event decoding (JSON lines, RFC 5424/3164 syslog, CEE).
+//! - [`engine`]: rules (load, compile, validate) and the pure, deterministic detector.
+//! - [`alert`]: the alert type, deterministic ids and rendering.
+//! - [`replay`]: the one-shot `replay` pipeline over files or stdin.
+//! - [`cli`]: the command line and the non-daemon commands (`replay`, `check`, `generate`).
+//! - [`corpus`]: a seeded synthetic audit-log generator for benchmarks and load tests.
+//! - [`telemetry`]: logging setup and rate-limited per-record logging.
+#![forbid(unsafe_code)]
+
+pub mod alert;
+pub mod cli;
+pub mod corpus;
+pub mod decode;
+pub mod duration;
+pub mod engine;
+pub mod event;
+pub mod replay;
+pub mod source;
+pub mod telemetry;

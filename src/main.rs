@@ -1,0 +1,37 @@
+//! The `mcp-alertd` binary: parses the command line, sets up logging, runs
+//! the command and maps failures to exit codes (DESIGN §10): 0 success,
+//! 2 usage (clap), 78 invalid configuration or rules, 1 anything else.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mcp_alertd::cli::{self, Cli, EXIT_CONFIG};
+use mcp_alertd::engine::RuleSetError;
+use mcp_alertd::telemetry;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging();
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!("panic: {info}");
+    }));
+    match cli::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            if let Some(rules) = err.downcast_ref::<RuleSetError>() {
+                eprintln!("mcp-alertd: {rules}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            // A closed stdout (`| head`) ends the output, not in failure.
+            let broken_pipe = err.chain().any(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if broken_pipe {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("mcp-alertd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
