@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::alert::Alert;
 use crate::decode::{DecodeError, Decoder};
 use crate::engine::{Engine, EngineConfig, RuleSet};
-use crate::event::{EventKind, Position};
+use crate::event::{Event, EventKind, Position};
 use crate::source::lines::{Frame, LineReader};
 use crate::telemetry::RejectLog;
 
@@ -152,6 +152,45 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// The clock of one input partition driving an engine (DESIGN §3): before
+/// each event the clock moves to the largest `ts` so far minus the allowed
+/// lateness, firing due timers before the event is applied.
+#[derive(Debug)]
+pub struct Replayer {
+    engine: Engine,
+    allowed_lateness_ms: i64,
+    max_ts: Option<i64>,
+}
+
+impl Replayer {
+    pub fn new(engine: Engine, allowed_lateness_ms: i64) -> Replayer {
+        Replayer {
+            engine,
+            allowed_lateness_ms,
+            max_ts: None,
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Applies one event; alerts (timers first) are appended to `out`.
+    pub fn on_event(&mut self, ev: &Event<'_>, pos: Option<&Position>, out: &mut Vec<Alert>) {
+        let max_ts = self.max_ts.map_or(ev.ts, |m| m.max(ev.ts));
+        self.max_ts = Some(max_ts);
+        self.engine.advance_to(max_ts.saturating_sub(self.allowed_lateness_ms), out);
+        self.engine.on_event(ev, pos, out);
+    }
+
+    /// Fires what is due at the final clock; timers due later stay pending.
+    pub fn finish(&mut self, out: &mut Vec<Alert>) {
+        if let Some(clock) = self.engine.clock() {
+            self.engine.advance_to(clock, out);
+        }
+    }
+}
+
 /// Runs a replay; alerts go to `out` as JSON lines. I/O errors on inputs or
 /// on `out` end the replay with an error; bad records never do.
 pub fn replay(
@@ -162,11 +201,10 @@ pub fn replay(
 ) -> io::Result<Summary> {
     let started = Instant::now();
     let mut run = Run {
-        engine: Engine::new(rules, opts.engine),
+        replayer: Replayer::new(Engine::new(rules, opts.engine), opts.allowed_lateness_ms),
         opts,
         summary: Summary::default(),
         alerts: Vec::with_capacity(16),
-        max_ts: None,
         log: RejectLog::new(5),
         kinds: [0; EventKind::KNOWN.len() + 1],
         other: BTreeMap::new(),
@@ -194,10 +232,8 @@ pub fn replay(
         }
     }
     // Fire what is due at the final clock (DESIGN §3); later timers stay.
-    if let Some(clock) = run.engine.clock() {
-        run.engine.advance_to(clock, &mut run.alerts);
-        run.emit(out)?;
-    }
+    run.replayer.finish(&mut run.alerts);
+    run.emit(out)?;
     out.flush()?;
     let mut summary = run.summary;
     for (kind, n) in EventKind::KNOWN.iter().zip(run.kinds) {
@@ -206,10 +242,10 @@ pub fn replay(
         }
     }
     summary.events_by_type.extend(run.other);
-    summary.late = run.engine.late_events();
-    summary.evicted_keys = run.engine.evicted_keys();
-    summary.live_keys = run
-        .engine
+    let engine = run.replayer.engine();
+    summary.late = engine.late_events();
+    summary.evicted_keys = engine.evicted_keys();
+    summary.live_keys = engine
         .live_keys()
         .into_iter()
         .map(|(id, n)| (id.to_string(), n))
@@ -219,11 +255,10 @@ pub fn replay(
 }
 
 struct Run<'o> {
-    engine: Engine,
+    replayer: Replayer,
     opts: &'o ReplayOptions,
     summary: Summary,
     alerts: Vec<Alert>,
-    max_ts: Option<i64>,
     log: RejectLog,
     /// Events per known kind (index in `EventKind::KNOWN`), without map lookups.
     kinds: [u64; EventKind::KNOWN.len() + 1],
@@ -267,14 +302,8 @@ impl Run<'_> {
                 Some(i) => self.kinds[i] += 1,
                 None => *self.other.entry(ev.event.to_string()).or_insert(0) += 1,
             }
-            let max_ts = self.max_ts.map_or(ev.ts, |m| m.max(ev.ts));
-            self.max_ts = Some(max_ts);
-            self.engine.advance_to(
-                max_ts.saturating_sub(self.opts.allowed_lateness_ms),
-                &mut self.alerts,
-            );
             let pos = position(line);
-            self.engine.on_event(&ev, Some(&pos), &mut self.alerts);
+            self.replayer.on_event(&ev, Some(&pos), &mut self.alerts);
             if !self.alerts.is_empty() {
                 self.emit(out)?;
             }
