@@ -179,7 +179,8 @@ impl Replayer {
     pub fn on_event(&mut self, ev: &Event<'_>, pos: Option<&Position>, out: &mut Vec<Alert>) {
         let max_ts = self.max_ts.map_or(ev.ts, |m| m.max(ev.ts));
         self.max_ts = Some(max_ts);
-        self.engine.advance_to(max_ts.saturating_sub(self.allowed_lateness_ms), out);
+        self.engine
+            .advance_to(max_ts.saturating_sub(self.allowed_lateness_ms), out);
         self.engine.on_event(ev, pos, out);
     }
 

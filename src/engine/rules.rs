@@ -536,31 +536,29 @@ fn compile_rule(
             }
             out
         };
-    let cond = |name: &str,
-                table: &Option<toml::Table>,
-                errors: &mut Vec<String>|
-     -> Option<Cond> {
-        match table {
-            None => {
-                errors.push(format!("`{name}` is required"));
-                None
-            }
-            Some(t) if t.is_empty() => {
-                errors.push(format!(
+    let cond =
+        |name: &str, table: &Option<toml::Table>, errors: &mut Vec<String>| -> Option<Cond> {
+            match table {
+                None => {
+                    errors.push(format!("`{name}` is required"));
+                    None
+                }
+                Some(t) if t.is_empty() => {
+                    errors.push(format!(
                     "`{name}` must test at least one field (e.g. {{ event = \"auth.failure\" }})"
                 ));
-                None
-            }
-            Some(t) => {
-                let before = errors.len();
-                let c = Cond::compile(t, errors);
-                for e in &mut errors[before..] {
-                    *e = format!("`{name}`: {e}");
+                    None
                 }
-                (errors.len() == before).then_some(c)
+                Some(t) => {
+                    let before = errors.len();
+                    let c = Cond::compile(t, errors);
+                    for e in &mut errors[before..] {
+                        *e = format!("`{name}`: {e}");
+                    }
+                    (errors.len() == before).then_some(c)
+                }
             }
-        }
-    };
+        };
 
     let kind = match raw.kind.as_str() {
         "match" => {

@@ -1,1 +1,65 @@
-fn main() {}
+//! The one integration-test binary: modules per area, shared helpers here.
+
+mod cli;
+mod decode;
+mod detectors;
+mod golden;
+mod model;
+mod rules;
+mod secrets;
+
+use std::sync::Arc;
+
+use mcp_alertd::alert::Alert;
+use mcp_alertd::decode::Decoder;
+use mcp_alertd::engine::{Engine, EngineConfig, RuleSet};
+use mcp_alertd::replay::Replayer;
+
+/// A rule set from one TOML text (plus an optional task table).
+pub fn rules(toml: &str) -> Arc<RuleSet> {
+    rules_with_tasks(toml, None)
+}
+
+pub fn rules_with_tasks(toml: &str, tasks: Option<&str>) -> Arc<RuleSet> {
+    let mut files = vec![("test.toml".to_owned(), toml.to_owned())];
+    if let Some(t) = tasks {
+        files.push(("tasks.toml".to_owned(), t.to_owned()));
+    }
+    Arc::new(RuleSet::from_files(files, "test").expect("valid rules"))
+}
+
+/// Runs JSON event lines through a single-partition replay (lateness `late_ms`).
+pub fn run_lines(rules: &Arc<RuleSet>, late_ms: i64, lines: &[String]) -> Vec<Alert> {
+    run_lines_cfg(rules, late_ms, EngineConfig::default(), lines)
+}
+
+pub fn run_lines_cfg(
+    rules: &Arc<RuleSet>,
+    late_ms: i64,
+    cfg: EngineConfig,
+    lines: &[String],
+) -> Vec<Alert> {
+    let mut replayer = Replayer::new(Engine::new(rules.clone(), cfg), late_ms);
+    let decoder = Decoder::default();
+    let mut out = Vec::new();
+    for line in lines {
+        let ev = decoder.decode(line.as_bytes()).expect("valid event");
+        replayer.on_event(&ev, None, &mut out);
+    }
+    replayer.finish(&mut out);
+    out
+}
+
+/// One JSON event line at `ms` with extra JSON fields (`"k":"v",...`).
+pub fn line(ms: i64, event: &str, fields: &str) -> String {
+    if fields.is_empty() {
+        format!(r#"{{"ts":{ms},"event":"{event}"}}"#)
+    } else {
+        format!(r#"{{"ts":{ms},"event":"{event}",{fields}}}"#)
+    }
+}
+
+/// Seconds to milliseconds, from an arbitrary base.
+pub fn s(sec: i64) -> i64 {
+    1_790_000_000_000 + sec * 1000
+}
