@@ -54,24 +54,6 @@ fn scrub(value: &mut Value) {
     }
 }
 
-/// Decodes the JSON object text of one event.
-pub(super) fn decode_event(text: &str) -> Result<Event<'_>, DecodeError> {
-    if !text.starts_with('{') {
-        return Err(DecodeError::NotJson("expected a JSON object".to_owned()));
-    }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let raw = de.deserialize_map(RawVisitor).map_err(classify)?;
-    de.end().map_err(classify)?;
-    raw.into_event(text)
-}
-
-fn classify(err: serde_json::Error) -> DecodeError {
-    match err.classify() {
-        serde_json::error::Category::Data => DecodeError::BadField(err.to_string()),
-        _ => DecodeError::NotJson(err.to_string()),
-    }
-}
-
 /// `ts` as found, validated after the object is read so the rejection
 /// reason is `bad_timestamp` rather than a type error.
 enum RawTs<'a> {
@@ -80,71 +62,57 @@ enum RawTs<'a> {
     Invalid(&'static str),
 }
 
-#[derive(Default)]
-struct RawEvent<'a> {
-    ts: Option<RawTs<'a>>,
-    event: Option<Cow<'a, str>>,
-    tenant: Option<Cow<'a, str>>,
-    strings: [Option<Cow<'a, str>>; 10],
-    allowed_tools: Option<Vec<Cow<'a, str>>>,
-    expected_runtime_s: Option<f64>,
-    extra: Vec<(Cow<'a, str>, Value)>,
+/// Decodes the JSON object text of one event.
+pub(super) fn decode_event(text: &str) -> Result<Event<'_>, DecodeError> {
+    if !text.starts_with('{') {
+        return Err(DecodeError::NotJson("expected a JSON object".to_owned()));
+    }
+    // The visitor fills the event in place: no intermediate struct is moved.
+    let mut event = Event::new(0, EventKind::Other);
+    event.payload = text;
+    let mut ts = None;
+    let mut name = None;
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(EventVisitor {
+        event: &mut event,
+        ts: &mut ts,
+        name: &mut name,
+    })
+    .map_err(classify)?;
+    de.end().map_err(classify)?;
+
+    let name = name
+        .filter(|e: &Cow<'_, str>| !e.is_empty())
+        .ok_or(DecodeError::MissingField("event"))?;
+    event.ts = match ts.ok_or(DecodeError::MissingField("ts"))? {
+        RawTs::Millis(ms) => check_range(ms)?,
+        RawTs::Text(text) => parse_rfc3339(&text)?,
+        RawTs::Invalid(what) => {
+            return Err(DecodeError::BadTimestamp(format!(
+                "`ts` is {what}; expected an RFC 3339 string or epoch milliseconds"
+            )));
+        }
+    };
+    event.kind = EventKind::from_name(&name);
+    event.event = name;
+    if event.tenant.is_empty() {
+        event.tenant = Cow::Borrowed(DEFAULT_TENANT);
+    }
+    if event.kind == EventKind::AuthFailure && event.agent_id.as_deref().is_none_or(str::is_empty) {
+        event.agent_id = Some(Cow::Borrowed(UNKNOWN_AGENT));
+    }
+    for &field in event.kind.required() {
+        if event.get(field).is_none_or(str::is_empty) {
+            return Err(DecodeError::MissingField(field.name()));
+        }
+    }
+    Ok(event)
 }
 
-/// The optional string fields, in the order of `RawEvent::strings`.
-const STRING_FIELDS: [FieldId; 10] = [
-    FieldId::AgentId,
-    FieldId::SessionId,
-    FieldId::CredentialId,
-    FieldId::Tool,
-    FieldId::Reason,
-    FieldId::Role,
-    FieldId::DeclaredTask,
-    FieldId::Server,
-    FieldId::SourceIp,
-    FieldId::TraceId,
-];
-
-impl<'a> RawEvent<'a> {
-    fn into_event(self, payload: &'a str) -> Result<Event<'a>, DecodeError> {
-        let name = self
-            .event
-            .filter(|e| !e.is_empty())
-            .ok_or(DecodeError::MissingField("event"))?;
-        let ts = match self.ts.ok_or(DecodeError::MissingField("ts"))? {
-            RawTs::Millis(ms) => check_range(ms)?,
-            RawTs::Text(text) => parse_rfc3339(&text)?,
-            RawTs::Invalid(what) => {
-                return Err(DecodeError::BadTimestamp(format!(
-                    "`ts` is {what}; expected an RFC 3339 string or epoch milliseconds"
-                )));
-            }
-        };
-        let kind = EventKind::from_name(&name);
-        let mut event = Event::new(ts, kind);
-        event.event = name;
-        event.tenant = self
-            .tenant
-            .filter(|t| !t.is_empty())
-            .unwrap_or(Cow::Borrowed(DEFAULT_TENANT));
-        for (field, value) in STRING_FIELDS.into_iter().zip(self.strings) {
-            if let Some(slot) = event.slot_mut(field) {
-                *slot = value;
-            }
-        }
-        if kind == EventKind::AuthFailure && event.agent_id.as_deref().is_none_or(str::is_empty) {
-            event.agent_id = Some(Cow::Borrowed(UNKNOWN_AGENT));
-        }
-        for &field in kind.required() {
-            if event.get(field).is_none_or(str::is_empty) {
-                return Err(DecodeError::MissingField(field.name()));
-            }
-        }
-        event.allowed_tools = self.allowed_tools;
-        event.expected_runtime_s = self.expected_runtime_s;
-        event.extra = self.extra;
-        event.payload = payload;
-        Ok(event)
+fn classify(err: serde_json::Error) -> DecodeError {
+    match err.classify() {
+        serde_json::error::Category::Data => DecodeError::BadField(err.to_string()),
+        _ => DecodeError::NotJson(err.to_string()),
     }
 }
 
@@ -160,40 +128,72 @@ fn parse_rfc3339(text: &str) -> Result<i64, DecodeError> {
         .map_err(|e| DecodeError::BadTimestamp(format!("`ts`: {e}")))
 }
 
-struct RawVisitor;
+struct EventVisitor<'v, 'de> {
+    event: &'v mut Event<'de>,
+    ts: &'v mut Option<RawTs<'de>>,
+    name: &'v mut Option<Cow<'de, str>>,
+}
 
-impl<'de> Visitor<'de> for RawVisitor {
-    type Value = RawEvent<'de>;
+impl<'de> Visitor<'de> for EventVisitor<'_, 'de> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEvent<'de>, A::Error> {
-        let mut raw = RawEvent::default();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let ev = self.event;
         while let Some(key) = map.next_key_seed(CowStr)? {
-            match key.as_ref() {
-                "ts" => raw.ts = Some(map.next_value_seed(TsSeed)?),
-                "event" => raw.event = map.next_value_seed(OptStr("event"))?,
-                "tenant" => raw.tenant = map.next_value_seed(OptStr("tenant"))?,
-                "allowed_tools" => raw.allowed_tools = map.next_value_seed(StrList)?,
+            let field = match key.as_ref() {
+                "ts" => {
+                    *self.ts = Some(map.next_value_seed(TsSeed)?);
+                    continue;
+                }
+                "event" => {
+                    *self.name = map.next_value_seed(OptStr("event"))?;
+                    continue;
+                }
+                "tenant" => {
+                    ev.tenant = map
+                        .next_value_seed(OptStr("tenant"))?
+                        .unwrap_or(Cow::Borrowed(""));
+                    continue;
+                }
+                "allowed_tools" => {
+                    ev.allowed_tools = map.next_value_seed(StrList)?;
+                    continue;
+                }
                 "expected_runtime_s" => {
-                    raw.expected_runtime_s = map.next_value_seed(OptNumber("expected_runtime_s"))?
+                    ev.expected_runtime_s = map.next_value_seed(OptNumber("expected_runtime_s"))?;
+                    continue;
                 }
-                name => {
-                    if let Some(i) = STRING_FIELDS.iter().position(|f| f.name() == name) {
-                        raw.strings[i] = map.next_value_seed(OptStr(STRING_FIELDS[i].name()))?;
-                    } else if is_secret_field(name) {
-                        map.next_value::<IgnoredAny>()?;
-                    } else {
-                        let mut value: Value = map.next_value()?;
-                        scrub(&mut value);
-                        raw.extra.push((key, value));
-                    }
+                "agent_id" => FieldId::AgentId,
+                "session_id" => FieldId::SessionId,
+                "credential_id" => FieldId::CredentialId,
+                "tool" => FieldId::Tool,
+                "reason" => FieldId::Reason,
+                "role" => FieldId::Role,
+                "declared_task" => FieldId::DeclaredTask,
+                "server" => FieldId::Server,
+                "source_ip" => FieldId::SourceIp,
+                "trace_id" => FieldId::TraceId,
+                name if is_secret_field(name) => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
                 }
+                _ => {
+                    let mut value: Value = map.next_value()?;
+                    scrub(&mut value);
+                    ev.extra.push((key, value));
+                    continue;
+                }
+            };
+            let value = map.next_value_seed(OptStr(field.name()))?;
+            if let Some(slot) = ev.slot_mut(field) {
+                *slot = value;
             }
         }
-        Ok(raw)
+        Ok(())
     }
 }
 

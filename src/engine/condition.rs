@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use regex::Regex;
 use serde_json::Value;
 
-use crate::event::{Event, FieldId};
+use crate::event::{Event, EventKind, FieldId};
 
 /// A reference to one event field, resolved at rule load time.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +59,7 @@ impl FieldRef {
 
     /// The field as a string for keys: strings as is, numbers and booleans
     /// in JSON form; lists and objects have no key form.
-    pub fn key_text<'e>(&self, ev: &'e Event<'_>, buf: &mut String) -> bool {
+    pub fn key_text(&self, ev: &Event<'_>, buf: &mut String) -> bool {
         use std::fmt::Write;
         match self.lookup(ev) {
             Some(Val::Str(s)) => buf.push_str(s),
@@ -166,11 +166,19 @@ fn scalar_eq(want: &Scalar, val: Val<'_>) -> bool {
 /// A compiled condition table: all fields must hold.
 #[derive(Debug, Clone, Default)]
 pub struct Cond {
+    /// A test of `event` against known event types, compiled to a check of
+    /// the decoded kind (no string comparison per event).
+    kinds: Option<Vec<EventKind>>,
     tests: Vec<(FieldRef, Test)>,
 }
 
 impl Cond {
     pub fn matches(&self, ev: &Event<'_>) -> bool {
+        if let Some(kinds) = &self.kinds
+            && !kinds.contains(&ev.kind)
+        {
+            return false;
+        }
         self.tests
             .iter()
             .all(|(field, test)| test.eval(field.lookup(ev)))
@@ -185,9 +193,30 @@ impl Cond {
                 tests.push((field, test));
             }
         }
+        let mut kinds = None;
+        if let Some(i) = tests
+            .iter()
+            .position(|(f, _)| *f == FieldRef::Known(FieldId::Event))
+        {
+            let known = |s: &Scalar| match s {
+                Scalar::Str(name) => {
+                    Some(EventKind::from_name(name)).filter(|k| *k != EventKind::Other)
+                }
+                _ => None,
+            };
+            let as_kinds: Option<Vec<EventKind>> = match &tests[i].1 {
+                Test::Eq(s) => known(s).map(|k| vec![k]),
+                Test::AnyOf(list) => list.iter().map(known).collect(),
+                _ => None,
+            };
+            if as_kinds.is_some() {
+                kinds = as_kinds;
+                tests.remove(i);
+            }
+        }
         // Cheap equality on `event` first: most events fail there.
         tests.sort_by_key(|(field, _)| *field != FieldRef::Known(FieldId::Event));
-        Cond { tests }
+        Cond { kinds, tests }
     }
 }
 

@@ -87,6 +87,11 @@ impl Trigger {
     }
 }
 
+/// Per-rule key maps. foldhash is a fast non-cryptographic hasher with a
+/// per-process random seed (flooding resistance); iteration order is never
+/// relied on (eviction sorts by age and key).
+type KeyMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct WindowKey {
     /// Matching event times, sorted, all `> clock - W`.
@@ -110,15 +115,15 @@ struct Pending {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct AbsenceState {
-    pending: HashMap<Box<str>, Pending>,
+    pending: KeyMap<Pending>,
     timers: BTreeSet<(i64, Box<str>)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum RuleState {
     Match,
-    Window(HashMap<Box<str>, WindowKey>),
-    Lifetime(HashMap<Box<str>, LifetimeKey>),
+    Window(KeyMap<WindowKey>),
+    Lifetime(KeyMap<LifetimeKey>),
     Absence(AbsenceState),
 }
 
@@ -128,8 +133,8 @@ impl RuleState {
             RuleKind::Match { .. } => RuleState::Match,
             RuleKind::Threshold {
                 window: Some(_), ..
-            } => RuleState::Window(HashMap::new()),
-            RuleKind::Threshold { window: None, .. } => RuleState::Lifetime(HashMap::new()),
+            } => RuleState::Window(KeyMap::default()),
+            RuleKind::Threshold { window: None, .. } => RuleState::Lifetime(KeyMap::default()),
             RuleKind::Absence { .. } => RuleState::Absence(AbsenceState::default()),
         }
     }
@@ -440,13 +445,17 @@ impl Engine {
         let cap = self.config.max_keys_per_rule.max(1);
         let key = self.key_buf.as_str();
         let state = &mut self.states[i];
+        // The length check first: the lookup runs only at the cap.
+        if state.len() < cap {
+            return;
+        }
         let present = match state {
             RuleState::Window(m) => m.contains_key(key),
             RuleState::Lifetime(m) => m.contains_key(key),
             RuleState::Absence(a) => a.pending.contains_key(key),
             RuleState::Match => true,
         };
-        if present || state.len() < cap {
+        if present {
             return;
         }
         if let Some(clock) = self.clock {
@@ -619,7 +628,7 @@ fn deadline_ms(spec: &DeadlineSpec, ev: &Event<'_>) -> i64 {
 /// Evicts the `n` keys with the oldest activity (ties by key), returning
 /// how many went.
 fn evict_oldest(state: &mut RuleState, n: usize) -> usize {
-    fn select<V>(map: &HashMap<Box<str>, V>, n: usize, age: impl Fn(&V) -> i64) -> Vec<Box<str>> {
+    fn select<V>(map: &KeyMap<V>, n: usize, age: impl Fn(&V) -> i64) -> Vec<Box<str>> {
         let mut all: Vec<(i64, &Box<str>)> = map.iter().map(|(k, v)| (age(v), k)).collect();
         if n < all.len() {
             all.select_nth_unstable(n);

@@ -52,7 +52,7 @@ impl<R: BufRead> LineReader<R> {
                     break;
                 }
                 saw_any = true;
-                let (chunk, found) = match memchr(avail) {
+                let (chunk, found) = match memchr::memchr(b'\n', avail) {
                     Some(i) => (&avail[..i], true),
                     None => (avail, false),
                 };
@@ -79,8 +79,4 @@ impl<R: BufRead> LineReader<R> {
             return Ok(Some((self.line, Frame::Record(&self.buf))));
         }
     }
-}
-
-fn memchr(haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == b'\n')
 }
