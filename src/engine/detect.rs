@@ -15,6 +15,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::condition::FieldRef;
 use super::rules::{DeadlineSpec, Rule, RuleKind, RuleSet, Severity};
@@ -94,10 +95,13 @@ type KeyMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct WindowKey {
-    /// Matching event times, sorted, all `> clock - W`.
-    ts: std::collections::VecDeque<i64>,
-    /// Fire times, sorted, all `> clock - W - S`.
-    fired: Vec<i64>,
+    /// Matching event times, sorted. Times at or below `clock - W` are
+    /// stale: never counted, and removed in batches once they are at least
+    /// half of the vector (amortized O(1) per event even in a storm).
+    /// Two times fit inline, so most keys allocate nothing here.
+    ts: SmallVec<[i64; 2]>,
+    /// Fire times, sorted, all `> clock - W - S`; usually none or one.
+    fired: SmallVec<[i64; 1]>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -420,10 +424,7 @@ impl Engine {
                     },
                     RuleState::Window(keys),
                 ) => {
-                    keys.retain(|_, k| {
-                        prune(k, clock, *w, *s);
-                        !(k.ts.is_empty() && k.fired.is_empty())
-                    });
+                    keys.retain(|_, k| !is_spent(k, clock, *w, *s));
                 }
                 (RuleKind::Threshold { key_ttl_ms, .. }, RuleState::Lifetime(keys)) => {
                     keys.retain(|_, k| clock <= k.last.saturating_add(*key_ttl_ms));
@@ -559,14 +560,29 @@ fn build_key(buf: &mut String, ev: &Event<'_>, fields: &[FieldRef], require_all:
     true
 }
 
-fn prune(k: &mut WindowKey, clock: i64, w: i64, s: i64) {
+/// Forgets stale fire times, compacts stale event times when they are at
+/// least half, and returns the cutoff (`clock - W`) at or below which times
+/// are stale.
+fn prune(k: &mut WindowKey, clock: i64, w: i64, s: i64) -> i64 {
     let cutoff = clock.saturating_sub(w);
-    while k.ts.front().is_some_and(|&t| t <= cutoff) {
-        k.ts.pop_front();
+    let stale = k.fired.partition_point(|&f| f <= cutoff.saturating_sub(s));
+    if stale > 0 {
+        k.fired.drain(..stale);
     }
-    let fire_cutoff = cutoff.saturating_sub(s);
-    let stale = k.fired.partition_point(|&f| f <= fire_cutoff);
-    k.fired.drain(..stale);
+    let stale = k.ts.partition_point(|&t| t <= cutoff);
+    if stale > 0 && stale * 2 >= k.ts.len() {
+        k.ts.drain(..stale);
+    }
+    cutoff
+}
+
+/// Whether a key holds nothing that can count or suppress any more.
+fn is_spent(k: &WindowKey, clock: i64, w: i64, s: i64) -> bool {
+    let cutoff = clock.saturating_sub(w);
+    k.ts.last().is_none_or(|&t| t <= cutoff)
+        && k.fired
+            .last()
+            .is_none_or(|&f| f <= cutoff.saturating_sub(s))
 }
 
 /// DESIGN §4 threshold with a window: adds `e`, then returns the smallest
@@ -580,23 +596,28 @@ fn window_arrival(
     s: i64,
     holds: impl Fn(u64) -> bool,
 ) -> Option<(i64, u64)> {
-    prune(k, clock, w, s);
+    let cutoff = prune(k, clock, w, s);
     let at = k.ts.partition_point(|&t| t <= e);
     k.ts.insert(at, e);
-    let mut i = k.ts.partition_point(|&t| t < e);
+    // The arriving event counts even when it is itself stale (very late):
+    // it is added after pruning. Stale copies of other events never count.
+    let own = u64::from(e <= cutoff);
     let end = e.saturating_add(w);
+    let mut i = k.ts.partition_point(|&t| t < e);
     while i < k.ts.len() && k.ts[i] < end {
         let t = k.ts[i];
         let upper = k.ts.partition_point(|&x| x <= t);
-        let lower = k.ts.partition_point(|&x| x <= t - w);
-        let count = (upper - lower) as u64;
-        let next = upper;
+        i = upper;
+        if t <= cutoff && t != e {
+            continue; // a stale time is no candidate
+        }
+        let lower = k.ts.partition_point(|&x| x <= (t - w).max(cutoff));
+        let count = upper.saturating_sub(lower) as u64 + own;
         if holds(count) && !suppressed(&k.fired, t, s) {
             let at = k.fired.partition_point(|&f| f <= t);
             k.fired.insert(at, t);
             return Some((t, count));
         }
-        i = next;
     }
     None
 }
@@ -639,7 +660,7 @@ fn evict_oldest(state: &mut RuleState, n: usize) -> usize {
     match state {
         RuleState::Match => 0,
         RuleState::Window(m) => {
-            let victims = select(m, n, |k| k.ts.back().copied().unwrap_or(i64::MIN));
+            let victims = select(m, n, |k| k.ts.last().copied().unwrap_or(i64::MIN));
             victims.iter().for_each(|k| {
                 m.remove(k);
             });
