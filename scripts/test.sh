@@ -15,7 +15,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
-echo "== cargo test"
-cargo test --locked
 echo "== cargo bench --no-run"
 cargo bench --locked --no-run
+echo "== cargo test"
+cargo test --locked

@@ -145,6 +145,15 @@ impl std::fmt::Display for Summary {
         for (rule, n) in &self.alerts_by_rule {
             writeln!(f, "  {rule:<28} {n}")?;
         }
+        let live: Vec<String> = self
+            .live_keys
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(rule, n)| format!("{rule}={n}"))
+            .collect();
+        if !live.is_empty() {
+            writeln!(f, "live keys at end: {}", live.join(", "))?;
+        }
         if self.evicted_keys > 0 {
             writeln!(f, "evicted keys (state cap reached): {}", self.evicted_keys)?;
         }

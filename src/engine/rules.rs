@@ -511,13 +511,35 @@ fn compile_rule(
             }
         }
     };
-    let not_for = |kind: &str, present: &[(&str, bool)], errors: &mut Vec<String>| {
-        for (name, is) in present {
-            if *is {
-                errors.push(format!("`{name}` does not apply to kind `{kind}`"));
-            }
-        }
+    // Which fields each kind takes (bits: match, threshold, absence).
+    const M: u8 = 1;
+    const T: u8 = 2;
+    const A: u8 = 4;
+    let applies = [
+        ("match", raw.match_.is_some(), M | T),
+        ("group_by", raw.group_by.is_some(), M | T),
+        ("window", raw.window.is_some(), T),
+        ("condition", raw.condition.is_some(), T),
+        ("suppress", raw.suppress.is_some(), T),
+        ("key_ttl", raw.key_ttl.is_some(), T),
+        ("start", raw.start.is_some(), A),
+        ("stop", raw.stop.is_some(), A),
+        ("key", raw.key.is_some(), A),
+        ("deadline_field", raw.deadline_field.is_some(), A),
+        ("deadline_by_task", raw.deadline_by_task.is_some(), A),
+        ("deadline", raw.deadline.is_some(), A),
+    ];
+    let kind_bit = match raw.kind.as_str() {
+        "match" => M,
+        "threshold" => T,
+        "absence" => A,
+        _ => M | T | A, // reported below as an unknown kind
     };
+    for (name, present, kinds) in applies {
+        if present && kinds & kind_bit == 0 {
+            errors.push(format!("`{name}` does not apply to kind `{}`", raw.kind));
+        }
+    }
     let fields =
         |names: &Option<Vec<String>>, what: &str, errors: &mut Vec<String>| -> Vec<FieldRef> {
             let mut out = Vec::new();
@@ -562,38 +584,10 @@ fn compile_rule(
 
     let kind = match raw.kind.as_str() {
         "match" => {
-            not_for(
-                "match",
-                &[
-                    ("window", raw.window.is_some()),
-                    ("condition", raw.condition.is_some()),
-                    ("suppress", raw.suppress.is_some()),
-                    ("key_ttl", raw.key_ttl.is_some()),
-                    ("start", raw.start.is_some()),
-                    ("stop", raw.stop.is_some()),
-                    ("key", raw.key.is_some()),
-                    ("deadline_field", raw.deadline_field.is_some()),
-                    ("deadline_by_task", raw.deadline_by_task.is_some()),
-                    ("deadline", raw.deadline.is_some()),
-                ],
-                errors,
-            );
             let group_by = fields(&raw.group_by, "group_by", errors);
             cond("match", &raw.match_, errors).map(|when| RuleKind::Match { when, group_by })
         }
         "threshold" => {
-            not_for(
-                "threshold",
-                &[
-                    ("start", raw.start.is_some()),
-                    ("stop", raw.stop.is_some()),
-                    ("key", raw.key.is_some()),
-                    ("deadline_field", raw.deadline_field.is_some()),
-                    ("deadline_by_task", raw.deadline_by_task.is_some()),
-                    ("deadline", raw.deadline.is_some()),
-                ],
-                errors,
-            );
             let group_by = fields(&raw.group_by, "group_by", errors);
             let when = cond("match", &raw.match_, errors);
             let condition = count_condition(raw.condition.as_ref(), errors);
@@ -621,18 +615,6 @@ fn compile_rule(
             }
         }
         "absence" => {
-            not_for(
-                "absence",
-                &[
-                    ("match", raw.match_.is_some()),
-                    ("group_by", raw.group_by.is_some()),
-                    ("window", raw.window.is_some()),
-                    ("condition", raw.condition.is_some()),
-                    ("suppress", raw.suppress.is_some()),
-                    ("key_ttl", raw.key_ttl.is_some()),
-                ],
-                errors,
-            );
             let key = fields(&raw.key, "key", errors);
             if raw.key.as_ref().is_none_or(Vec::is_empty) {
                 errors.push("`key` is required: the fields that tie a stop event to its start (e.g. [\"session_id\"])".to_owned());
