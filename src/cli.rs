@@ -72,12 +72,14 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration::parse_arg)]
     pub allowed_lateness: i64,
     /// Records longer than this are rejected (`too_large`) unread.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RECORD_BYTES)]
-    pub max_record_bytes: usize,
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RECORD_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    pub max_record_bytes: u64,
     /// Live keys per rule before the oldest are evicted (with a
     /// `state_pressure` alert).
-    #[arg(long, value_name = "N", default_value_t = crate::engine::DEFAULT_MAX_KEYS_PER_RULE)]
-    pub max_keys_per_rule: usize,
+    #[arg(long, value_name = "N", default_value_t = crate::engine::DEFAULT_MAX_KEYS_PER_RULE as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
+    pub max_keys_per_rule: u64,
     /// Do not print the summary on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -148,10 +150,10 @@ fn replay_cmd(args: ReplayArgs) -> Result<u8> {
         args.files.iter().map(|f| Input::parse(f)).collect()
     };
     let opts = ReplayOptions {
-        decoder: Decoder::new(args.format, args.max_record_bytes),
+        decoder: Decoder::new(args.format, usize::try_from(args.max_record_bytes)?),
         allowed_lateness_ms: args.allowed_lateness,
         engine: EngineConfig {
-            max_keys_per_rule: args.max_keys_per_rule,
+            max_keys_per_rule: usize::try_from(args.max_keys_per_rule)?,
         },
     };
     let stdout = io::stdout().lock();

@@ -102,6 +102,36 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn oversize_records_are_rejected_with_their_position_and_the_rest_is_read() {
+    let big = format!(
+        "{{\"ts\":1,\"event\":\"auth.failure\",\"pad\":\"{}\"}}",
+        "x".repeat(500)
+    );
+    let small = r#"{"ts":2,"event":"tool.denied","agent_id":"a","session_id":"s","tool":"t"}"#;
+    let out = bin()
+        .args(["replay", "--max-record-bytes", "200"])
+        .write_stdin(format!("{big}\n{small}\n"))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("too_large              1 (at stdin:1)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("2 records, 1 events, 1 rejected"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 1);
+    bin()
+        .args(["replay", "--max-record-bytes", "0"])
+        .assert()
+        .code(2);
+}
+
+#[test]
 fn a_missing_input_file_exits_1() {
     let out = bin()
         .args(["replay", "/nonexistent/audit.log"])
