@@ -106,7 +106,21 @@ pub fn alert_id(rule: &str, tenant: &str, key: &str, ts: i64, trigger: &Fingerpr
 /// Formats epoch milliseconds as RFC 3339 UTC with milliseconds.
 pub fn format_ts(ms: i64) -> String {
     match jiff::Timestamp::from_millisecond(ms) {
-        Ok(ts) => ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        Ok(ts) => {
+            // Fixed fields straight from the civil time: several times faster
+            // than a strftime pattern, and alerts carry three or four times.
+            let dt = jiff::tz::Offset::UTC.to_datetime(ts);
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                dt.year(),
+                dt.month(),
+                dt.day(),
+                dt.hour(),
+                dt.minute(),
+                dt.second(),
+                dt.subsec_nanosecond() / 1_000_000
+            )
+        }
         Err(_) => ms.to_string(),
     }
 }
