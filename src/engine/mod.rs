@@ -10,6 +10,7 @@
 //! at `max_keys_per_rule`: at the cap the oldest keys are evicted and an
 //! internal `state_pressure` alert says so.
 
+pub mod clock;
 pub mod condition;
 mod detect;
 pub mod rules;

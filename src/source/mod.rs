@@ -2,4 +2,5 @@
 //! know nothing of audit semantics. This module holds the line framing used
 //! for files and standard input.
 
+pub mod framing;
 pub mod lines;

@@ -4,6 +4,7 @@
 mod cli;
 mod decode;
 mod detectors;
+mod framing;
 mod golden;
 mod model;
 mod rules;

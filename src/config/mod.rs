@@ -1,0 +1,569 @@
+//! Daemon configuration: a TOML file (every key optional, unknown keys are
+//! errors) → a validated [`Config`]. Pure apart from reading the file and
+//! checking that referenced files exist; every problem is reported at once.
+//! With no file, [`Config::builtin`] gives defaults that are useful at once:
+//! syslog over UDP and TCP on 127.0.0.1:5514 and metrics on 127.0.0.1:9464.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::decode::{DEFAULT_MAX_RECORD_BYTES, Format};
+use crate::duration;
+use crate::engine::DEFAULT_MAX_KEYS_PER_RULE;
+
+/// Default syslog listen address (UDP and TCP): loopback, unprivileged.
+pub const DEFAULT_SYSLOG_ADDRESS: &str = "127.0.0.1:5514";
+/// Default metrics and health address.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9464";
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub errors: Vec<String>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "invalid configuration {} ({n} error{})",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Engine and pipeline settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSettings {
+    pub allowed_lateness_ms: i64,
+    pub idle_after: Duration,
+    pub max_future_skew_ms: i64,
+    pub max_keys_per_rule: usize,
+    pub max_record_bytes: usize,
+    /// Batches buffered between the sources and the engine.
+    pub queue_capacity: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            allowed_lateness_ms: 5_000,
+            idle_after: Duration::from_secs(10),
+            max_future_skew_ms: 5 * 60_000,
+            max_keys_per_rule: DEFAULT_MAX_KEYS_PER_RULE,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            queue_capacity: 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// TLS (RFC 5425) on a TCP source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Where a file source starts when it has no saved position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    Beginning,
+    End,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKind {
+    SyslogUdp {
+        address: SocketAddr,
+        receive_buffer_bytes: Option<usize>,
+    },
+    SyslogTcp {
+        address: SocketAddr,
+        max_connections: usize,
+        idle_timeout: Duration,
+        tls: Option<TlsSettings>,
+    },
+    File {
+        path: PathBuf,
+        read_from: ReadFrom,
+        poll_interval: Duration,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceConfig {
+    pub name: String,
+    pub format: Format,
+    pub kind: SourceKind,
+}
+
+impl SourceConfig {
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            SourceKind::SyslogUdp { .. } => "syslog_udp",
+            SourceKind::SyslogTcp { tls: None, .. } => "syslog_tcp",
+            SourceKind::SyslogTcp { tls: Some(_), .. } => "syslog_tls",
+            SourceKind::File { .. } => "file",
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from (`None`: built-in defaults).
+    pub path: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub rules_dir: Option<PathBuf>,
+    pub engine: EngineSettings,
+    /// `None`: no metrics endpoint.
+    pub metrics: Option<SocketAddr>,
+    pub sources: Vec<SourceConfig>,
+}
+
+fn default_state_dir() -> PathBuf {
+    // systemd's StateDirectory= sets this; otherwise the working directory.
+    std::env::var_os("STATE_DIRECTORY")
+        .map(|v| {
+            // It may list several directories separated by ':'.
+            let s = v.to_string_lossy().into_owned();
+            PathBuf::from(s.split(':').next().unwrap_or_default())
+        })
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("./mcp-alertd-state"))
+}
+
+fn loopback(addr: &str) -> SocketAddr {
+    addr.parse()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+impl Config {
+    /// The built-in defaults used when no configuration file is given.
+    pub fn builtin() -> Config {
+        let syslog = loopback(DEFAULT_SYSLOG_ADDRESS);
+        Config {
+            path: None,
+            state_dir: default_state_dir(),
+            rules_dir: None,
+            engine: EngineSettings::default(),
+            metrics: Some(loopback(DEFAULT_METRICS_ADDRESS)),
+            sources: vec![
+                SourceConfig {
+                    name: "syslog_udp".to_owned(),
+                    format: Format::Auto,
+                    kind: SourceKind::SyslogUdp {
+                        address: syslog,
+                        receive_buffer_bytes: None,
+                    },
+                },
+                SourceConfig {
+                    name: "syslog_tcp".to_owned(),
+                    format: Format::Auto,
+                    kind: SourceKind::SyslogTcp {
+                        address: syslog,
+                        max_connections: 256,
+                        idle_timeout: Duration::from_secs(300),
+                        tls: None,
+                    },
+                },
+            ],
+        }
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            errors: vec![format!("cannot read: {e}")],
+        })?;
+        let mut config = Config::parse(&text).map_err(|errors| ConfigError { file, errors })?;
+        config.path = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// Validates configuration text; relative paths are kept as written.
+    pub fn parse(text: &str) -> Result<Config, Vec<String>> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| vec![e.to_string().trim_end().to_owned()])?;
+        let mut errors = Vec::new();
+        let builtin = Config::builtin();
+        let engine = raw
+            .engine
+            .map_or_else(EngineSettings::default, |e| e.validate(&mut errors));
+        let metrics = match raw.metrics {
+            None => builtin.metrics,
+            Some(m) if !m.enabled.unwrap_or(true) => None,
+            Some(m) => match m
+                .address
+                .as_deref()
+                .unwrap_or(DEFAULT_METRICS_ADDRESS)
+                .parse::<SocketAddr>()
+            {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    errors.push(format!(
+                        "metrics.address: {e} (write e.g. \"127.0.0.1:9464\")"
+                    ));
+                    None
+                }
+            },
+        };
+        let sources = match raw.sources {
+            None => builtin.sources,
+            Some(list) => {
+                let mut out = Vec::new();
+                for (i, s) in list.into_iter().enumerate() {
+                    if let Some(s) = s.validate(i, &mut errors) {
+                        out.push(s);
+                    }
+                }
+                out
+            }
+        };
+        for (i, s) in sources.iter().enumerate() {
+            if sources[..i].iter().any(|o| o.name == s.name) {
+                errors.push(format!("sources: the name `{}` is used twice", s.name));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Config {
+            path: None,
+            state_dir: raw.state_dir.unwrap_or(builtin.state_dir),
+            rules_dir: raw.rules_dir,
+            engine,
+            metrics,
+            sources,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    rules_dir: Option<PathBuf>,
+    engine: Option<RawEngine>,
+    metrics: Option<RawMetrics>,
+    sources: Option<Vec<RawSource>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    allowed_lateness: Option<String>,
+    idle_after: Option<String>,
+    max_future_skew: Option<String>,
+    max_keys_per_rule: Option<u64>,
+    max_record_bytes: Option<u64>,
+    queue_capacity: Option<u64>,
+    shutdown_grace: Option<String>,
+}
+
+fn dur(
+    errors: &mut Vec<String>,
+    name: &str,
+    value: Option<&str>,
+    default_ms: i64,
+    min_ms: i64,
+) -> i64 {
+    let Some(text) = value else { return default_ms };
+    match duration::parse_ms(text) {
+        Ok(ms) if ms >= min_ms => ms,
+        Ok(_) => {
+            errors.push(format!(
+                "{name}: must be at least {}",
+                duration::display_ms(min_ms)
+            ));
+            default_ms
+        }
+        Err(e) => {
+            errors.push(format!("{name}: {e}"));
+            default_ms
+        }
+    }
+}
+
+fn count(
+    errors: &mut Vec<String>,
+    name: &str,
+    value: Option<u64>,
+    default: usize,
+    range: (u64, u64),
+) -> usize {
+    match value {
+        None => default,
+        Some(v) if v >= range.0 && v <= range.1 => usize::try_from(v).unwrap_or(default),
+        Some(v) => {
+            errors.push(format!("{name}: {v} is outside {}..={}", range.0, range.1));
+            default
+        }
+    }
+}
+
+fn ms_duration(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+impl RawEngine {
+    fn validate(self, errors: &mut Vec<String>) -> EngineSettings {
+        let d = EngineSettings::default();
+        EngineSettings {
+            allowed_lateness_ms: dur(
+                errors,
+                "engine.allowed_lateness",
+                self.allowed_lateness.as_deref(),
+                d.allowed_lateness_ms,
+                0,
+            ),
+            idle_after: ms_duration(dur(
+                errors,
+                "engine.idle_after",
+                self.idle_after.as_deref(),
+                10_000,
+                100,
+            )),
+            max_future_skew_ms: dur(
+                errors,
+                "engine.max_future_skew",
+                self.max_future_skew.as_deref(),
+                d.max_future_skew_ms,
+                0,
+            ),
+            max_keys_per_rule: count(
+                errors,
+                "engine.max_keys_per_rule",
+                self.max_keys_per_rule,
+                d.max_keys_per_rule,
+                (1, 1 << 32),
+            ),
+            max_record_bytes: count(
+                errors,
+                "engine.max_record_bytes",
+                self.max_record_bytes,
+                d.max_record_bytes,
+                (64, 1 << 24),
+            ),
+            queue_capacity: count(
+                errors,
+                "engine.queue_capacity",
+                self.queue_capacity,
+                d.queue_capacity,
+                (1, 1 << 20),
+            ),
+            shutdown_grace: ms_duration(dur(
+                errors,
+                "engine.shutdown_grace",
+                self.shutdown_grace.as_deref(),
+                10_000,
+                0,
+            )),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    enabled: Option<bool>,
+    address: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    format: Option<String>,
+    address: Option<String>,
+    receive_buffer_bytes: Option<u64>,
+    max_connections: Option<u64>,
+    idle_timeout: Option<String>,
+    tls: Option<RawTls>,
+    path: Option<PathBuf>,
+    read_from: Option<ReadFrom>,
+    poll_interval: Option<String>,
+}
+
+impl RawSource {
+    fn validate(self, index: usize, errors: &mut Vec<String>) -> Option<SourceConfig> {
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}_{}", self.kind, index + 1));
+        let at = format!("sources[{}] ({name})", index + 1);
+        let before = errors.len();
+        let format = match self.format.as_deref().map(str::parse::<Format>) {
+            None => Format::Auto,
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                errors.push(format!("{at}: format: {e}"));
+                Format::Auto
+            }
+        };
+        let address = |errors: &mut Vec<String>| -> SocketAddr {
+            match self
+                .address
+                .as_deref()
+                .unwrap_or(DEFAULT_SYSLOG_ADDRESS)
+                .parse::<SocketAddr>()
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    errors.push(format!(
+                        "{at}: address: {e} (write e.g. \"127.0.0.1:5514\" or \"[::1]:5514\")"
+                    ));
+                    loopback(DEFAULT_SYSLOG_ADDRESS)
+                }
+            }
+        };
+        let not_for = |errors: &mut Vec<String>, fields: &[(&str, bool)]| {
+            for (field, present) in fields {
+                if *present {
+                    errors.push(format!(
+                        "{at}: `{field}` does not apply to type `{}`",
+                        self.kind
+                    ));
+                }
+            }
+        };
+        let kind = match self.kind.as_str() {
+            "syslog_udp" => {
+                not_for(
+                    errors,
+                    &[
+                        ("max_connections", self.max_connections.is_some()),
+                        ("idle_timeout", self.idle_timeout.is_some()),
+                        ("tls", self.tls.is_some()),
+                        ("path", self.path.is_some()),
+                        ("read_from", self.read_from.is_some()),
+                        ("poll_interval", self.poll_interval.is_some()),
+                    ],
+                );
+                SourceKind::SyslogUdp {
+                    address: address(errors),
+                    receive_buffer_bytes: self.receive_buffer_bytes.map(|b| {
+                        count(
+                            errors,
+                            &format!("{at}: receive_buffer_bytes"),
+                            Some(b),
+                            0,
+                            (4096, 1 << 30),
+                        )
+                    }),
+                }
+            }
+            "syslog_tcp" => {
+                not_for(
+                    errors,
+                    &[
+                        ("receive_buffer_bytes", self.receive_buffer_bytes.is_some()),
+                        ("path", self.path.is_some()),
+                        ("read_from", self.read_from.is_some()),
+                        ("poll_interval", self.poll_interval.is_some()),
+                    ],
+                );
+                let tls = self.tls.map(|t| {
+                    for (what, file) in [
+                        ("cert_file", Some(&t.cert_file)),
+                        ("key_file", Some(&t.key_file)),
+                        ("client_ca_file", t.client_ca_file.as_ref()),
+                    ] {
+                        if let Some(file) = file
+                            && let Err(e) = std::fs::metadata(file)
+                        {
+                            errors.push(format!("{at}: tls.{what} {}: {e}", file.display()));
+                        }
+                    }
+                    TlsSettings {
+                        cert_file: t.cert_file,
+                        key_file: t.key_file,
+                        client_ca_file: t.client_ca_file,
+                    }
+                });
+                SourceKind::SyslogTcp {
+                    address: address(errors),
+                    max_connections: count(
+                        errors,
+                        &format!("{at}: max_connections"),
+                        self.max_connections,
+                        256,
+                        (1, 65_536),
+                    ),
+                    idle_timeout: ms_duration(dur(
+                        errors,
+                        &format!("{at}: idle_timeout"),
+                        self.idle_timeout.as_deref(),
+                        300_000,
+                        1_000,
+                    )),
+                    tls,
+                }
+            }
+            "file" => {
+                not_for(
+                    errors,
+                    &[
+                        ("address", self.address.is_some()),
+                        ("receive_buffer_bytes", self.receive_buffer_bytes.is_some()),
+                        ("max_connections", self.max_connections.is_some()),
+                        ("idle_timeout", self.idle_timeout.is_some()),
+                        ("tls", self.tls.is_some()),
+                    ],
+                );
+                let path = match self.path {
+                    Some(p) => p,
+                    None => {
+                        errors.push(format!("{at}: `path` is required for type `file`"));
+                        PathBuf::new()
+                    }
+                };
+                SourceKind::File {
+                    path,
+                    read_from: self.read_from.unwrap_or(ReadFrom::Beginning),
+                    poll_interval: ms_duration(dur(
+                        errors,
+                        &format!("{at}: poll_interval"),
+                        self.poll_interval.as_deref(),
+                        250,
+                        10,
+                    )),
+                }
+            }
+            other => {
+                errors.push(format!(
+                    "{at}: unknown type `{other}` (syslog_udp, syslog_tcp, file)"
+                ));
+                return None;
+            }
+        };
+        (errors.len() == before).then_some(SourceConfig { name, format, kind })
+    }
+}

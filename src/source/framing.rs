@@ -1,0 +1,286 @@
+//! Stream framing of syslog over TCP/TLS (RFC 6587), pure: octet counting
+//! (`LEN SP MSG`) or LF-delimited, detected on a connection's first byte.
+//! The framer never holds more than one record's bound of bytes: an
+//! oversize octet-counted frame is skipped by its length, an oversize line
+//! is skipped to its newline, and both are reported as `TooLarge`.
+
+use std::ops::Range;
+
+/// One framed record inside a [`Batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameRef {
+    /// Bytes of `Batch::data`.
+    Record(Range<usize>),
+    /// A record over the bound, dropped unread; its length in bytes.
+    TooLarge(usize),
+}
+
+/// Records framed from one read, sharing one buffer.
+#[derive(Debug, Default, Clone)]
+pub struct Frames {
+    pub data: Vec<u8>,
+    pub frames: Vec<FrameRef>,
+}
+
+impl Frames {
+    pub fn push_record(&mut self, bytes: &[u8]) {
+        let start = self.data.len();
+        self.data.extend_from_slice(bytes);
+        self.frames.push(FrameRef::Record(start..self.data.len()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn get(&self, frame: &FrameRef) -> Option<&[u8]> {
+        match frame {
+            FrameRef::Record(r) => self.data.get(r.clone()),
+            FrameRef::TooLarge(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Unknown,
+    OctetCounting,
+    NewLine,
+}
+
+/// Why a stream cannot be framed any further (the connection is closed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    #[error("octet-counting frame header is not a length followed by a space")]
+    BadOctetHeader,
+}
+
+/// The longest length prefix accepted (10 digits).
+const MAX_HEADER: usize = 11;
+
+#[derive(Debug)]
+pub struct Framer {
+    mode: Mode,
+    max_record_bytes: usize,
+    /// Unconsumed bytes: at most one partial record (plus a header).
+    pending: Vec<u8>,
+    /// Bytes still to drop of an oversize octet-counted frame.
+    skip_bytes: usize,
+    /// Dropping an oversize line up to its newline; bytes dropped so far.
+    skip_line: Option<usize>,
+}
+
+impl Framer {
+    pub fn new(max_record_bytes: usize) -> Framer {
+        Framer::with_mode(max_record_bytes, Mode::Unknown)
+    }
+
+    pub fn with_mode(max_record_bytes: usize, mode: Mode) -> Framer {
+        Framer {
+            mode,
+            max_record_bytes,
+            pending: Vec::new(),
+            skip_bytes: 0,
+            skip_line: None,
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Bytes held for a partial record.
+    pub fn buffered(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Frames as many records as `input` completes into `out`.
+    pub fn push(&mut self, mut input: &[u8], out: &mut Frames) -> Result<(), FramingError> {
+        while !input.is_empty() {
+            if self.skip_bytes > 0 {
+                let n = self.skip_bytes.min(input.len());
+                self.skip_bytes -= n;
+                input = &input[n..];
+                continue;
+            }
+            if let Some(dropped) = self.skip_line {
+                match memchr::memchr(b'\n', input) {
+                    Some(i) => {
+                        out.frames.push(FrameRef::TooLarge(dropped + i));
+                        self.skip_line = None;
+                        input = &input[i + 1..];
+                    }
+                    None => {
+                        self.skip_line = Some(dropped + input.len());
+                        input = &[];
+                    }
+                }
+                continue;
+            }
+            if self.mode == Mode::Unknown {
+                match input.iter().position(|b| !b.is_ascii_whitespace()) {
+                    None => return Ok(()),
+                    Some(i) => {
+                        self.mode = if input[i].is_ascii_digit() {
+                            Mode::OctetCounting
+                        } else {
+                            Mode::NewLine
+                        };
+                    }
+                }
+            }
+            input = match self.mode {
+                Mode::NewLine => self.push_lines(input, out),
+                _ => self.push_octets(input, out)?,
+            };
+        }
+        Ok(())
+    }
+
+    fn push_lines<'i>(&mut self, input: &'i [u8], out: &mut Frames) -> &'i [u8] {
+        match memchr::memchr(b'\n', input) {
+            Some(i) => {
+                let line = &input[..i];
+                if self.pending.len() + line.len() > self.max_record_bytes {
+                    out.frames
+                        .push(FrameRef::TooLarge(self.pending.len() + line.len()));
+                    self.pending.clear();
+                } else if self.pending.is_empty() {
+                    push_line(out, line);
+                } else {
+                    self.pending.extend_from_slice(line);
+                    let whole = std::mem::take(&mut self.pending);
+                    push_line(out, &whole);
+                    self.pending = whole;
+                    self.pending.clear();
+                }
+                &input[i + 1..]
+            }
+            None => {
+                if self.pending.len() + input.len() > self.max_record_bytes {
+                    self.skip_line = Some(self.pending.len() + input.len());
+                    self.pending.clear();
+                } else {
+                    self.pending.extend_from_slice(input);
+                }
+                &[]
+            }
+        }
+    }
+
+    fn push_octets<'i>(
+        &mut self,
+        input: &'i [u8],
+        out: &mut Frames,
+    ) -> Result<&'i [u8], FramingError> {
+        // Gather the header (and the frame, if small enough) in `pending`
+        // only when a read splits it; otherwise frame straight from input.
+        let (buf, from_pending): (&[u8], bool) = if self.pending.is_empty() {
+            (input, false)
+        } else {
+            (&[], true)
+        };
+        if from_pending {
+            // Take just enough to complete a header or the frame.
+            let need = self.octet_need();
+            let take = need
+                .saturating_sub(self.pending.len())
+                .max(1)
+                .min(input.len());
+            self.pending.extend_from_slice(&input[..take]);
+            let pending = std::mem::take(&mut self.pending);
+            let consumed = self.frame_octets(&pending, out)?;
+            match consumed {
+                Some(used) => {
+                    // Whatever of `pending` was not used stays for the next frame.
+                    self.pending = pending[used..].to_vec();
+                }
+                None => self.pending = pending,
+            }
+            return Ok(&input[take..]);
+        }
+        match self.frame_octets(buf, out)? {
+            Some(used) => Ok(&input[used..]),
+            None => {
+                if input.len() > MAX_HEADER + self.max_record_bytes {
+                    return Err(FramingError::BadOctetHeader);
+                }
+                self.pending.extend_from_slice(input);
+                Ok(&[])
+            }
+        }
+    }
+
+    /// Bytes needed in `pending` for the current frame (header included), or
+    /// a header's worth while the length is not known yet.
+    fn octet_need(&self) -> usize {
+        match parse_header(&self.pending) {
+            Ok(Some((len, header))) if len <= self.max_record_bytes => header + len,
+            _ => MAX_HEADER,
+        }
+    }
+
+    /// Frames one octet-counted record from the start of `buf`; returns the
+    /// bytes consumed, or `None` when `buf` ends before the frame does.
+    fn frame_octets(
+        &mut self,
+        buf: &[u8],
+        out: &mut Frames,
+    ) -> Result<Option<usize>, FramingError> {
+        // Separators some senders put between frames.
+        let lead = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        if lead == buf.len() {
+            return Ok(Some(lead));
+        }
+        let Some((len, header)) = parse_header(&buf[lead..])? else {
+            return Ok(None);
+        };
+        let start = lead + header;
+        if len > self.max_record_bytes {
+            out.frames.push(FrameRef::TooLarge(len));
+            let available = buf.len() - start;
+            if available >= len {
+                return Ok(Some(start + len));
+            }
+            self.skip_bytes = len - available;
+            return Ok(Some(buf.len()));
+        }
+        if buf.len() - start < len {
+            return Ok(None);
+        }
+        out.push_record(&buf[start..start + len]);
+        Ok(Some(start + len))
+    }
+}
+
+fn push_line(out: &mut Frames, line: &[u8]) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if !line.iter().all(u8::is_ascii_whitespace) {
+        out.push_record(line);
+    }
+}
+
+/// `LEN SP` at the start of `buf`: `Some((len, header bytes))`, `None` when
+/// incomplete, an error when it is not a length.
+fn parse_header(buf: &[u8]) -> Result<Option<(usize, usize)>, FramingError> {
+    let digits = buf.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == buf.len() {
+        return if digits < MAX_HEADER {
+            Ok(None)
+        } else {
+            Err(FramingError::BadOctetHeader)
+        };
+    }
+    if digits == 0 || digits >= MAX_HEADER || buf[digits] != b' ' {
+        return Err(FramingError::BadOctetHeader);
+    }
+    let len = std::str::from_utf8(&buf[..digits])
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .ok_or(FramingError::BadOctetHeader)?;
+    Ok(Some((len, digits + 1)))
+}

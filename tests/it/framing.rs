@@ -1,0 +1,118 @@
+//! RFC 6587 framing: both framings, oversize frames, arbitrary read splits.
+
+use mcp_alertd::source::framing::{FrameRef, Framer, Frames, FramingError, Mode};
+use proptest::prelude::*;
+
+fn frame_all(chunks: &[&[u8]], max: usize) -> (Vec<String>, Mode) {
+    let mut framer = Framer::new(max);
+    let mut out = Frames::default();
+    for c in chunks {
+        framer.push(c, &mut out).unwrap();
+    }
+    let got = out
+        .frames
+        .iter()
+        .map(|f| match f {
+            FrameRef::Record(_) => String::from_utf8(out.get(f).unwrap().to_vec()).unwrap(),
+            FrameRef::TooLarge(n) => format!("<too large {n}>"),
+        })
+        .collect();
+    (got, framer.mode())
+}
+
+#[test]
+fn octet_counting_and_newline_framing_are_detected() {
+    let (got, mode) = frame_all(&[b"5 hello3 abc\n4 x yz"], 100);
+    assert_eq!(mode, Mode::OctetCounting);
+    assert_eq!(got, vec!["hello", "abc", "x yz"]);
+    let (got, mode) = frame_all(&[b"<13>one\r\n\n<13>two\nthree"], 100);
+    assert_eq!(mode, Mode::NewLine);
+    assert_eq!(got, vec!["<13>one", "<13>two"]);
+}
+
+#[test]
+fn oversize_frames_are_skipped_and_framing_resumes() {
+    let big = "y".repeat(50);
+    let octets = format!("3 abc50 {big}2 ok");
+    let (got, _) = frame_all(&[octets.as_bytes()], 10);
+    assert_eq!(got, vec!["abc", "<too large 50>", "ok"]);
+    // Split inside the oversize frame: skipped across reads.
+    let (got, _) = frame_all(
+        &[
+            &octets.as_bytes()[..12],
+            &octets.as_bytes()[12..40],
+            &octets.as_bytes()[40..],
+        ],
+        10,
+    );
+    assert_eq!(got, vec!["abc", "<too large 50>", "ok"]);
+    let lines = format!("abc\n{big}\nok\n");
+    let (got, _) = frame_all(&[&lines.as_bytes()[..20], &lines.as_bytes()[20..]], 10);
+    assert_eq!(got, vec!["abc", "<too large 50>", "ok"]);
+}
+
+#[test]
+fn a_bad_octet_header_is_an_error() {
+    let mut framer = Framer::new(100);
+    let mut out = Frames::default();
+    assert_eq!(
+        framer.push(b"12x hello", &mut out),
+        Err(FramingError::BadOctetHeader)
+    );
+    let mut framer = Framer::new(100);
+    assert_eq!(
+        framer.push(b"123456789012345 a", &mut out),
+        Err(FramingError::BadOctetHeader)
+    );
+}
+
+#[test]
+fn the_framer_holds_at_most_one_record_bound() {
+    let mut framer = Framer::new(64);
+    let mut out = Frames::default();
+    for _ in 0..1000 {
+        framer.push(&[b'z'; 1000], &mut out).unwrap();
+        assert!(framer.buffered() <= 64 + 11);
+    }
+    framer.push(b"\nfine\n", &mut out).unwrap();
+    assert_eq!(out.frames.len(), 2);
+    assert_eq!(out.frames[0], FrameRef::TooLarge(1_000_000));
+}
+
+proptest! {
+    #[test]
+    fn any_split_of_the_stream_gives_the_same_frames(
+        msgs in prop::collection::vec("[a-z0-9 ]{0,40}", 1..20),
+        cuts in prop::collection::vec(0usize..2000, 0..10),
+        octet in any::<bool>(),
+    ) {
+        let max = 30;
+        let mut stream = Vec::new();
+        let mut want = Vec::new();
+        for m in &msgs {
+            if octet {
+                stream.extend_from_slice(format!("{} {m}", m.len()).as_bytes());
+                want.push(if m.len() > max { format!("<too large {}>", m.len()) } else { m.clone() });
+            } else {
+                // Lines must not be blank and must not start with a digit or
+                // whitespace to be detected as LF framing.
+                let line = format!("x{m}");
+                stream.extend_from_slice(line.as_bytes());
+                stream.push(b'\n');
+                want.push(if line.len() > max { format!("<too large {}>", line.len()) } else { line });
+            }
+        }
+        let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+        points.sort_unstable();
+        let mut chunks: Vec<&[u8]> = Vec::new();
+        let mut last = 0;
+        for p in points {
+            chunks.push(&stream[last..p]);
+            last = p;
+        }
+        chunks.push(&stream[last..]);
+        let (got, _) = frame_all(&chunks, max);
+        // Empty octet-counted messages ("0 ") are valid empty records.
+        prop_assert_eq!(got, want);
+    }
+}
