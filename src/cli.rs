@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::Config;
 use crate::corpus::{Corpus, CorpusConfig};
 use crate::decode::{DEFAULT_MAX_RECORD_BYTES, Decoder, Format};
 use crate::duration;
@@ -29,12 +30,32 @@ pub const EXIT_CONFIG: u8 = 78;
     mcp-alertd check --rules /etc/mcp-alertd/rules\n\n\
     Logs go to stderr; set MCP_ALERTD_LOG=debug for more. Design: see README.md.")]
 pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line (for journald / log shippers).
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: receive audit events, raise alerts as they happen.
+    ///
+    /// Without --config it listens for syslog on 127.0.0.1:5514 (UDP and
+    /// TCP), uses the built-in rules, writes alerts as JSON lines to stdout
+    /// and serves /metrics, /healthz and /readyz on 127.0.0.1:9464.
+    /// SIGHUP reloads the configuration's rules and engine settings (an
+    /// invalid new set is refused and the running one stays); SIGTERM or
+    /// SIGINT stops the sources, drains what was accepted and exits.
+    Run(RunArgs),
     /// Run audit logs through the rules once and print the alerts.
     ///
     /// Reads each FILE in order (`-` or nothing: standard input) as one
@@ -43,7 +64,7 @@ pub enum Command {
     /// stderr. Event time drives every window and deadline; deadlines that
     /// are due at the end of the input fire before it exits.
     Replay(ReplayArgs),
-    /// Validate the rules and list them.
+    /// Validate the configuration and the rules, and list the rules.
     ///
     /// Exits 0 when valid, 78 with every error (file, rule, message) when
     /// not; nothing of an invalid set is ever used.
@@ -90,8 +111,18 @@ pub struct ReplayArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
+    /// Configuration file to validate (its `rules_dir` is checked too).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub rules: RulesArg,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML); without it, built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +167,7 @@ pub fn load_rules(dir: Option<&Path>) -> Result<RuleSet, crate::engine::RuleSetE
 /// Runs a command; the returned code is the process exit code.
 pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
+        Command::Run(args) => crate::app::run(args.config),
         Command::Replay(args) => replay_cmd(args),
         Command::Check(args) => check_cmd(args),
         Command::Generate(args) => generate_cmd(args),
@@ -168,24 +200,68 @@ fn replay_cmd(args: ReplayArgs) -> Result<u8> {
 }
 
 fn check_cmd(args: CheckArgs) -> Result<u8> {
-    let rules = load_rules(args.rules.rules.as_deref())?;
+    // Report configuration and rule problems together.
+    let mut problems = Vec::new();
+    let config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        },
+        None => None,
+    };
+    let rules_dir = args
+        .rules
+        .rules
+        .clone()
+        .or_else(|| config.as_ref().and_then(|c| c.rules_dir.clone()));
+    let rules = match load_rules(rules_dir.as_deref()) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("mcp-alertd: {p}");
+        }
+        return Ok(EXIT_CONFIG);
+    }
     let mut out = io::stdout().lock();
-    writeln!(
-        out,
-        "rules OK: {} rules from {}",
-        rules.rules().len(),
-        rules.origin
-    )?;
-    for rule in rules.rules() {
+    if let Some(c) = &config {
         writeln!(
             out,
-            "  {:<28} {:<9} {:<8} {}",
-            rule.id,
-            rule.kind.name(),
-            rule.severity.name(),
-            rule.title
+            "config OK: {}",
+            args.config
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         )?;
-        writeln!(out, "  {:<28} {}", "", rule.describe())?;
+        for s in &c.sources {
+            writeln!(out, "  source {:<20} {}", s.name, s.type_name())?;
+        }
+    }
+    if let Some(rules) = rules {
+        writeln!(
+            out,
+            "rules OK: {} rules from {}",
+            rules.rules().len(),
+            rules.origin
+        )?;
+        for rule in rules.rules() {
+            writeln!(
+                out,
+                "  {:<28} {:<9} {:<8} {}",
+                rule.id,
+                rule.kind.name(),
+                rule.severity.name(),
+                rule.title
+            )?;
+            writeln!(out, "  {:<28} {}", "", rule.describe())?;
+        }
     }
     Ok(0)
 }

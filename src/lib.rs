@@ -10,6 +10,8 @@
 //! - [`decode`]: pure record → event decoding (JSON lines, RFC 5424/3164 syslog, CEE).
 //! - [`engine`]: rules (load, compile, validate) and the pure, deterministic detector.
 //! - [`alert`]: the alert type, deterministic ids and rendering.
+//! - [`app`]: the daemon (`run`): composition root, lifecycle, signals.
+//! - [`config`]: the daemon's TOML configuration, validated up front.
 //! - [`replay`]: the one-shot `replay` pipeline over files or stdin.
 //! - [`cli`]: the command line and the non-daemon commands (`replay`, `check`, `generate`).
 //! - [`corpus`]: a seeded synthetic audit-log generator for benchmarks and load tests.
@@ -17,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod corpus;

@@ -6,12 +6,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mcp_alertd::cli::{self, Cli, EXIT_CONFIG};
+use mcp_alertd::config::ConfigError;
 use mcp_alertd::engine::RuleSetError;
 use mcp_alertd::telemetry;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging();
+    telemetry::init_logging(cli.log_format == cli::LogFormat::Json);
     std::panic::set_hook(Box::new(|info| {
         tracing::error!("panic: {info}");
     }));
@@ -20,6 +21,10 @@ fn main() -> ExitCode {
         Err(err) => {
             if let Some(rules) = err.downcast_ref::<RuleSetError>() {
                 eprintln!("mcp-alertd: {rules}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            if let Some(config) = err.downcast_ref::<ConfigError>() {
+                eprintln!("mcp-alertd: {config}");
                 return ExitCode::from(EXIT_CONFIG);
             }
             // A closed stdout (`| head`) ends the output, not in failure.

@@ -48,6 +48,14 @@ impl LiveClock {
         }
     }
 
+    /// New lateness and idle settings (on reload); the clock never moves
+    /// back because of them.
+    pub fn set_params(&mut self, lateness_ms: i64, idle_after_ms: i64) {
+        self.lateness_ms = lateness_ms;
+        self.idle_after_ms = idle_after_ms.max(1);
+        self.forget_after_ms = self.idle_after_ms.saturating_mul(30);
+    }
+
     pub fn clock(&self) -> Option<i64> {
         self.clock
     }

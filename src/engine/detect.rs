@@ -473,6 +473,39 @@ impl Engine {
         out.push(pressure_alert(rule, evicted, cap, ev, pos));
     }
 
+    /// Swaps in a new rule set. The state of every rule whose id and
+    /// definition are unchanged is kept; new or changed rules start empty;
+    /// removed rules' state is dropped. Returns how many rules kept state.
+    pub fn reload(&mut self, rules: Arc<RuleSet>, config: EngineConfig) -> usize {
+        let mut old: Vec<(Arc<str>, String, RuleState)> = self
+            .rules
+            .rules()
+            .iter()
+            .zip(std::mem::take(&mut self.states))
+            .map(|(r, s)| (r.id.clone(), r.definition.clone(), s))
+            .collect();
+        let mut kept = 0;
+        self.states = rules
+            .rules()
+            .iter()
+            .map(|rule| {
+                match old
+                    .iter()
+                    .position(|(id, def, _)| *id == rule.id && *def == rule.definition)
+                {
+                    Some(i) => {
+                        kept += 1;
+                        old.swap_remove(i).2
+                    }
+                    None => RuleState::for_rule(rule),
+                }
+            })
+            .collect();
+        self.rules = rules;
+        self.config = config;
+        kept
+    }
+
     /// Serializes the whole state (postcard, with a format version).
     pub fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
         let snap = SnapshotRef {

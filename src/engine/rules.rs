@@ -150,6 +150,10 @@ pub struct Rule {
     /// The file it was loaded from.
     pub file: String,
     pub kind: RuleKind,
+    /// The rule's definition in canonical form (and its task table, if it
+    /// uses one): two rules with equal definitions detect identically, so a
+    /// reload keeps their state.
+    pub definition: String,
 }
 
 impl Rule {
@@ -455,6 +459,7 @@ fn parse_rule_file(
             .get("id")
             .and_then(toml::Value::as_str)
             .map_or_else(|| format!("#{}", index + 1), str::to_owned);
+        let mut definition = toml::to_string(&entry).unwrap_or_default();
         let raw: RawRule = match entry.try_into() {
             Ok(raw) => raw,
             Err(e) => {
@@ -463,7 +468,12 @@ fn parse_rule_file(
             }
         };
         let mut msgs = Vec::new();
-        let rule = compile_rule(file, raw, tables, &mut msgs);
+        if let Some(table) = raw.deadline_by_task.as_deref().and_then(|t| tables.get(t)) {
+            let mut tasks: Vec<_> = table.iter().collect();
+            tasks.sort();
+            definition.push_str(&format!("\n# tasks: {tasks:?}"));
+        }
+        let rule = compile_rule(file, raw, definition, tables, &mut msgs);
         errors.extend(msgs.into_iter().map(|m| err(Some(&label), m)));
         if let Some(rule) = rule {
             rules.push(rule);
@@ -482,6 +492,7 @@ fn valid_id(id: &str) -> bool {
 fn compile_rule(
     file: &str,
     raw: RawRule,
+    definition: String,
     tables: &BTreeMap<String, Arc<HashMap<String, i64>>>,
     errors: &mut Vec<String>,
 ) -> Option<Rule> {
@@ -681,6 +692,7 @@ fn compile_rule(
         description: raw.description,
         file: file.to_owned(),
         kind: kind?,
+        definition,
     })
 }
 

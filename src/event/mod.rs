@@ -253,6 +253,13 @@ pub enum Position {
     File { path: Arc<str>, line: u64 },
     /// Line `line` (1-based) of standard input.
     Stdin { line: u64 },
+    /// A record received from a network peer by a named source.
+    Peer {
+        source: Arc<str>,
+        peer: std::net::SocketAddr,
+    },
+    /// A record of a followed file, ending at byte `offset`.
+    FileOffset { path: Arc<str>, offset: u64 },
 }
 
 impl fmt::Display for Position {
@@ -260,6 +267,8 @@ impl fmt::Display for Position {
         match self {
             Position::File { path, line } => write!(f, "{path}:{line}"),
             Position::Stdin { line } => write!(f, "stdin:{line}"),
+            Position::Peer { source, peer } => write!(f, "{source}/{peer}"),
+            Position::FileOffset { path, offset } => write!(f, "{path}@{offset}"),
         }
     }
 }

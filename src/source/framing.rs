@@ -20,6 +20,9 @@ pub enum FrameRef {
 pub struct Frames {
     pub data: Vec<u8>,
     pub frames: Vec<FrameRef>,
+    /// With offset tracking (newline framing): the stream offset just past
+    /// each frame's newline, parallel to `frames`.
+    pub ends: Vec<u64>,
 }
 
 impl Frames {
@@ -72,6 +75,10 @@ pub struct Framer {
     skip_bytes: usize,
     /// Dropping an oversize line up to its newline; bytes dropped so far.
     skip_line: Option<usize>,
+    /// Track stream offsets of frame ends (`Frames::ends`).
+    track: bool,
+    /// Stream bytes consumed so far.
+    offset: u64,
 }
 
 impl Framer {
@@ -86,6 +93,31 @@ impl Framer {
             pending: Vec::new(),
             skip_bytes: 0,
             skip_line: None,
+            track: false,
+            offset: 0,
+        }
+    }
+
+    /// Newline framing that records each frame's end offset in the stream,
+    /// starting at `offset` (for files resumed mid-way).
+    pub fn lines_at(max_record_bytes: usize, offset: u64) -> Framer {
+        Framer {
+            track: true,
+            offset,
+            ..Framer::with_mode(max_record_bytes, Mode::NewLine)
+        }
+    }
+
+    /// The stream offset after the last complete frame: where to resume.
+    pub fn resume_offset(&self) -> u64 {
+        self.offset - self.pending.len() as u64 - self.skip_line.map_or(0, |n| n as u64)
+    }
+
+    fn end_at(&self, out: &mut Frames, end: u64) {
+        if self.track {
+            while out.ends.len() < out.frames.len() {
+                out.ends.push(end);
+            }
         }
     }
 
@@ -101,11 +133,25 @@ impl Framer {
     /// Frames as many records as `input` completes into `out`.
     pub fn push(&mut self, mut input: &[u8], out: &mut Frames) -> Result<(), FramingError> {
         while !input.is_empty() {
+            let before = input.len();
+            input = self.step(input, out)?;
+            self.offset += (before - input.len()) as u64;
+            let end = self.offset;
+            self.end_at(out, end);
+        }
+        Ok(())
+    }
+
+    fn step<'i>(
+        &mut self,
+        mut input: &'i [u8],
+        out: &mut Frames,
+    ) -> Result<&'i [u8], FramingError> {
+        {
             if self.skip_bytes > 0 {
                 let n = self.skip_bytes.min(input.len());
                 self.skip_bytes -= n;
-                input = &input[n..];
-                continue;
+                return Ok(&input[n..]);
             }
             if let Some(dropped) = self.skip_line {
                 match memchr::memchr(b'\n', input) {
@@ -119,11 +165,11 @@ impl Framer {
                         input = &[];
                     }
                 }
-                continue;
+                return Ok(input);
             }
             if self.mode == Mode::Unknown {
                 match input.iter().position(|b| !b.is_ascii_whitespace()) {
-                    None => return Ok(()),
+                    None => return Ok(&[]),
                     Some(i) => {
                         self.mode = if input[i].is_ascii_digit() {
                             Mode::OctetCounting
@@ -133,12 +179,11 @@ impl Framer {
                     }
                 }
             }
-            input = match self.mode {
-                Mode::NewLine => self.push_lines(input, out),
-                _ => self.push_octets(input, out)?,
-            };
+            match self.mode {
+                Mode::NewLine => Ok(self.push_lines(input, out)),
+                _ => self.push_octets(input, out),
+            }
         }
-        Ok(())
     }
 
     fn push_lines<'i>(&mut self, input: &'i [u8], out: &mut Frames) -> &'i [u8] {

@@ -1,5 +1,8 @@
-//! Logging setup and rate-limited logging of per-record problems. Logs go to
+//! Logging setup, rate-limited logging of per-record problems, and the
+//! metrics registry with its HTTP endpoint ([`metrics`]). Logs go to
 //! standard error; standard output is reserved for alerts.
+
+pub mod metrics;
 
 use std::collections::HashMap;
 
@@ -8,24 +11,31 @@ use tracing_subscriber::EnvFilter;
 /// The environment variable holding a log filter (`info`, `mcp_alertd=debug`).
 pub const LOG_ENV: &str = "MCP_ALERTD_LOG";
 
-/// Installs the global subscriber: human-readable lines on stderr, level
-/// from `MCP_ALERTD_LOG` (default `info`).
-pub fn init_logging() {
+/// Installs the global subscriber on stderr: human-readable lines or JSON
+/// objects, level from `MCP_ALERTD_LOG` (default `info`).
+pub fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
-/// Logs the first `burst` occurrences of each reason, then says once that
-/// the rest are only counted. The record's content is never logged.
+/// Rate-limits logs of rejected records: at most `burst` lines per reason
+/// per minute, then one line saying how many more were only counted. The
+/// record's content is never logged, only its position and the reason.
 #[derive(Debug)]
 pub struct RejectLog {
     burst: u64,
-    seen: HashMap<&'static str, u64>,
+    seen: HashMap<&'static str, (std::time::Instant, u64, u64)>,
 }
+
+const REJECT_LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl RejectLog {
     pub fn new(burst: u64) -> RejectLog {
@@ -41,16 +51,25 @@ impl RejectLog {
         position: &dyn std::fmt::Display,
         error: &dyn std::fmt::Display,
     ) {
-        let n = self.seen.entry(reason).or_insert(0);
-        *n += 1;
-        if *n <= self.burst {
-            tracing::warn!(%position, reason, "rejected record: {error}");
+        let now = std::time::Instant::now();
+        let (start, logged, suppressed) = self.seen.entry(reason).or_insert((now, 0, 0));
+        if now.duration_since(*start) >= REJECT_LOG_WINDOW {
+            if *suppressed > 0 {
+                tracing::warn!(
+                    reason,
+                    suppressed = *suppressed,
+                    "rejected records counted but not logged in the last minute"
+                );
+            }
+            *start = now;
+            *logged = 0;
+            *suppressed = 0;
         }
-        if *n == self.burst + 1 {
-            tracing::warn!(
-                reason,
-                "more `{reason}` rejections: counted, no longer logged"
-            );
+        if *logged < self.burst {
+            *logged += 1;
+            tracing::warn!(%position, reason, "rejected record: {error}");
+        } else {
+            *suppressed += 1;
         }
     }
 }

@@ -1,0 +1,718 @@
+//! The composition root of `mcp-alertd run`: builds every stage from a
+//! validated [`Config`], wires them with one bounded channel, and owns the
+//! lifecycle: bind everything before reporting ready, SIGHUP reloads rules
+//! and engine settings atomically, SIGTERM/SIGINT stop the sources, drain
+//! what they accepted through the engine, flush alerts and exit within the
+//! grace period.
+//!
+//! The engine runs on a thread of its own (it is CPU-bound and writes
+//! alerts with blocking I/O); sources and the metrics endpoint run on a
+//! small tokio runtime.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::alert::Alert;
+use crate::config::{Config, EngineSettings, SourceKind};
+use crate::decode::{DecodeError, Decoder};
+use crate::engine::clock::LiveClock;
+use crate::engine::{Engine, EngineConfig, RuleSet};
+use crate::event::{EventKind, Position};
+use crate::source::file::{FileSource, SavedPosition};
+use crate::source::framing::FrameRef;
+use crate::source::syslog_tcp::TcpLimits;
+use crate::source::{Batch, SourceCtx, SourceMsg, file, syslog_tcp, syslog_udp};
+use crate::telemetry::RejectLog;
+use crate::telemetry::metrics::{
+    AlertLabels, Metrics, QuantileLabel, RejectLabels, RuleLabel, TypeName,
+};
+
+/// The file (in the state directory) holding file sources' positions.
+const POSITIONS_FILE: &str = "file-positions.json";
+
+/// Loads the rules a configuration names (its `rules_dir`, else embedded).
+pub fn load_rules(config: &Config) -> Result<RuleSet, crate::engine::RuleSetError> {
+    crate::cli::load_rules(config.rules_dir.as_deref())
+}
+
+/// A request to the engine thread.
+enum Control {
+    Reload {
+        rules: Arc<RuleSet>,
+        settings: EngineSettings,
+        done: oneshot::Sender<usize>,
+    },
+}
+
+/// A running daemon (in process): its bound addresses and its controls.
+pub struct Daemon {
+    addrs: Vec<(String, SocketAddr)>,
+    metrics_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
+    config: Config,
+    control: mpsc::Sender<Control>,
+    cancel_sources: CancellationToken,
+    cancel_metrics: CancellationToken,
+    tracker: TaskTracker,
+    tx: Option<mpsc::Sender<SourceMsg>>,
+    engine: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Daemon {
+    /// Binds every source and the metrics endpoint, then starts the engine
+    /// and the sources. Alerts are written to `out` as JSON lines.
+    pub async fn start(
+        config: Config,
+        rules: RuleSet,
+        out: Box<dyn Write + Send>,
+    ) -> Result<Daemon> {
+        let metrics = Arc::new(Metrics::new());
+        let settings = config.engine.clone();
+        let (tx, rx) = mpsc::channel(settings.queue_capacity);
+        let (control, control_rx) = mpsc::channel(4);
+        let cancel_sources = CancellationToken::new();
+        let cancel_metrics = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        let saved = load_positions(&config.state_dir);
+        let mut addrs = Vec::new();
+        let mut starters: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        for (index, source) in config.sources.iter().enumerate() {
+            let ctx = SourceCtx {
+                index,
+                name: source.name.as_str().into(),
+                label: Metrics::source(&source.name),
+                max_record_bytes: settings.max_record_bytes,
+                tx: tx.clone(),
+                metrics: metrics.clone(),
+                cancel: cancel_sources.clone(),
+            };
+            let what = format!("source `{}` ({})", source.name, source.type_name());
+            match &source.kind {
+                SourceKind::SyslogUdp {
+                    address,
+                    receive_buffer_bytes,
+                } => {
+                    let socket = syslog_udp::bind(*address, *receive_buffer_bytes)
+                        .with_context(|| format!("{what}: cannot listen on udp {address}"))?;
+                    let local = socket.local_addr()?;
+                    addrs.push((source.name.clone(), local));
+                    tracing::info!(source = %source.name, address = %local, "listening (syslog over UDP)");
+                    let t = tracker.clone();
+                    starters.push(Box::new(move || {
+                        t.spawn(syslog_udp::run(ctx, socket));
+                    }));
+                }
+                SourceKind::SyslogTcp {
+                    address,
+                    max_connections,
+                    idle_timeout,
+                    tls,
+                } => {
+                    let acceptor = match tls {
+                        Some(t) => Some(
+                            syslog_tcp::tls_acceptor(t).with_context(|| format!("{what}: TLS"))?,
+                        ),
+                        None => None,
+                    };
+                    let listener = tokio::net::TcpListener::bind(address)
+                        .await
+                        .with_context(|| format!("{what}: cannot listen on tcp {address}"))?;
+                    let local = listener.local_addr()?;
+                    addrs.push((source.name.clone(), local));
+                    tracing::info!(source = %source.name, address = %local, tls = acceptor.is_some(), "listening (syslog over TCP)");
+                    let limits = TcpLimits {
+                        max_connections: *max_connections,
+                        idle_timeout: *idle_timeout,
+                    };
+                    let t = tracker.clone();
+                    starters.push(Box::new(move || {
+                        let inner = t.clone();
+                        t.spawn(syslog_tcp::run(ctx, listener, limits, acceptor, inner));
+                    }));
+                }
+                SourceKind::File {
+                    path,
+                    read_from,
+                    poll_interval,
+                } => {
+                    let src = FileSource {
+                        path: path.clone(),
+                        read_from: *read_from,
+                        poll_interval: *poll_interval,
+                        saved: saved.get(&source.name).copied(),
+                    };
+                    tracing::info!(source = %source.name, path = %path.display(), "following file");
+                    let t = tracker.clone();
+                    starters.push(Box::new(move || {
+                        t.spawn(file::run(ctx, src));
+                    }));
+                }
+            }
+        }
+        let metrics_addr = match config.metrics {
+            Some(addr) => {
+                let listener = crate::telemetry::metrics::bind(addr)
+                    .await
+                    .with_context(|| format!("metrics: cannot listen on {addr}"))?;
+                let local = listener.local_addr()?;
+                tracing::info!(address = %local, "serving /metrics, /healthz, /readyz");
+                let m = metrics.clone();
+                let c = cancel_metrics.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = crate::telemetry::metrics::serve(listener, m, c).await {
+                        tracing::error!("metrics endpoint failed: {e}");
+                    }
+                });
+                Some(local)
+            }
+            None => None,
+        };
+
+        let pipeline = Pipeline::new(&config, Arc::new(rules), metrics.clone(), out, saved);
+        let engine = std::thread::Builder::new()
+            .name("engine".to_owned())
+            .spawn(move || -> Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .context("engine runtime")?;
+                rt.block_on(pipeline.run(rx, control_rx))
+            })
+            .context("cannot start the engine thread")?;
+        for start in starters {
+            start();
+        }
+        metrics.set_ready(true);
+        Ok(Daemon {
+            addrs,
+            metrics_addr,
+            metrics,
+            config,
+            control,
+            cancel_sources,
+            cancel_metrics,
+            tracker,
+            tx: Some(tx),
+            engine: Some(engine),
+        })
+    }
+
+    /// The bound address of a source (port 0 resolved).
+    pub fn local_addr(&self, source: &str) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == source)
+            .map(|(_, a)| *a)
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Applies a new rule set and engine settings; returns how many rules
+    /// kept their state. Source and metrics settings apply at restart.
+    pub async fn reload(&mut self, config: Config, rules: RuleSet) -> Result<usize> {
+        if config.sources != self.config.sources
+            || config.metrics != self.config.metrics
+            || config.state_dir != self.config.state_dir
+        {
+            tracing::warn!(
+                "changes to sources, metrics or state_dir take effect at the next start"
+            );
+        }
+        let (done, kept) = oneshot::channel();
+        self.control
+            .send(Control::Reload {
+                rules: Arc::new(rules),
+                settings: config.engine.clone(),
+                done,
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("the engine has stopped"))?;
+        let kept = kept
+            .await
+            .map_err(|_| anyhow::anyhow!("the engine has stopped"))?;
+        self.config.engine = config.engine;
+        self.config.rules_dir = config.rules_dir;
+        Ok(kept)
+    }
+
+    /// Stops the sources, drains what they accepted through the engine,
+    /// flushes alerts, and stops the metrics endpoint, within the grace
+    /// period. Records not yet read from sockets or files are not accepted.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let grace = self.config.engine.shutdown_grace;
+        let deadline = Instant::now() + grace;
+        self.metrics.set_ready(false);
+        self.cancel_sources.cancel();
+        self.tracker.close();
+        drop(self.tx.take());
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("sources did not stop within the grace period");
+        }
+        let result = match self.engine.take() {
+            Some(handle) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, tokio::task::spawn_blocking(move || handle.join()))
+                    .await
+                {
+                    Ok(Ok(Ok(r))) => r,
+                    Ok(_) => Err(anyhow::anyhow!("the engine thread panicked")),
+                    Err(_) => Err(anyhow::anyhow!(
+                        "the engine did not drain within the grace period ({grace:?})"
+                    )),
+                }
+            }
+            None => Ok(()),
+        };
+        self.cancel_metrics.cancel();
+        result
+    }
+}
+
+/// `mcp-alertd run`: the daemon until SIGTERM/SIGINT; SIGHUP reloads.
+pub fn run(config_path: Option<PathBuf>) -> Result<u8> {
+    let config = match &config_path {
+        Some(p) => Config::load(p)?,
+        None => Config::builtin(),
+    };
+    let rules = load_rules(&config)?;
+    tracing::info!(
+        rules = rules.rules().len(),
+        origin = %rules.origin,
+        config = %config_path.as_deref().map_or("(built-in defaults)".into(), |p| p.display().to_string()),
+        "starting"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("mcp-alertd")
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let stdout: Box<dyn Write + Send> = Box::new(std::io::stdout());
+        let mut daemon = Daemon::start(config, rules, stdout).await?;
+        tracing::info!("ready");
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => reload(&mut daemon, config_path.as_deref()).await,
+            }
+        }
+        tracing::info!("stopping: draining accepted records");
+        daemon.shutdown().await?;
+        tracing::info!("stopped");
+        Ok(0)
+    })
+}
+
+async fn reload(daemon: &mut Daemon, path: Option<&Path>) {
+    let loaded = match path {
+        Some(p) => Config::load(p).map_err(anyhow::Error::from),
+        None => Ok(Config::builtin()),
+    }
+    .and_then(|c| load_rules(&c).map(|r| (c, r)).map_err(anyhow::Error::from));
+    let result = match loaded {
+        Ok((config, rules)) => {
+            let n = rules.rules().len();
+            daemon.reload(config, rules).await.map(|kept| (n, kept))
+        }
+        Err(e) => Err(e),
+    };
+    let label = |r: &str| crate::telemetry::metrics::ResultLabel {
+        result: r.to_owned(),
+    };
+    match result {
+        Ok((n, kept)) => {
+            daemon.metrics().reloads.get_or_create(&label("ok")).inc();
+            tracing::info!(rules = n, kept_state = kept, "reloaded");
+        }
+        Err(e) => {
+            daemon
+                .metrics()
+                .reloads
+                .get_or_create(&label("error"))
+                .inc();
+            tracing::error!("reload refused, the running rules stay: {e:#}");
+        }
+    }
+}
+
+fn load_positions(state_dir: &Path) -> HashMap<String, SavedPosition> {
+    let path = state_dir.join(POSITIONS_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), "ignoring unreadable file positions: {e}");
+            HashMap::new()
+        }),
+        Err(_) => HashMap::new(),
+    }
+}
+
+fn save_positions(
+    state_dir: &Path,
+    positions: &BTreeMap<String, SavedPosition>,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let tmp = state_dir.join(format!("{POSITIONS_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(positions)?)?;
+    std::fs::rename(&tmp, state_dir.join(POSITIONS_FILE))
+}
+
+/// Latency histogram bounds: 1 µs to 60 s, 3 significant digits.
+fn new_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| {
+        hdrhistogram::Histogram::new(3).unwrap_or_else(|_| unreachable_histogram())
+    })
+}
+
+#[allow(clippy::panic)]
+fn unreachable_histogram() -> hdrhistogram::Histogram<u64> {
+    // new(3) only fails for sigfig > 5.
+    panic!("histogram with 3 significant digits")
+}
+
+/// The engine thread's state: decode, clock, engine, alert output.
+struct Pipeline {
+    engine: Engine,
+    clock: LiveClock,
+    settings: EngineSettings,
+    decoders: Vec<Decoder>,
+    names: Vec<Arc<str>>,
+    file_sources: Vec<bool>,
+    metrics: Arc<Metrics>,
+    out: BufWriter<Box<dyn Write + Send>>,
+    alerts: Vec<Alert>,
+    latency: hdrhistogram::Histogram<u64>,
+    log: RejectLog,
+    epoch: Instant,
+    state_dir: PathBuf,
+    positions: BTreeMap<String, SavedPosition>,
+    positions_dirty: bool,
+    events: [Counter; EventKind::KNOWN.len() + 1],
+    rejected: HashMap<(usize, &'static str), Counter>,
+    alert_counters: HashMap<String, Counter>,
+    late_reported: u64,
+    evicted_reported: u64,
+}
+
+impl Pipeline {
+    fn new(
+        config: &Config,
+        rules: Arc<RuleSet>,
+        metrics: Arc<Metrics>,
+        out: Box<dyn Write + Send>,
+        saved: HashMap<String, SavedPosition>,
+    ) -> Pipeline {
+        let s = &config.engine;
+        let events = std::array::from_fn(|i| {
+            let name = EventKind::KNOWN.get(i).map_or("other", |k| k.name());
+            metrics
+                .events
+                .get_or_create(&TypeName {
+                    r#type: name.to_owned(),
+                })
+                .clone()
+        });
+        Pipeline {
+            engine: Engine::new(
+                rules,
+                EngineConfig {
+                    max_keys_per_rule: s.max_keys_per_rule,
+                },
+            ),
+            clock: LiveClock::new(s.allowed_lateness_ms, s.idle_after.as_millis() as i64),
+            settings: s.clone(),
+            decoders: config
+                .sources
+                .iter()
+                .map(|src| Decoder::new(src.format, s.max_record_bytes))
+                .collect(),
+            names: config
+                .sources
+                .iter()
+                .map(|src| Arc::from(src.name.as_str()))
+                .collect(),
+            file_sources: config
+                .sources
+                .iter()
+                .map(|src| matches!(src.kind, SourceKind::File { .. }))
+                .collect(),
+            metrics,
+            out: BufWriter::with_capacity(64 * 1024, out),
+            alerts: Vec::new(),
+            latency: new_histogram(),
+            log: RejectLog::new(10),
+            epoch: Instant::now(),
+            state_dir: config.state_dir.clone(),
+            positions: saved.into_iter().collect(),
+            positions_dirty: false,
+            events,
+            rejected: HashMap::new(),
+            alert_counters: HashMap::new(),
+            late_reported: 0,
+            evicted_reported: 0,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<SourceMsg>,
+        mut control: mpsc::Receiver<Control>,
+    ) -> Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(SourceMsg::Batch(b)) => self.batch(b)?,
+                    Some(SourceMsg::Closed(p)) => self.clock.remove(p),
+                    None => break,
+                },
+                Some(c) = control.recv() => self.control(c),
+                _ = tick.tick() => self.tick()?,
+            }
+        }
+        // Drained: every accepted record went through the engine. The clock
+        // is not advanced further; pending deadlines stay pending.
+        self.out.flush().context("cannot write alerts")?;
+        self.update_gauges();
+        self.save_positions();
+        Ok(())
+    }
+
+    fn now_mono(&self) -> i64 {
+        self.epoch.elapsed().as_millis() as i64
+    }
+
+    fn reject(&mut self, source: usize, err: &DecodeError, pos: &dyn std::fmt::Display) {
+        let reason = err.reason();
+        let name = &self.names[source];
+        self.rejected
+            .entry((source, reason))
+            .or_insert_with(|| {
+                self.metrics
+                    .records_rejected
+                    .get_or_create(&RejectLabels {
+                        source: name.to_string(),
+                        reason: reason.to_owned(),
+                    })
+                    .clone()
+            })
+            .inc();
+        self.log.reject(reason, pos, err);
+    }
+
+    fn batch(&mut self, b: Batch) -> Result<()> {
+        let now = self.now_mono();
+        let wall = jiff::Timestamp::now().as_millisecond();
+        let max_ts = wall.saturating_add(self.settings.max_future_skew_ms);
+        let mut triggered = 0usize;
+        for (i, frame) in b.frames.frames.iter().enumerate() {
+            let pos = match (&b.file, b.peer) {
+                (Some(f), _) => Position::FileOffset {
+                    path: f.path.clone(),
+                    offset: b.frames.ends.get(i).copied().unwrap_or(0),
+                },
+                (None, Some(peer)) => Position::Peer {
+                    source: self.names[b.source].clone(),
+                    peer,
+                },
+                (None, None) => Position::Stdin { line: 0 },
+            };
+            let bytes = match b.frames.get(frame) {
+                Some(bytes) => bytes,
+                None => {
+                    let len = if let FrameRef::TooLarge(l) = frame {
+                        *l
+                    } else {
+                        0
+                    };
+                    let err = DecodeError::TooLarge {
+                        len,
+                        max: self.settings.max_record_bytes,
+                    };
+                    self.reject(b.source, &err, &pos);
+                    continue;
+                }
+            };
+            let ev = match self.decoders[b.source].decode(bytes) {
+                Ok(ev) => ev,
+                Err(err) => {
+                    self.reject(b.source, &err, &pos);
+                    continue;
+                }
+            };
+            if ev.ts > max_ts {
+                let err = DecodeError::FutureTimestamp {
+                    max_skew_ms: self.settings.max_future_skew_ms,
+                };
+                self.reject(b.source, &err, &pos);
+                continue;
+            }
+            let kind = EventKind::KNOWN
+                .iter()
+                .position(|k| *k == ev.kind)
+                .unwrap_or(EventKind::KNOWN.len());
+            self.events[kind].inc();
+            let target = self.clock.observe(b.partition, ev.ts, now);
+            self.engine.advance_to(target, &mut self.alerts);
+            let before = self.alerts.len();
+            self.engine.on_event(&ev, Some(&pos), &mut self.alerts);
+            triggered += self.alerts.len() - before;
+        }
+        if let Some(f) = &b.file
+            && self.file_sources.get(b.source).copied().unwrap_or(false)
+            && let Some(&end) = b.frames.ends.last()
+        {
+            self.positions.insert(
+                self.names[b.source].to_string(),
+                SavedPosition {
+                    dev: f.dev,
+                    ino: f.ino,
+                    offset: end,
+                },
+            );
+            self.positions_dirty = true;
+        }
+        self.emit()?;
+        if triggered > 0 {
+            let us = b.received.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+            let _ = self.latency.record_n(us, triggered as u64);
+            self.metrics.latency_samples.inc_by(triggered as u64);
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self) -> Result<()> {
+        if self.alerts.is_empty() {
+            return Ok(());
+        }
+        let now = jiff::Timestamp::now().as_millisecond();
+        for mut alert in self.alerts.drain(..) {
+            alert.detected_at = Some(now);
+            serde_json::to_writer(&mut self.out, &alert).context("cannot write alerts")?;
+            self.out.write_all(b"\n").context("cannot write alerts")?;
+            let metrics = &self.metrics;
+            self.alert_counters
+                .entry(alert.rule.clone())
+                .or_insert_with(|| {
+                    metrics
+                        .alerts
+                        .get_or_create(&AlertLabels {
+                            rule: alert.rule.clone(),
+                            severity: alert.severity.name().to_owned(),
+                        })
+                        .clone()
+                })
+                .inc();
+        }
+        self.out.flush().context("cannot write alerts")?;
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        let now = self.now_mono();
+        if let Some(c) = self.clock.tick(now) {
+            self.engine.advance_to(c, &mut self.alerts);
+            self.emit()?;
+        }
+        self.update_gauges();
+        if self.positions_dirty {
+            self.save_positions();
+        }
+        Ok(())
+    }
+
+    fn update_gauges(&mut self) {
+        let m = &self.metrics;
+        for (rule, n) in self.engine.live_keys() {
+            m.live_keys
+                .get_or_create(&RuleLabel {
+                    rule: rule.to_string(),
+                })
+                .set(n as i64);
+        }
+        let late = self.engine.late_events();
+        m.late_events.inc_by(late - self.late_reported);
+        self.late_reported = late;
+        let evicted = self.engine.evicted_keys();
+        m.evicted_keys.inc_by(evicted - self.evicted_reported);
+        self.evicted_reported = evicted;
+        m.partitions.set(self.clock.partitions() as i64);
+        if let Some(c) = self.engine.clock() {
+            let wall = jiff::Timestamp::now().as_millisecond();
+            m.engine_lag_seconds.set((wall - c) as f64 / 1000.0);
+        }
+        if !self.latency.is_empty() {
+            for q in [0.5, 0.9, 0.99, 0.999] {
+                let secs = self.latency.value_at_quantile(q) as f64 / 1e6;
+                m.latency_seconds
+                    .get_or_create(&QuantileLabel {
+                        quantile: q.to_string(),
+                    })
+                    .set(secs);
+            }
+        }
+    }
+
+    fn save_positions(&mut self) {
+        if self.positions.is_empty() {
+            return;
+        }
+        match save_positions(&self.state_dir, &self.positions) {
+            Ok(()) => self.positions_dirty = false,
+            Err(e) => {
+                tracing::warn!(dir = %self.state_dir.display(), "cannot save file positions: {e}")
+            }
+        }
+    }
+
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Reload {
+                rules,
+                settings,
+                done,
+            } => {
+                let kept = self.engine.reload(
+                    rules,
+                    EngineConfig {
+                        max_keys_per_rule: settings.max_keys_per_rule,
+                    },
+                );
+                self.clock.set_params(
+                    settings.allowed_lateness_ms,
+                    settings.idle_after.as_millis() as i64,
+                );
+                self.settings.allowed_lateness_ms = settings.allowed_lateness_ms;
+                self.settings.max_future_skew_ms = settings.max_future_skew_ms;
+                self.settings.max_keys_per_rule = settings.max_keys_per_rule;
+                let _ = done.send(kept);
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Syslog over TCP (RFC 6587) and TLS (RFC 5425): each connection is an
+//! input partition, framed by octet counting or newlines (detected on its
+//! first byte). Connections are capped (`max_connections`), closed after
+//! `idle_timeout` without data, and stop being read while the engine queue
+//! is full, so a slow engine slows senders instead of growing memory.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::framing::{Framer, Frames};
+use super::{Batch, SourceCtx, SourceMsg, next_partition};
+use crate::config::TlsSettings;
+
+/// Why a TLS setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client CA: {0}")]
+    Verifier(String),
+}
+
+fn pem_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Builds the TLS acceptor from PEM files (certificate chain, private key,
+/// optional client CA for mutual TLS).
+pub fn tls_acceptor(tls: &TlsSettings) -> Result<TlsAcceptor, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert_file)
+        .map_err(|e| pem_err(&tls.cert_file, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_err(&tls.cert_file, e))?;
+    if certs.is_empty() {
+        return Err(pem_err(&tls.cert_file, "no certificate found"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file).map_err(|e| pem_err(&tls.key_file, e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &tls.client_ca_file {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| pem_err(ca, e))? {
+                roots.add(cert.map_err(|e| pem_err(ca, e))?)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(certs, key)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Connection limits of a TCP source.
+#[derive(Clone)]
+pub struct TcpLimits {
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+pub async fn run(
+    ctx: SourceCtx,
+    listener: TcpListener,
+    limits: TcpLimits,
+    tls: Option<TlsAcceptor>,
+    tracker: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let refused = ctx
+        .metrics
+        .connections_refused
+        .get_or_create(&ctx.label)
+        .clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(source = %ctx.name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refused.inc();
+            tracing::warn!(source = %ctx.name, %peer, "connection refused: max_connections ({}) reached", limits.max_connections);
+            drop(stream);
+            continue;
+        };
+        let span = tracing::info_span!("connection", source = %ctx.name, %peer);
+        let ctx = ctx.clone();
+        let tls = tls.clone();
+        let limits = limits.clone();
+        tracker.spawn(
+            async move {
+                connection(ctx, stream, peer, tls, limits).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn connection(
+    ctx: SourceCtx,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    limits: TcpLimits,
+) {
+    let _ = stream.set_nodelay(true);
+    let open = ctx
+        .metrics
+        .connections_open
+        .get_or_create(&ctx.label)
+        .clone();
+    open.inc();
+    let partition = next_partition();
+    match tls {
+        None => read_loop(&ctx, stream, peer, partition, &limits).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(limits.idle_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => read_loop(&ctx, tls_stream, peer, partition, &limits).await,
+                Ok(Err(e)) => {
+                    ctx.metrics
+                        .connections_refused
+                        .get_or_create(&ctx.label)
+                        .inc();
+                    tracing::warn!("TLS handshake failed: {e}");
+                }
+                Err(_) => {
+                    ctx.metrics
+                        .connections_refused
+                        .get_or_create(&ctx.label)
+                        .inc();
+                    tracing::warn!("TLS handshake timed out");
+                }
+            }
+        }
+    }
+    open.dec();
+    let _ = ctx.tx.send(SourceMsg::Closed(partition)).await;
+}
+
+async fn read_loop<S: AsyncRead + Unpin>(
+    ctx: &SourceCtx,
+    mut stream: S,
+    peer: SocketAddr,
+    partition: u64,
+    limits: &TcpLimits,
+) {
+    let mut framer = Framer::new(ctx.max_record_bytes);
+    let mut buf = vec![0u8; 64 * 1024];
+    let received = ctx
+        .metrics
+        .records_received
+        .get_or_create(&ctx.label)
+        .clone();
+    loop {
+        let n = tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            r = tokio::time::timeout(limits.idle_timeout, stream.read(&mut buf)) => match r {
+                Err(_) => {
+                    tracing::debug!("closing idle connection");
+                    break;
+                }
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    tracing::debug!("read failed: {e}");
+                    break;
+                }
+            },
+        };
+        let at = Instant::now();
+        let mut frames = Frames::default();
+        let result = framer.push(&buf[..n], &mut frames);
+        if !frames.is_empty() {
+            received.inc_by(frames.len() as u64);
+            let batch = Batch {
+                source: ctx.index,
+                partition,
+                peer: Some(peer),
+                received: at,
+                frames,
+                file: None,
+            };
+            // Awaiting here is the backpressure: no more reads until the
+            // engine takes this batch.
+            if ctx.tx.send(SourceMsg::Batch(batch)).await.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = result {
+            ctx.metrics
+                .records_rejected
+                .get_or_create(&crate::telemetry::metrics::RejectLabels {
+                    source: ctx.name.to_string(),
+                    reason: "bad_framing".to_owned(),
+                })
+                .inc();
+            tracing::warn!("{e}; closing the connection");
+            break;
+        }
+    }
+}

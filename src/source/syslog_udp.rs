@@ -1,0 +1,74 @@
+//! Syslog over UDP (RFC 5426): one datagram is one record; each sender
+//! address is an input partition. When the engine queue is full the
+//! datagram is dropped and counted: a UDP sender cannot be slowed down.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::framing::{FrameRef, Frames};
+use super::{Batch, SourceCtx, SourceMsg, udp_partition};
+
+/// Binds the socket (with an optional receive buffer size) before the
+/// daemon reports ready.
+pub fn bind(addr: SocketAddr, receive_buffer_bytes: Option<usize>) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if let Some(bytes) = receive_buffer_bytes {
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+pub async fn run(ctx: SourceCtx, socket: UdpSocket) {
+    let mut buf = vec![0u8; 65_536];
+    let received = ctx
+        .metrics
+        .records_received
+        .get_or_create(&ctx.label)
+        .clone();
+    let dropped = ctx.metrics.udp_dropped.get_or_create(&ctx.label).clone();
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(source = %ctx.name, "UDP receive failed: {e}");
+                    continue;
+                }
+            },
+        };
+        received.inc();
+        let mut frames = Frames::default();
+        if n > ctx.max_record_bytes {
+            frames.frames.push(FrameRef::TooLarge(n));
+        } else {
+            let d = &buf[..n];
+            let d = d.strip_suffix(b"\n").unwrap_or(d);
+            frames.push_record(d.strip_suffix(b"\r").unwrap_or(d));
+        }
+        let batch = Batch {
+            source: ctx.index,
+            partition: udp_partition(ctx.index, peer),
+            peer: Some(peer),
+            received: Instant::now(),
+            frames,
+            file: None,
+        };
+        match ctx.tx.try_send(SourceMsg::Batch(batch)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                dropped.inc();
+            }
+            Err(TrySendError::Closed(_)) => break,
+        }
+    }
+}
