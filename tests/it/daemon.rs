@@ -1,0 +1,778 @@
+//! The live daemon in process, over real loopback sockets: UDP, TCP in both
+//! framings, TLS and mutual TLS, oversize and garbage input, idle
+//! connections, reload, graceful shutdown and file following. Waits are
+//! bounded polls; nothing asserts on timing.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mcp_alertd::app::Daemon;
+use mcp_alertd::config::Config;
+use mcp_alertd::engine::RuleSet;
+use mcp_alertd::replay::{Input, ReplayOptions, replay};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+/// Collects the daemon's alert output.
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    pub fn alerts(&self) -> Vec<Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .alerts()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// Polls `cond` every 20 ms for at most 30 s.
+pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub const SOURCES: &str = r#"
+[engine]
+idle_after = "1h"           # tests drive the clock with event time only
+
+[metrics]
+address = "127.0.0.1:0"
+
+[[sources]]
+name = "udp"
+type = "syslog_udp"
+address = "127.0.0.1:0"
+
+[[sources]]
+name = "tcp"
+type = "syslog_tcp"
+address = "127.0.0.1:0"
+idle_timeout = "2s"
+"#;
+
+pub async fn start(config_text: &str, state: &Path) -> (Daemon, Capture) {
+    let text = format!("state_dir = \"{}\"\n{config_text}", state.display());
+    let config = Config::parse(&text).unwrap();
+    let rules = mcp_alertd::app::load_rules(&config).unwrap();
+    let out = Capture::default();
+    let daemon = Daemon::start(config, rules, Box::new(out.clone()))
+        .await
+        .unwrap();
+    (daemon, out)
+}
+
+/// Events an hour old (well within max_future_skew) that raise threshold
+/// and match alerts: 5 failures of one agent, 6 denials in one session.
+pub fn scenario(tag: &str) -> Vec<String> {
+    let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+    let mut lines = Vec::new();
+    for i in 0..5 {
+        lines.push(format!(
+            r#"{{"ts":{},"event":"auth.failure","tenant":"{tag}","agent_id":"intruder","reason":"invalid_token","n":{i}}}"#,
+            base + i * 1000
+        ));
+    }
+    for i in 0..6 {
+        lines.push(format!(
+            r#"{{"ts":{},"event":"tool.denied","tenant":"{tag}","agent_id":"bot","session_id":"s1","tool":"shell_exec","reason":"not_in_allowlist","n":{i}}}"#,
+            base + 10_000 + i * 1000
+        ));
+    }
+    lines
+}
+
+/// Alert ids that `replay` gives for the same events.
+pub fn replay_ids(lines: &[String]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let mut out = Vec::new();
+    replay(
+        &[Input::File(path)],
+        Arc::new(RuleSet::embedded().unwrap()),
+        &ReplayOptions::default(),
+        &mut out,
+    )
+    .unwrap();
+    let mut ids: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+/// The value of one sample line of a scrape (`name{labels}`), 0 if absent.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+const EXPECTED_ALERTS: usize = 8; // 1 burst + 6 denials + 1 incident
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_datagrams_in_both_syslog_formats_give_the_replay_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, out) = start(SOURCES, dir.path()).await;
+    let addr = daemon.local_addr("udp").unwrap();
+    let lines = scenario("udp");
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for (i, l) in lines.iter().enumerate() {
+        let msg = if i % 2 == 0 {
+            format!("<110>1 2026-11-27T10:00:00Z host mcp - audit - @cee:{l}")
+        } else {
+            format!("<110>Nov 27 10:00:00 host mcp[1]: {l}")
+        };
+        sock.send_to(msg.as_bytes(), addr).await.unwrap();
+        // One datagram at a time: UDP has no backpressure, and this test
+        // is about decoding, not loss (see the load tool for that).
+        let want = i as f64 + 1.0;
+        let m = daemon.metrics_addr().unwrap();
+        let mut seen = 0.0;
+        for _ in 0..500 {
+            seen = metric(
+                &scrape(m).await,
+                "mcp_alertd_records_received_total{source=\"udp\"}",
+            );
+            if seen >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(seen >= want);
+    }
+    wait_for("udp alerts", || out.alerts().len() >= EXPECTED_ALERTS).await;
+    daemon.shutdown().await.unwrap();
+    assert_eq!(out.ids(), replay_ids(&lines));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_in_both_framings_gives_the_replay_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, out) = start(SOURCES, dir.path()).await;
+    let addr = daemon.local_addr("tcp").unwrap();
+    let octets = scenario("octets");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for l in &octets {
+        let msg = format!("<110>1 2026-11-27T10:00:00Z host mcp - audit - {l}");
+        s.write_all(format!("{} {msg}", msg.len()).as_bytes())
+            .await
+            .unwrap();
+    }
+    s.shutdown().await.unwrap();
+    let lf = scenario("lines");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Written in small pieces so frames straddle reads.
+    let all: String = lf.iter().map(|l| format!("{l}\n")).collect();
+    for chunk in all.as_bytes().chunks(37) {
+        s.write_all(chunk).await.unwrap();
+    }
+    s.shutdown().await.unwrap();
+    wait_for("tcp alerts", || out.alerts().len() >= 2 * EXPECTED_ALERTS).await;
+    daemon.shutdown().await.unwrap();
+    let mut want = replay_ids(&octets);
+    want.extend(replay_ids(&lf));
+    want.sort();
+    assert_eq!(out.ids(), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_frames_and_garbage_are_rejected_and_counted_and_the_rest_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SOURCES.replace("[engine]\n", "[engine]\nmax_record_bytes = 1024\n");
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    let addr = daemon.local_addr("tcp").unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(5000));
+    let mut payload = String::new();
+    payload.push_str(&format!("{big}\n"));
+    payload.push_str("\u{1}\u{2}garbage that is no syslog\n");
+    payload.push_str("{\"ts\":\"not a time\",\"event\":\"auth.failure\"}\n");
+    for l in scenario("after") {
+        payload.push_str(&l);
+        payload.push('\n');
+    }
+    s.write_all(payload.as_bytes()).await.unwrap();
+    s.write_all(&[0xff, 0xfe, b'\n']).await.unwrap();
+    s.shutdown().await.unwrap();
+    wait_for("alerts after the bad records", || {
+        out.alerts().len() >= EXPECTED_ALERTS
+    })
+    .await;
+    let m = daemon.metrics_addr().unwrap();
+    let mut text = String::new();
+    wait_for("rejection counters", || {
+        text = futures_lite_scrape(m);
+        metric(
+            &text,
+            "mcp_alertd_records_rejected_total{source=\"tcp\",reason=\"not_utf8\"}",
+        ) == 1.0
+    })
+    .await;
+    for (reason, n) in [
+        ("too_large", 1.0),
+        ("not_syslog", 1.0),
+        ("bad_timestamp", 1.0),
+        ("not_utf8", 1.0),
+    ] {
+        let sample =
+            format!("mcp_alertd_records_rejected_total{{source=\"tcp\",reason=\"{reason}\"}}");
+        assert_eq!(metric(&text, &sample), n, "{reason}\n{text}");
+    }
+    daemon.shutdown().await.unwrap();
+}
+
+/// A blocking scrape for use inside synchronous polling closures.
+pub fn futures_lite_scrape(addr: SocketAddr) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_octet_counted_frame_over_the_bound_is_skipped_and_a_bad_header_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SOURCES.replace("[engine]\n", "[engine]\nmax_record_bytes = 1024\n");
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    let addr = daemon.local_addr("tcp").unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let lines = scenario("octet-big");
+    let big = "y".repeat(100_000);
+    s.write_all(format!("{} {big}", big.len()).as_bytes())
+        .await
+        .unwrap();
+    for l in &lines {
+        s.write_all(format!("{} {l}", l.len()).as_bytes())
+            .await
+            .unwrap();
+    }
+    s.write_all(b"12x not a header").await.unwrap();
+    wait_for("alerts after the oversize frame", || {
+        out.alerts().len() >= EXPECTED_ALERTS
+    })
+    .await;
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("bad framing counted", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_records_rejected_total{source=\"tcp\",reason=\"bad_framing\"}",
+        ) == 1.0
+    })
+    .await;
+    let text = futures_lite_scrape(m);
+    assert_eq!(
+        metric(
+            &text,
+            "mcp_alertd_records_rejected_total{source=\"tcp\",reason=\"too_large\"}"
+        ),
+        1.0
+    );
+    daemon.shutdown().await.unwrap();
+    assert_eq!(out.ids(), replay_ids(&lines));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_open_connections_are_closed_and_the_connection_cap_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SOURCES.replace(
+        "idle_timeout = \"2s\"",
+        "idle_timeout = \"1s\"\nmax_connections = 2",
+    );
+    let (daemon, _out) = start(&cfg, dir.path()).await;
+    let addr = daemon.local_addr("tcp").unwrap();
+    let m = daemon.metrics_addr().unwrap();
+    // Two silent connections (one with half a frame) fill the cap.
+    let mut a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    a.write_all(b"120 <13>1 half a frame").await.unwrap();
+    let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    wait_for("two open connections", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_connections_open{source=\"tcp\"}",
+        ) == 2.0
+    })
+    .await;
+    let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    wait_for("the third refused", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_connections_refused_total{source=\"tcp\"}",
+        ) == 1.0
+    })
+    .await;
+    wait_for("idle connections closed", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_connections_open{source=\"tcp\"}",
+        ) == 0.0
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_slows_tcp_senders_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SOURCES.replace("[engine]\n", "[engine]\nqueue_capacity = 1\n");
+    let (daemon, _out) = start(&cfg, dir.path()).await;
+    let addr = daemon.local_addr("tcp").unwrap();
+    let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+    let n: u32 = 20_000;
+    let mut payload = String::new();
+    for i in 0..n {
+        payload.push_str(&format!(
+            r#"{{"ts":{},"event":"tool.invoke","agent_id":"a{}","session_id":"s","tool":"t"}}"#,
+            base + i64::from(i),
+            i % 100
+        ));
+        payload.push('\n');
+    }
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(payload.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("every event processed", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_events_total{type=\"tool.invoke\"}",
+        ) == f64::from(n)
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_every_accepted_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, out) = start(SOURCES, dir.path()).await;
+    let addr = daemon.local_addr("tcp").unwrap();
+    let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut payload = String::new();
+    for i in 0..50_000 {
+        payload.push_str(&format!(
+            r#"{{"ts":{},"event":"tool.denied","agent_id":"a","session_id":"s{}","tool":"t"}}"#,
+            base + i,
+            i
+        ));
+        payload.push('\n');
+    }
+    s.write_all(payload.as_bytes()).await.unwrap();
+    // Stop while records are in flight; every record the source accepted
+    // (counted as received) must come out as an alert (one per denial).
+    let metrics = daemon.metrics().clone();
+    daemon.shutdown().await.unwrap();
+    let text = metrics.render();
+    let received = metric(&text, "mcp_alertd_records_received_total{source=\"tcp\"}");
+    assert!(received > 0.0);
+    let denials = out
+        .alerts()
+        .iter()
+        .filter(|a| a["rule"] == "unauthorized_tool_attempt")
+        .count();
+    assert_eq!(
+        denials as f64, received,
+        "accepted records lost in shutdown"
+    );
+}
+
+fn write_rules(dir: &Path, threshold: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("burst.toml"),
+        format!(
+            r#"[[rule]]
+id = "burst"
+title = "burst"
+severity = "high"
+kind = "threshold"
+match = {{ event = "auth.failure" }}
+group_by = ["agent_id"]
+window = "1h"
+condition = {{ gt = {threshold} }}
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("denied.toml"),
+        r#"[[rule]]
+id = "denied"
+title = "denied"
+severity = "low"
+kind = "threshold"
+match = { event = "tool.denied" }
+group_by = ["session_id"]
+condition = { gte = 2 }
+"#,
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_the_state_of_unchanged_rules_and_resets_changed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    write_rules(&rules, 3);
+    let cfg = format!("rules_dir = \"{}\"\n{SOURCES}", rules.display());
+    let (mut daemon, out) = start(&cfg, dir.path()).await;
+    let addr = daemon.local_addr("tcp").unwrap();
+    let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+    let failure = |i: i64| {
+        format!(
+            "{{\"ts\":{},\"event\":\"auth.failure\",\"agent_id\":\"x\",\"n\":{i}}}\n",
+            base + i * 1000
+        )
+    };
+    let denial = |i: i64| {
+        format!(
+            "{{\"ts\":{},\"event\":\"tool.denied\",\"agent_id\":\"x\",\"session_id\":\"s\",\"tool\":\"t\",\"n\":{i}}}\n",
+            base + i * 1000
+        )
+    };
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("{}{}{}{}", failure(0), failure(1), failure(2), denial(3)).as_bytes())
+        .await
+        .unwrap();
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("4 events", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_events_total{type=\"auth.failure\"}",
+        ) == 3.0
+    })
+    .await;
+
+    // `burst` changes (gt 3 -> gt 4: its state starts over); `denied` does not.
+    write_rules(&rules, 4);
+    let config =
+        Config::parse(&format!("state_dir = \"{}\"\n{cfg}", dir.path().display())).unwrap();
+    let kept = daemon
+        .reload(
+            config.clone(),
+            mcp_alertd::app::load_rules(&config).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+    s.write_all(format!("{}{}", failure(4), denial(5)).as_bytes())
+        .await
+        .unwrap();
+    wait_for("the denial alert", || {
+        out.alerts().iter().any(|a| a["rule"] == "denied")
+    })
+    .await;
+    // The unchanged rule counted across the reload: 2 denials fired it. The
+    // changed one lost its 3 earlier failures: 1 failure is no burst.
+    assert!(!out.alerts().iter().any(|a| a["rule"] == "burst"));
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_accepts_a_known_client_and_refuses_an_unknown_one() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = CertificateParams::new(vec!["agent-relay".to_owned()])
+        .unwrap()
+        .signed_by(&client_key, &ca)
+        .unwrap();
+    // A client with a certificate from another CA.
+    let rogue_ca_key = KeyPair::generate().unwrap();
+    let mut rogue_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    rogue_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let rogue = Issuer::new(rogue_params, rogue_ca_key);
+    let rogue_key = KeyPair::generate().unwrap();
+    let rogue_cert = CertificateParams::new(vec!["rogue".to_owned()])
+        .unwrap()
+        .signed_by(&rogue_key, &rogue)
+        .unwrap();
+
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_pem = write("ca.pem", ca_cert.pem());
+    let cert = write("server.pem", server_cert.pem());
+    let key = write("server.key", server_key.serialize_pem());
+    let cfg = format!(
+        r#"[engine]
+idle_after = "1h"
+[metrics]
+address = "127.0.0.1:0"
+[[sources]]
+name = "tls"
+type = "syslog_tcp"
+address = "127.0.0.1:0"
+tls = {{ cert_file = "{}", key_file = "{}", client_ca_file = "{}" }}
+"#,
+        cert.display(),
+        key.display(),
+        ca_pem.display()
+    );
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    let addr = daemon.local_addr("tls").unwrap();
+
+    let connector = |cert_pem: String, key_pem: String| {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_cert.pem().as_bytes()).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+
+    // The rogue client: the handshake (or the first write) fails.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let rogue_result = async {
+        let mut s = connector(rogue_cert.pem(), rogue_key.serialize_pem())
+            .connect(name.clone(), tcp)
+            .await?;
+        s.write_all(format!("{}\n", scenario("rogue")[0]).as_bytes())
+            .await?;
+        s.flush().await?;
+        s.shutdown().await
+    }
+    .await;
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("the rogue client refused", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_connections_refused_total{source=\"tls\"}",
+        ) == 1.0
+    })
+    .await;
+    let _ = rogue_result;
+
+    let lines = scenario("mtls");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut s = connector(client_cert.pem(), client_key.serialize_pem())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    for l in &lines {
+        let msg = format!("<110>1 2026-11-27T10:00:00Z relay mcp - audit - @cee:{l}");
+        s.write_all(format!("{} {msg}", msg.len()).as_bytes())
+            .await
+            .unwrap();
+    }
+    s.flush().await.unwrap();
+    wait_for("alerts over mTLS", || out.alerts().len() >= EXPECTED_ALERTS).await;
+    s.shutdown().await.unwrap();
+    daemon.shutdown().await.unwrap();
+    assert_eq!(
+        out.ids(),
+        replay_ids(&lines),
+        "only the known client's events alert"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_file_survives_rotation_and_truncation_and_resumes_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let cfg = format!(
+        r#"[engine]
+idle_after = "1h"
+[metrics]
+enabled = false
+[[sources]]
+name = "audit"
+type = "file"
+path = "{}"
+poll_interval = "20ms"
+"#,
+        log.display()
+    );
+    let append = |lines: &[String]| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        for l in lines {
+            writeln!(f, "{l}").unwrap();
+        }
+    };
+    let first = scenario("first");
+    append(&first[..3]);
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    append(&first[3..]);
+    wait_for("alerts of the first file", || {
+        out.alerts().len() >= EXPECTED_ALERTS
+    })
+    .await;
+
+    // Rotation by rename: the old file gets one more line, then a new file.
+    let second = scenario("second");
+    std::fs::rename(&log, dir.path().join("audit.jsonl.1")).unwrap();
+    let mut old = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("audit.jsonl.1"))
+        .unwrap();
+    writeln!(old, "{}", second[0]).unwrap();
+    drop(old);
+    append(&second[1..]);
+    wait_for("alerts across rotation", || {
+        out.alerts().len() >= 2 * EXPECTED_ALERTS
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    let positions = std::fs::read_to_string(dir.path().join("file-positions.json")).unwrap();
+    assert!(positions.contains("\"audit\""), "{positions}");
+
+    // Restart: nothing already read is read again; new lines are.
+    let third = scenario("third");
+    append(&third);
+    let (daemon, out2) = start(&cfg, dir.path()).await;
+    wait_for("alerts after restart", || {
+        out2.alerts().len() >= EXPECTED_ALERTS
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    assert_eq!(
+        out2.ids(),
+        replay_ids(&third),
+        "only the new lines after a restart"
+    );
+
+    // Truncation: the file is emptied and written again from the start.
+    std::fs::write(&log, "").unwrap();
+    let (daemon, out3) = start(&cfg, dir.path()).await;
+    let fourth = scenario("fourth");
+    append(&fourth);
+    wait_for("alerts after truncation", || {
+        out3.alerts().len() >= EXPECTED_ALERTS
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    assert_eq!(out3.ids(), replay_ids(&fourth));
+    let mut want = replay_ids(&first);
+    want.extend(replay_ids(&second));
+    want.sort();
+    assert_eq!(out.ids(), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints_serve_what_operators_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, out) = start(SOURCES, dir.path()).await;
+    let addr = daemon.local_addr("tcp").unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for l in scenario("m") {
+        s.write_all(format!("{l}\n").as_bytes()).await.unwrap();
+    }
+    s.shutdown().await.unwrap();
+    wait_for("alerts", || out.alerts().len() >= EXPECTED_ALERTS).await;
+    let m = daemon.metrics_addr().unwrap();
+    let mut text = String::new();
+    wait_for("latency exported", || {
+        text = futures_lite_scrape(m);
+        text.contains("mcp_alertd_ingest_to_alert_latency_seconds{quantile=\"0.99\"}")
+    })
+    .await;
+    for want in [
+        "mcp_alertd_records_received_total{source=\"tcp\"} 11",
+        "mcp_alertd_events_total{type=\"auth.failure\"} 5",
+        "mcp_alertd_alerts_total{rule=\"session_injection_incident\",severity=\"critical\"} 1",
+        "mcp_alertd_live_keys{rule=\"auth_failure_burst\"} 1",
+        "mcp_alertd_udp_datagrams_dropped_total{source=\"udp\"} 0",
+        "mcp_alertd_ingest_to_alert_latency_seconds{quantile=\"0.5\"}",
+        "mcp_alertd_ingest_to_alert_latency_seconds{quantile=\"0.999\"}",
+        "mcp_alertd_engine_lag_seconds",
+    ] {
+        assert!(text.contains(want), "missing {want}\n{text}");
+    }
+    for (path, want) in [("/healthz", "200 OK"), ("/readyz", "200 OK")] {
+        use std::io::Read;
+        let mut c = std::net::TcpStream::connect(m).unwrap();
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).unwrap();
+        assert!(body.contains(want), "{path}: {body}");
+    }
+    daemon.shutdown().await.unwrap();
+}
