@@ -8,6 +8,7 @@ mod detectors;
 mod framing;
 mod golden;
 mod model;
+mod process;
 mod rules;
 mod secrets;
 
