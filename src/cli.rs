@@ -71,6 +71,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Write a synthetic, deterministic audit log (for benchmarks and demos).
     Generate(GenerateArgs),
+    /// Load-test a running daemon over TCP or UDP and report throughput,
+    /// loss, alerts and latency (read from its /metrics).
+    BenchLoad(crate::bench_load::BenchLoadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +174,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Replay(args) => replay_cmd(args),
         Command::Check(args) => check_cmd(args),
         Command::Generate(args) => generate_cmd(args),
+        Command::BenchLoad(args) => crate::bench_load::run(args),
     }
 }
 

@@ -14,12 +14,14 @@
 //! - [`config`]: the daemon's TOML configuration, validated up front.
 //! - [`replay`]: the one-shot `replay` pipeline over files or stdin.
 //! - [`cli`]: the command line and the non-daemon commands (`replay`, `check`, `generate`).
+//! - [`bench_load`]: the load generator for a running daemon (`bench-load`).
 //! - [`corpus`]: a seeded synthetic audit-log generator for benchmarks and load tests.
 //! - [`telemetry`]: logging setup and rate-limited per-record logging.
 #![forbid(unsafe_code)]
 
 pub mod alert;
 pub mod app;
+pub mod bench_load;
 pub mod cli;
 pub mod config;
 pub mod corpus;

@@ -16,6 +16,9 @@ use crate::engine::DEFAULT_MAX_KEYS_PER_RULE;
 
 /// Default syslog listen address (UDP and TCP): loopback, unprivileged.
 pub const DEFAULT_SYSLOG_ADDRESS: &str = "127.0.0.1:5514";
+/// Default UDP receive buffer requested (the kernel caps it at
+/// `net.core.rmem_max`): bursts queue in the kernel instead of being lost.
+pub const DEFAULT_UDP_RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Default metrics and health address.
 pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9464";
 
@@ -169,7 +172,7 @@ impl Config {
                     format: Format::Auto,
                     kind: SourceKind::SyslogUdp {
                         address: syslog,
-                        receive_buffer_bytes: None,
+                        receive_buffer_bytes: Some(DEFAULT_UDP_RECEIVE_BUFFER_BYTES),
                     },
                 },
                 SourceConfig {

@@ -27,6 +27,10 @@ pub fn bind(addr: SocketAddr, receive_buffer_bytes: Option<usize>) -> std::io::R
     UdpSocket::from_std(socket.into())
 }
 
+/// Datagrams taken per wakeup before they are handed on; batching them
+/// keeps the per-datagram cost to one `recvfrom`.
+const MAX_BATCH: usize = 512;
+
 pub async fn run(ctx: SourceCtx, socket: UdpSocket) {
     let mut buf = vec![0u8; 65_536];
     let received = ctx
@@ -35,40 +39,66 @@ pub async fn run(ctx: SourceCtx, socket: UdpSocket) {
         .get_or_create(&ctx.label)
         .clone();
     let dropped = ctx.metrics.udp_dropped.get_or_create(&ctx.label).clone();
-    loop {
-        let (n, peer) = tokio::select! {
+    // Datagrams of the current wakeup, per sender (usually one or a few).
+    let mut pending: Vec<(SocketAddr, Frames)> = Vec::new();
+    'outer: loop {
+        tokio::select! {
             _ = ctx.cancel.cancelled() => break,
-            r = socket.recv_from(&mut buf) => match r {
+            r = socket.readable() => {
+                if let Err(e) = r {
+                    tracing::warn!(source = %ctx.name, "UDP socket failed: {e}");
+                    break;
+                }
+            }
+        }
+        let at = Instant::now();
+        let mut taken = 0;
+        while taken < MAX_BATCH {
+            let (n, peer) = match socket.try_recv_from(&mut buf) {
                 Ok(v) => v,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::warn!(source = %ctx.name, "UDP receive failed: {e}");
-                    continue;
+                    break;
                 }
-            },
-        };
-        received.inc();
-        let mut frames = Frames::default();
-        if n > ctx.max_record_bytes {
-            frames.frames.push(FrameRef::TooLarge(n));
-        } else {
-            let d = &buf[..n];
-            let d = d.strip_suffix(b"\n").unwrap_or(d);
-            frames.push_record(d.strip_suffix(b"\r").unwrap_or(d));
-        }
-        let batch = Batch {
-            source: ctx.index,
-            partition: udp_partition(ctx.index, peer),
-            peer: Some(peer),
-            received: Instant::now(),
-            frames,
-            file: None,
-        };
-        match ctx.tx.try_send(SourceMsg::Batch(batch)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                dropped.inc();
+            };
+            taken += 1;
+            let frames = match pending.iter_mut().find(|(p, _)| *p == peer) {
+                Some((_, f)) => f,
+                None => {
+                    pending.push((peer, Frames::default()));
+                    match pending.last_mut() {
+                        Some((_, f)) => f,
+                        None => continue,
+                    }
+                }
+            };
+            if n > ctx.max_record_bytes {
+                frames.frames.push(FrameRef::TooLarge(n));
+            } else {
+                let d = &buf[..n];
+                let d = d.strip_suffix(b"\n").unwrap_or(d);
+                frames.push_record(d.strip_suffix(b"\r").unwrap_or(d));
             }
-            Err(TrySendError::Closed(_)) => break,
+        }
+        received.inc_by(taken as u64);
+        for (peer, frames) in pending.drain(..) {
+            let count = frames.len() as u64;
+            let batch = Batch {
+                source: ctx.index,
+                partition: udp_partition(ctx.index, peer),
+                peer: Some(peer),
+                received: at,
+                frames,
+                file: None,
+            };
+            match ctx.tx.try_send(SourceMsg::Batch(batch)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    dropped.inc_by(count);
+                }
+                Err(TrySendError::Closed(_)) => break 'outer,
+            }
         }
     }
 }
