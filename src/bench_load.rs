@@ -41,6 +41,10 @@ pub struct BenchLoadArgs {
     /// Distinct agents in the generated events.
     #[arg(long, default_value_t = 10_000)]
     pub agents: u32,
+    /// Event-time spacing between generated events: with a larger spacing
+    /// the events span more time, so keys expire during a long soak.
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = crate::duration::parse_arg)]
+    pub spacing: i64,
     /// The daemon's metrics address, read after sending.
     #[arg(long, value_name = "ADDR", default_value = crate::config::DEFAULT_METRICS_ADDRESS)]
     pub metrics: SocketAddr,
@@ -65,6 +69,7 @@ fn render(args: &BenchLoadArgs, share: u64, seed: u64, start_ms: i64) -> Vec<Vec
         seed,
         agents: args.agents,
         start_ms,
+        spacing_ms: args.spacing,
         syslog: args.syslog,
         ..CorpusConfig::default()
     });
@@ -101,7 +106,7 @@ async fn bench(args: BenchLoadArgs) -> Result<u8> {
         .context("cannot read the daemon's /metrics (is it running, and is --metrics right?)")?;
     let n = args.connections;
     // Event times end a minute in the past: on time, never in the future.
-    let spacing = CorpusConfig::default().spacing_ms;
+    let spacing = args.spacing;
     let start_ms = jiff::Timestamp::now().as_millisecond()
         - (args.events as i64 * spacing) / n as i64
         - 60_000;

@@ -8,6 +8,7 @@ mod detectors;
 mod framing;
 mod golden;
 mod model;
+mod packaging;
 mod process;
 mod rules;
 mod secrets;
