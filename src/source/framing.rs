@@ -147,42 +147,40 @@ impl Framer {
         mut input: &'i [u8],
         out: &mut Frames,
     ) -> Result<&'i [u8], FramingError> {
-        {
-            if self.skip_bytes > 0 {
-                let n = self.skip_bytes.min(input.len());
-                self.skip_bytes -= n;
-                return Ok(&input[n..]);
-            }
-            if let Some(dropped) = self.skip_line {
-                match memchr::memchr(b'\n', input) {
-                    Some(i) => {
-                        out.frames.push(FrameRef::TooLarge(dropped + i));
-                        self.skip_line = None;
-                        input = &input[i + 1..];
-                    }
-                    None => {
-                        self.skip_line = Some(dropped + input.len());
-                        input = &[];
-                    }
+        if self.skip_bytes > 0 {
+            let n = self.skip_bytes.min(input.len());
+            self.skip_bytes -= n;
+            return Ok(&input[n..]);
+        }
+        if let Some(dropped) = self.skip_line {
+            match memchr::memchr(b'\n', input) {
+                Some(i) => {
+                    out.frames.push(FrameRef::TooLarge(dropped + i));
+                    self.skip_line = None;
+                    input = &input[i + 1..];
                 }
-                return Ok(input);
-            }
-            if self.mode == Mode::Unknown {
-                match input.iter().position(|b| !b.is_ascii_whitespace()) {
-                    None => return Ok(&[]),
-                    Some(i) => {
-                        self.mode = if input[i].is_ascii_digit() {
-                            Mode::OctetCounting
-                        } else {
-                            Mode::NewLine
-                        };
-                    }
+                None => {
+                    self.skip_line = Some(dropped + input.len());
+                    input = &[];
                 }
             }
-            match self.mode {
-                Mode::NewLine => Ok(self.push_lines(input, out)),
-                _ => self.push_octets(input, out),
+            return Ok(input);
+        }
+        if self.mode == Mode::Unknown {
+            match input.iter().position(|b| !b.is_ascii_whitespace()) {
+                None => return Ok(&[]),
+                Some(i) => {
+                    self.mode = if input[i].is_ascii_digit() {
+                        Mode::OctetCounting
+                    } else {
+                        Mode::NewLine
+                    };
+                }
             }
+        }
+        match self.mode {
+            Mode::NewLine => Ok(self.push_lines(input, out)),
+            _ => self.push_octets(input, out),
         }
     }
 

@@ -776,3 +776,136 @@ async fn metrics_and_health_endpoints_serve_what_operators_need() {
     }
     daemon.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_the_example_log_as_a_backlog_gives_the_same_alerts_as_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/audit.jsonl");
+    let cfg = format!(
+        r#"[engine]
+idle_after = "1h"
+max_future_skew = "3650d"
+[metrics]
+enabled = false
+[[sources]]
+name = "backlog"
+type = "file"
+path = "{}"
+"#,
+        example.display()
+    );
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    let mut replayed = Vec::new();
+    replay(
+        &[Input::File(example)],
+        Arc::new(RuleSet::embedded().unwrap()),
+        &ReplayOptions::default(),
+        &mut replayed,
+    )
+    .unwrap();
+    let want: Vec<Value> = String::from_utf8(replayed)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(want.len() > 10);
+    wait_for("the backlog's alerts", || out.alerts().len() >= want.len()).await;
+    daemon.shutdown().await.unwrap();
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("detected_at");
+        v["events"][0].as_object_mut().unwrap().remove("position");
+        v
+    };
+    let got: Vec<Value> = out.alerts().iter().map(strip).collect();
+    let want: Vec<Value> = want.iter().map(strip).collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_the_future_are_rejected_and_ipv6_listeners_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = r#"[engine]
+idle_after = "1h"
+[metrics]
+address = "[::1]:0"
+[[sources]]
+name = "tcp6"
+type = "syslog_tcp"
+address = "[::1]:0"
+[[sources]]
+name = "udp6"
+type = "syslog_udp"
+address = "[::1]:0"
+"#;
+    let (daemon, out) = start(cfg, dir.path()).await;
+    let addr = daemon.local_addr("tcp6").unwrap();
+    assert!(addr.is_ipv6());
+    let future = jiff::Timestamp::now().as_millisecond() + 3_600_000;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("{{\"ts\":{future},\"event\":\"tool.denied\",\"agent_id\":\"a\",\"session_id\":\"s\",\"tool\":\"t\"}}\n").as_bytes()).await.unwrap();
+    let lines = scenario("v6");
+    for l in &lines {
+        s.write_all(format!("{l}\n").as_bytes()).await.unwrap();
+    }
+    s.shutdown().await.unwrap();
+    let udp = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+    udp.send_to(lines[0].as_bytes(), daemon.local_addr("udp6").unwrap())
+        .await
+        .unwrap();
+    wait_for("alerts over IPv6", || out.alerts().len() >= EXPECTED_ALERTS).await;
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("the UDP datagram", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_records_received_total{source=\"udp6\"}",
+        ) == 1.0
+    })
+    .await;
+    let text = futures_lite_scrape(m);
+    assert_eq!(
+        metric(
+            &text,
+            "mcp_alertd_records_rejected_total{source=\"tcp6\",reason=\"future_timestamp\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    daemon.shutdown().await.unwrap();
+    assert_eq!(out.ids(), replay_ids(&lines));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_fire_while_nothing_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = r#"[engine]
+idle_after = "200ms"
+allowed_lateness = "0s"
+[metrics]
+enabled = false
+[[sources]]
+name = "tcp"
+type = "syslog_tcp"
+address = "127.0.0.1:0"
+"#;
+    let (daemon, out) = start(cfg, dir.path()).await;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let mut s = tokio::net::TcpStream::connect(daemon.local_addr("tcp").unwrap())
+        .await
+        .unwrap();
+    s.write_all(
+        format!("{{\"ts\":{now},\"event\":\"session.start\",\"agent_id\":\"a\",\"session_id\":\"quiet\",\"expected_runtime_s\":1}}\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    // No more records: once the partition is idle the wall clock moves the
+    // engine clock past the 1 s deadline.
+    wait_for("the overrun alert", || {
+        out.alerts().iter().any(|a| a["rule"] == "session_overrun")
+    })
+    .await;
+    let alert = &out.alerts()[0];
+    assert_eq!(alert["key"]["session_id"], "quiet");
+    assert_eq!(alert["count"], 1);
+    daemon.shutdown().await.unwrap();
+}
