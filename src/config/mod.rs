@@ -447,52 +447,52 @@ impl RawSource {
                 }
             }
         };
-        let not_for = |errors: &mut Vec<String>, fields: &[(&str, bool)]| {
-            for (field, present) in fields {
-                if *present {
-                    errors.push(format!(
-                        "{at}: `{field}` does not apply to type `{}`",
-                        self.kind
-                    ));
-                }
-            }
+        // Which keys each type takes (bits: udp, tcp, file).
+        const U: u8 = 1;
+        const T: u8 = 2;
+        const F: u8 = 4;
+        let applies = [
+            ("address", self.address.is_some(), U | T),
+            (
+                "receive_buffer_bytes",
+                self.receive_buffer_bytes.is_some(),
+                U,
+            ),
+            ("max_connections", self.max_connections.is_some(), T),
+            ("idle_timeout", self.idle_timeout.is_some(), T),
+            ("tls", self.tls.is_some(), T),
+            ("path", self.path.is_some(), F),
+            ("read_from", self.read_from.is_some(), F),
+            ("poll_interval", self.poll_interval.is_some(), F),
+        ];
+        let type_bit = match self.kind.as_str() {
+            "syslog_udp" => U,
+            "syslog_tcp" => T,
+            "file" => F,
+            _ => U | T | F, // reported below as an unknown type
         };
-        let kind = match self.kind.as_str() {
-            "syslog_udp" => {
-                not_for(
-                    errors,
-                    &[
-                        ("max_connections", self.max_connections.is_some()),
-                        ("idle_timeout", self.idle_timeout.is_some()),
-                        ("tls", self.tls.is_some()),
-                        ("path", self.path.is_some()),
-                        ("read_from", self.read_from.is_some()),
-                        ("poll_interval", self.poll_interval.is_some()),
-                    ],
-                );
-                SourceKind::SyslogUdp {
-                    address: address(errors),
-                    receive_buffer_bytes: self.receive_buffer_bytes.map(|b| {
-                        count(
-                            errors,
-                            &format!("{at}: receive_buffer_bytes"),
-                            Some(b),
-                            0,
-                            (4096, 1 << 30),
-                        )
-                    }),
-                }
+        for (field, present, types) in applies {
+            if present && types & type_bit == 0 {
+                errors.push(format!(
+                    "{at}: `{field}` does not apply to type `{}`",
+                    self.kind
+                ));
             }
+        }
+        let kind = match self.kind.as_str() {
+            "syslog_udp" => SourceKind::SyslogUdp {
+                address: address(errors),
+                receive_buffer_bytes: self.receive_buffer_bytes.map(|b| {
+                    count(
+                        errors,
+                        &format!("{at}: receive_buffer_bytes"),
+                        Some(b),
+                        0,
+                        (4096, 1 << 30),
+                    )
+                }),
+            },
             "syslog_tcp" => {
-                not_for(
-                    errors,
-                    &[
-                        ("receive_buffer_bytes", self.receive_buffer_bytes.is_some()),
-                        ("path", self.path.is_some()),
-                        ("read_from", self.read_from.is_some()),
-                        ("poll_interval", self.poll_interval.is_some()),
-                    ],
-                );
                 let tls = self.tls.map(|t| {
                     for (what, file) in [
                         ("cert_file", Some(&t.cert_file)),
@@ -531,16 +531,6 @@ impl RawSource {
                 }
             }
             "file" => {
-                not_for(
-                    errors,
-                    &[
-                        ("address", self.address.is_some()),
-                        ("receive_buffer_bytes", self.receive_buffer_bytes.is_some()),
-                        ("max_connections", self.max_connections.is_some()),
-                        ("idle_timeout", self.idle_timeout.is_some()),
-                        ("tls", self.tls.is_some()),
-                    ],
-                );
                 let path = match self.path {
                     Some(p) => p,
                     None => {

@@ -372,6 +372,9 @@ address = "localhost"
 tls = { cert_file = "/nonexistent/cert.pem", key_file = "/nonexistent/key.pem" }
 [[sources]]
 type = "carrier_pigeon"
+[[sources]]
+type = "syslog_udp"
+path = "/var/log/x"
 "#,
     )
     .unwrap();
@@ -390,6 +393,7 @@ type = "carrier_pigeon"
         "address: invalid socket address",
         "tls.cert_file /nonexistent/cert.pem",
         "unknown type `carrier_pigeon`",
+        "`path` does not apply to type `syslog_udp`",
     ] {
         assert!(err.contains(want), "missing {want:?} in\n{err}");
     }
