@@ -10,32 +10,39 @@
 //! small tokio runtime.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::alert::Alert;
-use crate::config::{Config, EngineSettings, SourceKind};
+use crate::config::{Config, EngineSettings, OutboxSettings, SourceKind};
 use crate::decode::{DecodeError, Decoder};
 use crate::engine::clock::LiveClock;
 use crate::engine::{Engine, EngineConfig, RuleSet};
 use crate::event::{EventKind, Position};
+use crate::router::Router;
+use crate::sink::{self, SharedWriter, Sink};
 use crate::source::file::{FileSource, SavedPosition};
 use crate::source::framing::FrameRef;
 use crate::source::syslog_tcp::TcpLimits;
 use crate::source::{Batch, SourceCtx, SourceMsg, file, syslog_tcp, syslog_udp};
+use crate::store::{Enqueue, Store};
 use crate::telemetry::RejectLog;
 use crate::telemetry::metrics::{
     AlertLabels, Metrics, QuantileLabel, RejectLabels, RuleLabel, TypeName,
 };
+
+/// Queued source batches taken before one outbox commit.
+const GROUP_COMMIT_BATCHES: usize = 256;
 
 /// The file (in the state directory) holding file sources' positions.
 const POSITIONS_FILE: &str = "file-positions.json";
@@ -63,7 +70,10 @@ pub struct Daemon {
     control: mpsc::Sender<Control>,
     cancel_sources: CancellationToken,
     cancel_metrics: CancellationToken,
+    cancel_delivery: CancellationToken,
     tracker: TaskTracker,
+    delivery: TaskTracker,
+    reopen: Arc<AtomicU64>,
     tx: Option<mpsc::Sender<SourceMsg>>,
     engine: Option<std::thread::JoinHandle<Result<()>>>,
 }
@@ -85,6 +95,16 @@ impl Daemon {
         let tracker = TaskTracker::new();
 
         let saved = load_positions(&config.state_dir);
+        let store = Arc::new(Store::open(&config.state_dir).context("cannot open the store")?);
+        let writer: SharedWriter = Arc::new(std::sync::Mutex::new(out));
+        let reopen = Arc::new(AtomicU64::new(0));
+        let mut sinks = Vec::new();
+        for cfg in &config.sinks {
+            let sink = Sink::build(cfg, &writer, &reopen).map_err(|e| anyhow::anyhow!(e))?;
+            sinks.push((sink, sink::limiter(cfg), Arc::new(Notify::new())));
+        }
+        let cancel_delivery = CancellationToken::new();
+        let delivery = TaskTracker::new();
         let mut addrs = Vec::new();
         let mut starters: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         for (index, source) in config.sources.iter().enumerate() {
@@ -179,7 +199,29 @@ impl Daemon {
             None => None,
         };
 
-        let pipeline = Pipeline::new(&config, Arc::new(rules), metrics.clone(), out, saved);
+        let wakes: Vec<(String, Arc<Notify>)> = sinks
+            .iter()
+            .map(|(s, _, w)| (s.name.clone(), w.clone()))
+            .collect();
+        for (sink, limiter, wake) in sinks {
+            delivery.spawn(sink::dispatch(
+                sink,
+                store.clone(),
+                config.outbox.clone(),
+                limiter,
+                wake,
+                metrics.clone(),
+                cancel_delivery.clone(),
+            ));
+        }
+        let outbox = Outbox {
+            store,
+            router: config.router.clone(),
+            settings: config.outbox.clone(),
+            wakes,
+            pending: 0,
+        };
+        let pipeline = Pipeline::new(&config, Arc::new(rules), metrics.clone(), outbox, saved);
         let engine = std::thread::Builder::new()
             .name("engine".to_owned())
             .spawn(move || -> Result<()> {
@@ -202,7 +244,10 @@ impl Daemon {
             control,
             cancel_sources,
             cancel_metrics,
+            cancel_delivery,
             tracker,
+            delivery,
+            reopen,
             tx: Some(tx),
             engine: Some(engine),
         })
@@ -227,12 +272,18 @@ impl Daemon {
     /// Applies a new rule set and engine settings; returns how many rules
     /// kept their state. Source and metrics settings apply at restart.
     pub async fn reload(&mut self, config: Config, rules: RuleSet) -> Result<usize> {
+        // File sinks reopen their files (logrotate moved them).
+        self.reopen
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if config.sources != self.config.sources
             || config.metrics != self.config.metrics
             || config.state_dir != self.config.state_dir
+            || config.sinks != self.config.sinks
+            || config.router != self.config.router
+            || config.outbox != self.config.outbox
         {
             tracing::warn!(
-                "changes to sources, metrics or state_dir take effect at the next start"
+                "changes to sources, sinks, routes, outbox, metrics or state_dir take effect at the next start"
             );
         }
         let (done, kept) = oneshot::channel();
@@ -283,6 +334,24 @@ impl Daemon {
             }
             None => Ok(()),
         };
+        // Deliver what can be delivered in the time left; the rest stays in
+        // the outbox for the next start.
+        self.delivery.close();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let drained = tokio::time::timeout(left, async {
+            while self.metrics.outbox_pending.get() > 0 && !self.delivery.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                pending = self.metrics.outbox_pending.get(),
+                "undelivered alerts stay in the outbox for the next start"
+            );
+        }
+        self.cancel_delivery.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.delivery.wait()).await;
         self.cancel_metrics.cancel();
         result
     }
@@ -404,8 +473,10 @@ struct Pipeline {
     names: Vec<Arc<str>>,
     file_sources: Vec<bool>,
     metrics: Arc<Metrics>,
-    out: BufWriter<Box<dyn Write + Send>>,
+    outbox: Outbox,
     alerts: Vec<Alert>,
+    /// Batches whose alerts are not in the outbox yet: (read at, alerts).
+    awaiting: Vec<(Instant, u64)>,
     latency: hdrhistogram::Histogram<u64>,
     log: RejectLog,
     epoch: Instant,
@@ -424,7 +495,7 @@ impl Pipeline {
         config: &Config,
         rules: Arc<RuleSet>,
         metrics: Arc<Metrics>,
-        out: Box<dyn Write + Send>,
+        outbox: Outbox,
         saved: HashMap<String, SavedPosition>,
     ) -> Pipeline {
         let s = &config.engine;
@@ -462,8 +533,9 @@ impl Pipeline {
                 .map(|src| matches!(src.kind, SourceKind::File { .. }))
                 .collect(),
             metrics,
-            out: BufWriter::with_capacity(64 * 1024, out),
+            outbox,
             alerts: Vec::new(),
+            awaiting: Vec::new(),
             latency: new_histogram(),
             log: RejectLog::new(10),
             epoch: Instant::now(),
@@ -487,21 +559,40 @@ impl Pipeline {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(SourceMsg::Batch(b)) => self.batch(b)?,
-                    Some(SourceMsg::Closed(p)) => self.clock.remove(p),
-                    None => break,
-                },
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.message(msg)?;
+                    // Group commit: take what is already queued, then put all
+                    // of its alerts into the outbox in one transaction.
+                    for _ in 0..GROUP_COMMIT_BATCHES {
+                        match rx.try_recv() {
+                            Ok(msg) => self.message(msg)?,
+                            Err(_) => break,
+                        }
+                    }
+                    self.emit()?;
+                }
                 Some(c) = control.recv() => self.control(c),
                 _ = tick.tick() => self.tick()?,
             }
         }
-        // Drained: every accepted record went through the engine. The clock
-        // is not advanced further; pending deadlines stay pending.
-        self.out.flush().context("cannot write alerts")?;
+        self.emit()?;
+        // Drained: every accepted record went through the engine and its
+        // alerts are in the outbox. The clock is not advanced further;
+        // pending deadlines stay pending.
         self.update_gauges();
         self.save_positions();
         Ok(())
+    }
+
+    fn message(&mut self, msg: SourceMsg) -> Result<()> {
+        match msg {
+            SourceMsg::Batch(b) => self.batch(b),
+            SourceMsg::Closed(p) => {
+                self.clock.remove(p);
+                Ok(())
+            }
+        }
     }
 
     fn now_mono(&self) -> i64 {
@@ -598,24 +689,24 @@ impl Pipeline {
             );
             self.positions_dirty = true;
         }
-        self.emit()?;
         if triggered > 0 {
-            let us = b.received.elapsed().as_micros().clamp(1, 60_000_000) as u64;
-            let _ = self.latency.record_n(us, triggered as u64);
-            self.metrics.latency_samples.inc_by(triggered as u64);
+            self.awaiting.push((b.received, triggered as u64));
         }
         Ok(())
     }
 
+    /// Puts the alerts raised so far into the outbox (one durable
+    /// transaction) and wakes the sinks.
     fn emit(&mut self) -> Result<()> {
         if self.alerts.is_empty() {
             return Ok(());
         }
         let now = jiff::Timestamp::now().as_millisecond();
+        let mut rows = Vec::with_capacity(self.alerts.len());
         for mut alert in self.alerts.drain(..) {
             alert.detected_at = Some(now);
-            serde_json::to_writer(&mut self.out, &alert).context("cannot write alerts")?;
-            self.out.write_all(b"\n").context("cannot write alerts")?;
+            let json = serde_json::to_vec(&alert).context("cannot serialize an alert")?;
+            let sinks = self.outbox.router.sinks(&alert);
             let metrics = &self.metrics;
             self.alert_counters
                 .entry(alert.rule.clone())
@@ -629,8 +720,15 @@ impl Pipeline {
                         .clone()
                 })
                 .inc();
+            rows.push((alert.id, json, sinks));
         }
-        self.out.flush().context("cannot write alerts")?;
+        self.outbox.put(&rows, &self.metrics);
+        // Latency ends here: the alerts are handed on (durably queued).
+        for (received, n) in self.awaiting.drain(..) {
+            let us = received.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+            let _ = self.latency.record_n(us, n);
+            self.metrics.latency_samples.inc_by(n);
+        }
         Ok(())
     }
 
@@ -648,6 +746,7 @@ impl Pipeline {
     }
 
     fn update_gauges(&mut self) {
+        self.outbox.refresh(&self.metrics);
         let m = &self.metrics;
         for (rule, n) in self.engine.live_keys() {
             m.live_keys
@@ -712,6 +811,72 @@ impl Pipeline {
                 self.settings.max_future_skew_ms = settings.max_future_skew_ms;
                 self.settings.max_keys_per_rule = settings.max_keys_per_rule;
                 let _ = done.send(kept);
+            }
+        }
+    }
+}
+
+/// The engine thread's side of the outbox: routes alerts to sinks and
+/// writes them durably before any sink sees them.
+struct Outbox {
+    store: Arc<Store>,
+    router: Router,
+    settings: OutboxSettings,
+    wakes: Vec<(String, Arc<Notify>)>,
+    /// Pending deliveries, as last counted plus what was added since.
+    pending: u64,
+}
+
+impl Outbox {
+    fn refresh(&mut self, metrics: &Metrics) {
+        if let Ok((_, pending, dead)) = self.store.counts() {
+            self.pending = pending;
+            metrics.outbox_pending.set(pending as i64);
+            metrics.outbox_dead.set(dead as i64);
+        }
+    }
+
+    /// Writes the rows; waits while the outbox is full (backpressure up to
+    /// the sources) and retries while the store fails: an alert is never
+    /// dropped here.
+    fn put(&mut self, rows: &[(String, Vec<u8>, Vec<String>)], metrics: &Metrics) {
+        let mut waited = false;
+        while self.pending >= self.settings.max_pending {
+            if !waited {
+                tracing::warn!(
+                    pending = self.pending,
+                    max = self.settings.max_pending,
+                    "outbox full: waiting for sinks to deliver"
+                );
+                waited = true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            self.refresh(metrics);
+        }
+        let items: Vec<Enqueue<'_>> = rows
+            .iter()
+            .map(|(id, json, sinks)| Enqueue { id, json, sinks })
+            .collect();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.store.enqueue(&items, sink::now_ms()) {
+                Ok(added) => {
+                    self.pending += added as u64;
+                    metrics.outbox_pending.set(self.pending as i64);
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "cannot write alerts to the outbox, retrying in {delay:?}: {e}"
+                    );
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for (sink, wake) in &self.wakes {
+            if rows.iter().any(|(_, _, sinks)| sinks.contains(sink)) {
+                wake.notify_one();
             }
         }
     }

@@ -12,10 +12,13 @@
 //! - [`alert`]: the alert type, deterministic ids and rendering.
 //! - [`app`]: the daemon (`run`): composition root, lifecycle, signals.
 //! - [`config`]: the daemon's TOML configuration, validated up front.
+//! - [`router`]: which sinks get an alert (routes, default route); pure.
+//! - [`sink`]: alert delivery: stdout, file, webhook, email, SIEM syslog; the outbox dispatcher.
 //! - [`replay`]: the one-shot `replay` pipeline over files or stdin.
 //! - [`cli`]: the command line and the non-daemon commands (`replay`, `check`, `generate`).
 //! - [`bench_load`]: the load generator for a running daemon (`bench-load`).
 //! - [`corpus`]: a seeded synthetic audit-log generator for benchmarks and load tests.
+//! - [`store`]: the one redb file: the durable outbox and dead letters.
 //! - [`telemetry`]: logging setup and rate-limited per-record logging.
 #![forbid(unsafe_code)]
 
@@ -30,5 +33,8 @@ pub mod duration;
 pub mod engine;
 pub mod event;
 pub mod replay;
+pub mod router;
+pub mod sink;
 pub mod source;
+pub mod store;
 pub mod telemetry;

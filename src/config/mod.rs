@@ -10,9 +10,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod delivery;
+
+pub use delivery::{
+    OutboxSettings, SecretRef, SinkConfig, SinkKind, SmtpTls, SyslogMessage, SyslogProtocol,
+};
+
 use crate::decode::{DEFAULT_MAX_RECORD_BYTES, Format};
 use crate::duration;
 use crate::engine::DEFAULT_MAX_KEYS_PER_RULE;
+use crate::router::Router;
 
 /// Default syslog listen address (UDP and TCP): loopback, unprivileged.
 pub const DEFAULT_SYSLOG_ADDRESS: &str = "127.0.0.1:5514";
@@ -137,6 +144,9 @@ pub struct Config {
     /// `None`: no metrics endpoint.
     pub metrics: Option<SocketAddr>,
     pub sources: Vec<SourceConfig>,
+    pub outbox: OutboxSettings,
+    pub sinks: Vec<SinkConfig>,
+    pub router: Router,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -186,6 +196,12 @@ impl Config {
                     },
                 },
             ],
+            outbox: OutboxSettings::default(),
+            sinks: vec![SinkConfig::stdout()],
+            router: Router {
+                routes: Vec::new(),
+                default_sinks: vec!["stdout".to_owned()],
+            },
         }
     }
 
@@ -245,6 +261,11 @@ impl Config {
                 errors.push(format!("sources: the name `{}` is used twice", s.name));
             }
         }
+        let outbox = raw
+            .outbox
+            .map_or_else(OutboxSettings::default, |o| o.validate(&mut errors));
+        let (sinks, router) =
+            delivery::validate_delivery(raw.sinks, raw.routes, raw.routing, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -255,6 +276,9 @@ impl Config {
             engine,
             metrics,
             sources,
+            outbox,
+            sinks,
+            router,
         })
     }
 }
@@ -267,6 +291,10 @@ struct RawConfig {
     engine: Option<RawEngine>,
     metrics: Option<RawMetrics>,
     sources: Option<Vec<RawSource>>,
+    outbox: Option<delivery::RawOutbox>,
+    sinks: Option<Vec<delivery::RawSink>>,
+    routes: Option<Vec<delivery::RawRoute>>,
+    routing: Option<delivery::RawRouting>,
 }
 
 #[derive(Deserialize)]

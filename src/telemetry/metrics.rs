@@ -48,6 +48,11 @@ pub struct RuleLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuantileLabel {
     pub quantile: String,
 }
@@ -77,6 +82,11 @@ pub struct Metrics {
     pub latency_seconds: Family<QuantileLabel, FloatGauge>,
     pub latency_samples: Counter,
     pub reloads: Family<ResultLabel, Counter>,
+    pub alerts_sent: Family<SinkLabel, Counter>,
+    pub alert_send_errors: Family<SinkLabel, Counter>,
+    pub alerts_dead: Family<SinkLabel, Counter>,
+    pub outbox_pending: Gauge,
+    pub outbox_dead: Gauge,
     ready: AtomicBool,
 }
 
@@ -105,6 +115,11 @@ impl Metrics {
             latency_seconds: Family::default(),
             latency_samples: Counter::default(),
             reloads: Family::default(),
+            alerts_sent: Family::default(),
+            alert_send_errors: Family::default(),
+            alerts_dead: Family::default(),
+            outbox_pending: Gauge::default(),
+            outbox_dead: Gauge::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -171,6 +186,31 @@ impl Metrics {
             m.latency_samples.clone(),
         );
         registry.register("reloads", "SIGHUP reloads, by result", m.reloads.clone());
+        registry.register(
+            "alerts_sent",
+            "Alerts a sink accepted",
+            m.alerts_sent.clone(),
+        );
+        registry.register(
+            "alert_send_errors",
+            "Failed delivery attempts, by sink",
+            m.alert_send_errors.clone(),
+        );
+        registry.register(
+            "alerts_dead",
+            "Alerts moved to dead letters, by sink",
+            m.alerts_dead.clone(),
+        );
+        registry.register(
+            "outbox_pending_deliveries",
+            "Deliveries waiting in the outbox",
+            m.outbox_pending.clone(),
+        );
+        registry.register(
+            "outbox_dead_letters",
+            "Dead letters in the store",
+            m.outbox_dead.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -1,0 +1,168 @@
+//! Email sink (lettre over tokio and rustls): SMTP with STARTTLS, implicit
+//! TLS, or plain on loopback only; optional authentication; one message per
+//! alert with the subject `[SEVERITY] rule key (tenant)` and a plain-text
+//! body a person can act on.
+
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use super::SendError;
+use crate::alert::{Alert, format_ts};
+use crate::config::{SinkConfig, SinkKind, SmtpTls};
+
+pub struct Email {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+}
+
+/// `[HIGH] auth_failure_burst agent_id=bob (acme)`
+pub fn subject(alert: &Alert) -> String {
+    let key: Vec<String> = alert.key.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(
+        "[{}] {} {} ({})",
+        alert.severity.name().to_uppercase(),
+        alert.rule,
+        key.join(" "),
+        alert.tenant
+    )
+}
+
+/// What to check next, per rule family.
+fn next_steps(rule: &str) -> &'static str {
+    match rule {
+        "auth_failure_burst" => {
+            "Check the source IPs and failure reasons of this agent's recent authentications; if the credential may be stolen or brute-forced, revoke it and block the sources."
+        }
+        "unauthorized_tool_attempt" | "session_injection_incident" => {
+            "Review the session's inputs (prompts, documents, tool outputs) for injected instructions; end the session and check what the agent did with the tools it did have."
+        }
+        "credential_unused" | "credential_unused_revoke" => {
+            "Find the credential's owner; if it is not needed, revoke it."
+        }
+        "session_overrun" => {
+            "Check whether the agent is stuck in a loop or abandoned; end the session if it is not doing its declared task."
+        }
+        "state_pressure" => "Raise max_keys_per_rule or narrow the rule: state was lost.",
+        _ => "Review the triggering event and the agent's recent activity.",
+    }
+}
+
+/// The plain-text body.
+pub fn body(alert: &Alert) -> String {
+    let mut b = format!("{}\n\n{}\n\n", alert.title, alert.summary);
+    b.push_str(&format!(
+        "Rule:      {} (severity {})\n",
+        alert.rule,
+        alert.severity.name()
+    ));
+    b.push_str(&format!("Tenant:    {}\n", alert.tenant));
+    for (k, v) in &alert.key {
+        b.push_str(&format!("{:<10} {v}\n", format!("{k}:")));
+    }
+    b.push_str(&format!(
+        "When:      {} (event time)\n",
+        format_ts(alert.ts)
+    ));
+    if let (Some(s), Some(e)) = (alert.window_start, alert.window_end) {
+        b.push_str(&format!(
+            "Window:    {} .. {}\n",
+            format_ts(s),
+            format_ts(e)
+        ));
+    }
+    b.push_str(&format!("Count:     {}\n", alert.count));
+    for ev in &alert.events {
+        b.push_str(&format!("Event:     {} {}", format_ts(ev.ts), ev.event));
+        if let Some(t) = &ev.tool {
+            b.push_str(&format!(" tool={t}"));
+        }
+        if let Some(r) = &ev.reason {
+            b.push_str(&format!(" reason={r}"));
+        }
+        if let Some(s) = &ev.server {
+            b.push_str(&format!(" server={s}"));
+        }
+        if let Some(p) = &ev.position {
+            b.push_str(&format!(" at {p}"));
+        }
+        b.push('\n');
+    }
+    b.push_str(&format!(
+        "\nWhat to check next: {}\n\nAlert id: {}\n",
+        next_steps(&alert.rule),
+        alert.id
+    ));
+    b
+}
+
+impl Email {
+    pub fn build(cfg: &SinkConfig) -> Result<Email, String> {
+        let SinkKind::Email {
+            host,
+            port,
+            tls,
+            username,
+            password,
+            from,
+            to,
+            ca_file,
+        } = &cfg.kind
+        else {
+            return Err("not an email sink".to_owned());
+        };
+        let params = || -> Result<TlsParameters, String> {
+            let mut b = TlsParameters::builder(host.clone());
+            if let Some(ca) = ca_file {
+                let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+                b = b.add_root_certificate(
+                    Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", ca.display()))?,
+                );
+            }
+            b.build_rustls().map_err(|e| format!("TLS: {e}"))
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
+            .port(*port)
+            .timeout(Some(cfg.timeout));
+        builder = match tls {
+            SmtpTls::Starttls => builder.tls(Tls::Required(params()?)),
+            SmtpTls::Implicit => builder.tls(Tls::Wrapper(params()?)),
+            SmtpTls::None => builder.tls(Tls::None),
+        };
+        if let (Some(user), Some(pw)) = (username, password) {
+            builder = builder.credentials(Credentials::new(user.clone(), pw.read()?));
+        }
+        let from: Mailbox = from.parse().map_err(|e| format!("from `{from}`: {e}"))?;
+        let to = to
+            .iter()
+            .map(|t| t.parse::<Mailbox>().map_err(|e| format!("to `{t}`: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Email {
+            transport: builder.build(),
+            from,
+            to,
+        })
+    }
+
+    pub async fn send(&self, alert: &Alert) -> Result<(), SendError> {
+        let mut m = Message::builder()
+            .from(self.from.clone())
+            .subject(subject(alert));
+        for t in &self.to {
+            m = m.to(t.clone());
+        }
+        let message = m
+            .header(lettre::message::header::ContentType::TEXT_PLAIN)
+            .body(body(alert))
+            .map_err(|e| SendError::permanent(format!("building the message: {e}")))?;
+        self.transport.send(message).await.map(|_| ()).map_err(|e| {
+            if e.is_permanent() {
+                SendError::permanent(format!("SMTP: {e}"))
+            } else {
+                SendError::retry(format!("SMTP: {e}"))
+            }
+        })
+    }
+}

@@ -1,0 +1,587 @@
+//! The one embedded database file (`redb`) under the state directory
+//! (DESIGN §6). This module owns the file; everything else goes through its
+//! typed operations.
+//!
+//! Format (version 1; `meta["format_version"]`):
+//! - `alerts`:    alert id → alert JSON. Present while any delivery or dead
+//!   letter refers to it (`refs` counts them).
+//! - `refs`:      alert id → number of `pending` + `dead` rows naming it.
+//! - `pending`:   (sink, alert id) → [`Delivery`] (postcard).
+//! - `schedule`:  (sink, next attempt ms, sequence, alert id) → (): the due
+//!   index; the sequence (`meta["next_seq"]`) keeps enqueue order among
+//!   deliveries due at the same millisecond, so a sink sees alerts in the
+//!   order they were raised.
+//! - `delivered`: (sink, alert id) → delivered-at ms: exact duplicates are
+//!   never delivered twice to a sink; pruned after the retention.
+//! - `dead`:      (sink, alert id) → [`DeadLetter`] (postcard).
+//!
+//! Invariants: a `pending` row has exactly one `schedule` row; an alert row
+//! exists iff `refs > 0`. Every change is one ACID transaction, durable on
+//! commit (fsync), so an alert enqueued before a crash is there after it.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// The store format this build reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+/// The database file inside the state directory.
+pub const FILE_NAME: &str = "mcp-alertd.redb";
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
+const REFS: TableDefinition<&str, u32> = TableDefinition::new("refs");
+const PENDING: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("pending");
+const SCHEDULE: TableDefinition<(&str, i64, u64, &str), ()> = TableDefinition::new("schedule");
+const DELIVERED: TableDefinition<(&str, &str), i64> = TableDefinition::new("delivered");
+const DEAD: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("dead");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Db { path: String, source: redb::Error },
+    #[error(
+        "store {path}: format version {found} is not supported (this build uses {FORMAT_VERSION}); move the file away to start afresh"
+    )]
+    Version { path: String, found: u64 },
+    #[error("store: corrupt record: {0}")]
+    Corrupt(String),
+    #[error("store {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Delivery state of one alert for one sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Enqueue order (see the `schedule` table).
+    pub seq: u64,
+    pub attempts: u32,
+    /// When the alert entered the outbox (wall ms): the start of `max_age`.
+    pub enqueued_ms: i64,
+    pub next_ms: i64,
+    pub last_error: String,
+}
+
+/// An alert a sink gave up on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub attempts: u32,
+    pub enqueued_ms: i64,
+    pub died_ms: i64,
+    pub error: String,
+}
+
+/// One due delivery, with the alert JSON.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub id: String,
+    pub delivery: Delivery,
+    pub alert: Vec<u8>,
+}
+
+/// An alert to enqueue for some sinks.
+pub struct Enqueue<'a> {
+    pub id: &'a str,
+    pub json: &'a [u8],
+    pub sinks: &'a [String],
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db {
+        path: path.display().to_string(),
+        source: e.into(),
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store {
+    /// Opens (or creates) the store in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Io {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
+        let path = state_dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| db_err(&path, e))?;
+        let store = Store { db, path };
+        store.init()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+        db_err(&self.path, e)
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let found = meta
+                .get("format_version")
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("format_version", FORMAT_VERSION)
+                        .map_err(|e| self.err(e))?;
+                }
+                Some(v) if v == FORMAT_VERSION => {}
+                Some(found) => {
+                    return Err(StoreError::Version {
+                        path: self.path.display().to_string(),
+                        found,
+                    });
+                }
+            }
+            // Create every table so readers never meet a missing one.
+            tx.open_table(ALERTS).map_err(|e| self.err(e))?;
+            tx.open_table(REFS).map_err(|e| self.err(e))?;
+            tx.open_table(PENDING).map_err(|e| self.err(e))?;
+            tx.open_table(SCHEDULE).map_err(|e| self.err(e))?;
+            tx.open_table(DELIVERED).map_err(|e| self.err(e))?;
+            tx.open_table(DEAD).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Enqueues alerts for their sinks in one durable transaction. A
+    /// (sink, id) already pending, delivered or dead is skipped: exact
+    /// duplicates never reach a sink twice. Returns the deliveries added.
+    pub fn enqueue(&self, alerts: &[Enqueue<'_>], now_ms: i64) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut added = 0;
+        {
+            let mut a = tx.open_table(ALERTS).map_err(|e| self.err(e))?;
+            let mut refs = tx.open_table(REFS).map_err(|e| self.err(e))?;
+            let mut pending = tx.open_table(PENDING).map_err(|e| self.err(e))?;
+            let mut schedule = tx.open_table(SCHEDULE).map_err(|e| self.err(e))?;
+            let delivered = tx.open_table(DELIVERED).map_err(|e| self.err(e))?;
+            let dead = tx.open_table(DEAD).map_err(|e| self.err(e))?;
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let mut seq = meta
+                .get("next_seq")
+                .map_err(|e| self.err(e))?
+                .map_or(0, |v| v.value());
+            for alert in alerts {
+                let mut n = 0;
+                for sink in alert.sinks {
+                    let key = (sink.as_str(), alert.id);
+                    let known = pending.get(key).map_err(|e| self.err(e))?.is_some()
+                        || delivered.get(key).map_err(|e| self.err(e))?.is_some()
+                        || dead.get(key).map_err(|e| self.err(e))?.is_some();
+                    if known {
+                        continue;
+                    }
+                    let fresh = encode(&Delivery {
+                        seq,
+                        attempts: 0,
+                        enqueued_ms: now_ms,
+                        next_ms: now_ms,
+                        last_error: String::new(),
+                    })?;
+                    pending
+                        .insert(key, fresh.as_slice())
+                        .map_err(|e| self.err(e))?;
+                    schedule
+                        .insert((sink.as_str(), now_ms, seq, alert.id), ())
+                        .map_err(|e| self.err(e))?;
+                    seq += 1;
+                    n += 1;
+                }
+                if n > 0 {
+                    let before = refs
+                        .get(alert.id)
+                        .map_err(|e| self.err(e))?
+                        .map_or(0, |v| v.value());
+                    refs.insert(alert.id, before + n).map_err(|e| self.err(e))?;
+                    if before == 0 {
+                        a.insert(alert.id, alert.json).map_err(|e| self.err(e))?;
+                    }
+                    added += n as usize;
+                }
+            }
+            meta.insert("next_seq", seq).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(added)
+    }
+
+    /// Up to `limit` deliveries of `sink` due at `now_ms`, earliest first,
+    /// and the earliest later attempt time if there is one.
+    pub fn due(
+        &self,
+        sink: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<(Vec<Due>, Option<i64>), StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let schedule = tx.open_table(SCHEDULE).map_err(|e| self.err(e))?;
+        let pending = tx.open_table(PENDING).map_err(|e| self.err(e))?;
+        let alerts = tx.open_table(ALERTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        let mut next = None;
+        let range = schedule
+            .range((sink, i64::MIN, 0u64, "")..)
+            .map_err(|e| self.err(e))?;
+        for row in range {
+            let (key, _) = row.map_err(|e| self.err(e))?;
+            let (s, at, _, id) = key.value();
+            if s != sink {
+                break;
+            }
+            if at > now_ms || out.len() >= limit {
+                next = Some(at);
+                break;
+            }
+            let Some(d) = pending.get((sink, id)).map_err(|e| self.err(e))? else {
+                continue;
+            };
+            let delivery: Delivery = decode(d.value())?;
+            let Some(alert) = alerts.get(id).map_err(|e| self.err(e))? else {
+                continue;
+            };
+            out.push(Due {
+                id: id.to_owned(),
+                delivery,
+                alert: alert.value().to_vec(),
+            });
+        }
+        Ok((out, next))
+    }
+
+    /// The sink accepted these alerts: remove them from its outbox and
+    /// remember them as delivered.
+    pub fn ack(
+        &self,
+        sink: &str,
+        done: &[(String, i64, u64)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut pending = tx.open_table(PENDING).map_err(|e| self.err(e))?;
+            let mut schedule = tx.open_table(SCHEDULE).map_err(|e| self.err(e))?;
+            let mut delivered = tx.open_table(DELIVERED).map_err(|e| self.err(e))?;
+            let mut refs = tx.open_table(REFS).map_err(|e| self.err(e))?;
+            let mut alerts = tx.open_table(ALERTS).map_err(|e| self.err(e))?;
+            for (id, next_ms, seq) in done {
+                if pending
+                    .remove((sink, id.as_str()))
+                    .map_err(|e| self.err(e))?
+                    .is_none()
+                {
+                    continue;
+                }
+                schedule
+                    .remove((sink, *next_ms, *seq, id.as_str()))
+                    .map_err(|e| self.err(e))?;
+                delivered
+                    .insert((sink, id.as_str()), now_ms)
+                    .map_err(|e| self.err(e))?;
+                release(&mut refs, &mut alerts, id).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Reschedules a failed delivery.
+    pub fn retry_later(
+        &self,
+        sink: &str,
+        id: &str,
+        old_next_ms: i64,
+        delivery: &Delivery,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut pending = tx.open_table(PENDING).map_err(|e| self.err(e))?;
+            let mut schedule = tx.open_table(SCHEDULE).map_err(|e| self.err(e))?;
+            schedule
+                .remove((sink, old_next_ms, delivery.seq, id))
+                .map_err(|e| self.err(e))?;
+            schedule
+                .insert((sink, delivery.next_ms, delivery.seq, id), ())
+                .map_err(|e| self.err(e))?;
+            pending
+                .insert((sink, id), encode(delivery)?.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Gives up on a delivery: it moves to the dead letters (the alert is
+    /// kept for `outbox list` and `outbox retry`).
+    pub fn kill(
+        &self,
+        sink: &str,
+        id: &str,
+        old: &Delivery,
+        letter: &DeadLetter,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut pending = tx.open_table(PENDING).map_err(|e| self.err(e))?;
+            let mut schedule = tx.open_table(SCHEDULE).map_err(|e| self.err(e))?;
+            let mut dead = tx.open_table(DEAD).map_err(|e| self.err(e))?;
+            pending.remove((sink, id)).map_err(|e| self.err(e))?;
+            schedule
+                .remove((sink, old.next_ms, old.seq, id))
+                .map_err(|e| self.err(e))?;
+            dead.insert((sink, id), encode(letter)?.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Forgets delivered ids older than `before_ms` (dedup retention).
+    pub fn prune_delivered(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let n;
+        {
+            let mut delivered = tx.open_table(DELIVERED).map_err(|e| self.err(e))?;
+            let old: Vec<(String, String)> = delivered
+                .iter()
+                .map_err(|e| self.err(e))?
+                .filter_map(Result::ok)
+                .filter(|(_, at)| at.value() < before_ms)
+                .map(|(k, _)| {
+                    let (s, id) = k.value();
+                    (s.to_owned(), id.to_owned())
+                })
+                .collect();
+            n = old.len();
+            for (s, id) in old {
+                delivered
+                    .remove((s.as_str(), id.as_str()))
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
+    /// Counts: (alerts held, pending deliveries, dead letters).
+    pub fn counts(&self) -> Result<(u64, u64, u64), StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let a = tx
+            .open_table(ALERTS)
+            .map_err(|e| self.err(e))?
+            .len()
+            .map_err(|e| self.err(e))?;
+        let p = tx
+            .open_table(PENDING)
+            .map_err(|e| self.err(e))?
+            .len()
+            .map_err(|e| self.err(e))?;
+        let d = tx
+            .open_table(DEAD)
+            .map_err(|e| self.err(e))?
+            .len()
+            .map_err(|e| self.err(e))?;
+        Ok((a, p, d))
+    }
+
+    /// Every pending delivery and dead letter: (sink, id, state, alert JSON).
+    pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let alerts = tx.open_table(ALERTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in tx
+            .open_table(PENDING)
+            .map_err(|e| self.err(e))?
+            .iter()
+            .map_err(|e| self.err(e))?
+        {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let (sink, id) = k.value();
+            let alert = alerts
+                .get(id)
+                .map_err(|e| self.err(e))?
+                .map(|a| a.value().to_vec())
+                .unwrap_or_default();
+            out.push(Listed {
+                sink: sink.to_owned(),
+                id: id.to_owned(),
+                state: ListedState::Pending(decode(v.value())?),
+                alert,
+            });
+        }
+        for row in tx
+            .open_table(DEAD)
+            .map_err(|e| self.err(e))?
+            .iter()
+            .map_err(|e| self.err(e))?
+        {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let (sink, id) = k.value();
+            let alert = alerts
+                .get(id)
+                .map_err(|e| self.err(e))?
+                .map(|a| a.value().to_vec())
+                .unwrap_or_default();
+            out.push(Listed {
+                sink: sink.to_owned(),
+                id: id.to_owned(),
+                state: ListedState::Dead(decode(v.value())?),
+                alert,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Moves dead letters (all, or of one sink, or these ids) back to
+    /// pending, due now. Returns how many.
+    pub fn retry_dead(
+        &self,
+        sink: Option<&str>,
+        ids: &[String],
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut n = 0;
+        {
+            let mut dead = tx.open_table(DEAD).map_err(|e| self.err(e))?;
+            let mut pending = tx.open_table(PENDING).map_err(|e| self.err(e))?;
+            let mut schedule = tx.open_table(SCHEDULE).map_err(|e| self.err(e))?;
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let mut seq = meta
+                .get("next_seq")
+                .map_err(|e| self.err(e))?
+                .map_or(0, |v| v.value());
+            let chosen = select(&dead, sink, ids).map_err(|e| self.err(e))?;
+            for (s, id) in chosen {
+                dead.remove((s.as_str(), id.as_str()))
+                    .map_err(|e| self.err(e))?;
+                let d = Delivery {
+                    seq,
+                    attempts: 0,
+                    enqueued_ms: now_ms,
+                    next_ms: now_ms,
+                    last_error: String::new(),
+                };
+                pending
+                    .insert((s.as_str(), id.as_str()), encode(&d)?.as_slice())
+                    .map_err(|e| self.err(e))?;
+                schedule
+                    .insert((s.as_str(), now_ms, seq, id.as_str()), ())
+                    .map_err(|e| self.err(e))?;
+                seq += 1;
+                n += 1;
+            }
+            meta.insert("next_seq", seq).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
+    /// Deletes dead letters and/or pending deliveries (all, of one sink, or
+    /// these ids). Returns how many.
+    pub fn purge(
+        &self,
+        sink: Option<&str>,
+        ids: &[String],
+        dead_too: bool,
+        pending_too: bool,
+    ) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut n = 0;
+        {
+            let mut dead = tx.open_table(DEAD).map_err(|e| self.err(e))?;
+            let mut pending = tx.open_table(PENDING).map_err(|e| self.err(e))?;
+            let mut schedule = tx.open_table(SCHEDULE).map_err(|e| self.err(e))?;
+            let mut refs = tx.open_table(REFS).map_err(|e| self.err(e))?;
+            let mut alerts = tx.open_table(ALERTS).map_err(|e| self.err(e))?;
+            if dead_too {
+                for (s, id) in select(&dead, sink, ids).map_err(|e| self.err(e))? {
+                    dead.remove((s.as_str(), id.as_str()))
+                        .map_err(|e| self.err(e))?;
+                    release(&mut refs, &mut alerts, &id).map_err(|e| self.err(e))?;
+                    n += 1;
+                }
+            }
+            if pending_too {
+                for (s, id) in select(&pending, sink, ids).map_err(|e| self.err(e))? {
+                    if let Some(v) = pending
+                        .remove((s.as_str(), id.as_str()))
+                        .map_err(|e| self.err(e))?
+                    {
+                        let d: Delivery = decode(v.value())?;
+                        schedule
+                            .remove((s.as_str(), d.next_ms, d.seq, id.as_str()))
+                            .map_err(|e| self.err(e))?;
+                    }
+                    release(&mut refs, &mut alerts, &id).map_err(|e| self.err(e))?;
+                    n += 1;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+}
+
+/// A row of `outbox list`.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub sink: String,
+    pub id: String,
+    pub state: ListedState,
+    pub alert: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ListedState {
+    Pending(Delivery),
+    Dead(DeadLetter),
+}
+
+fn select(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    sink: Option<&str>,
+    ids: &[String],
+) -> Result<Vec<(String, String)>, redb::StorageError> {
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (k, _) = row?;
+        let (s, id) = k.value();
+        if sink.is_none_or(|want| want == s) && (ids.is_empty() || ids.iter().any(|i| i == id)) {
+            out.push((s.to_owned(), id.to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+fn release(
+    refs: &mut redb::Table<&'static str, u32>,
+    alerts: &mut redb::Table<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<(), redb::StorageError> {
+    let n = refs.get(id)?.map_or(0, |v| v.value());
+    if n <= 1 {
+        refs.remove(id)?;
+        alerts.remove(id)?;
+    } else {
+        refs.insert(id, n - 1)?;
+    }
+    Ok(())
+}
