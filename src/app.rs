@@ -43,6 +43,8 @@ use crate::telemetry::metrics::{
 
 /// Queued source batches taken before one outbox commit.
 const GROUP_COMMIT_BATCHES: usize = 256;
+/// Alerts buffered at most before they go to the outbox.
+const GROUP_COMMIT_ALERTS: usize = 4096;
 
 /// The file (in the state directory) holding file sources' positions.
 const POSITIONS_FILE: &str = "file-positions.json";
@@ -565,6 +567,9 @@ impl Pipeline {
                     // Group commit: take what is already queued, then put all
                     // of its alerts into the outbox in one transaction.
                     for _ in 0..GROUP_COMMIT_BATCHES {
+                        if self.alerts.len() >= GROUP_COMMIT_ALERTS {
+                            break;
+                        }
                         match rx.try_recv() {
                             Ok(msg) => self.message(msg)?,
                             Err(_) => break,
@@ -840,44 +845,56 @@ impl Outbox {
     /// the sources) and retries while the store fails: an alert is never
     /// dropped here.
     fn put(&mut self, rows: &[(String, Vec<u8>, Vec<String>)], metrics: &Metrics) {
+        let mut rest = rows;
         let mut waited = false;
-        while self.pending >= self.settings.max_pending {
-            if !waited {
-                tracing::warn!(
-                    pending = self.pending,
-                    max = self.settings.max_pending,
-                    "outbox full: waiting for sinks to deliver"
-                );
-                waited = true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            self.refresh(metrics);
-        }
-        let items: Vec<Enqueue<'_>> = rows
-            .iter()
-            .map(|(id, json, sinks)| Enqueue { id, json, sinks })
-            .collect();
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match self.store.enqueue(&items, sink::now_ms()) {
-                Ok(added) => {
-                    self.pending += added as u64;
-                    metrics.outbox_pending.set(self.pending as i64);
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(
-                        "cannot write alerts to the outbox, retrying in {delay:?}: {e}"
+        while !rest.is_empty() {
+            // Never more than the room left (at least one alert at a time).
+            while self.pending >= self.settings.max_pending {
+                if !waited {
+                    tracing::warn!(
+                        pending = self.pending,
+                        max = self.settings.max_pending,
+                        "outbox full: waiting for sinks to deliver"
                     );
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    waited = true;
+                }
+                self.wake_all();
+                std::thread::sleep(Duration::from_millis(20));
+                self.refresh(metrics);
+            }
+            let room = (self.settings.max_pending - self.pending).max(1) as usize;
+            let sinks_per_alert = rest.first().map_or(1, |(_, _, s)| s.len().max(1));
+            let take = (room / sinks_per_alert).clamp(1, rest.len());
+            let (chunk, tail) = rest.split_at(take);
+            rest = tail;
+            let items: Vec<Enqueue<'_>> = chunk
+                .iter()
+                .map(|(id, json, sinks)| Enqueue { id, json, sinks })
+                .collect();
+            let mut delay = Duration::from_millis(50);
+            loop {
+                match self.store.enqueue(&items, sink::now_ms()) {
+                    Ok(added) => {
+                        self.pending += added as u64;
+                        metrics.outbox_pending.set(self.pending as i64);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "cannot write alerts to the outbox, retrying in {delay:?}: {e}"
+                        );
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
                 }
             }
+            self.wake_all();
         }
-        for (sink, wake) in &self.wakes {
-            if rows.iter().any(|(_, _, sinks)| sinks.contains(sink)) {
-                wake.notify_one();
-            }
+    }
+
+    fn wake_all(&self) {
+        for (_, wake) in &self.wakes {
+            wake.notify_one();
         }
     }
 }

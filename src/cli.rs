@@ -71,6 +71,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Write a synthetic, deterministic audit log (for benchmarks and demos).
     Generate(GenerateArgs),
+    /// Show and manage the outbox: pending deliveries and dead letters.
+    Outbox(OutboxArgs),
     /// Load-test a running daemon over TCP or UDP and report throughput,
     /// loss, alerts and latency (read from its /metrics).
     BenchLoad(crate::bench_load::BenchLoadArgs),
@@ -153,6 +155,47 @@ pub struct GenerateArgs {
     pub format: GenFormat,
 }
 
+#[derive(Debug, Args)]
+pub struct OutboxArgs {
+    /// Configuration whose `state_dir` holds the store.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// The state directory (overrides the configuration's).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: OutboxAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// List pending deliveries and dead letters: state, sink, alert id,
+    /// rule, attempts, last error.
+    List {
+        /// One JSON object per line (with the alert) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead letters back to pending, due now.
+    Retry {
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Only these alert ids (default: all).
+        ids: Vec<String>,
+    },
+    /// Delete dead letters (and with --pending, pending deliveries).
+    Purge {
+        #[arg(long)]
+        sink: Option<String>,
+        /// Also delete pending deliveries, not only dead letters.
+        #[arg(long)]
+        pending: bool,
+        /// Only these alert ids (default: all).
+        ids: Vec<String>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GenFormat {
     Jsonl,
@@ -175,6 +218,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Check(args) => check_cmd(args),
         Command::Generate(args) => generate_cmd(args),
         Command::BenchLoad(args) => crate::bench_load::run(args),
+        Command::Outbox(args) => outbox_cmd(args),
     }
 }
 
@@ -295,4 +339,59 @@ fn generate_cmd(args: GenerateArgs) -> Result<u8> {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("cannot write to stdout"),
         _ => Ok(0),
     }
+}
+
+fn outbox_cmd(args: OutboxArgs) -> Result<u8> {
+    use crate::store::{ListedState, Store};
+    let state_dir = match (&args.state_dir, &args.config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(c)) => Config::load(c)?.state_dir,
+        (None, None) => Config::builtin().state_dir,
+    };
+    let store = Store::open(&state_dir)
+        .with_context(|| format!("cannot open the store in {}", state_dir.display()))?;
+    let now = crate::sink::now_ms();
+    let mut out = io::stdout().lock();
+    match args.action {
+        OutboxAction::List { json } => {
+            let rows = store.list()?;
+            for r in &rows {
+                let alert: serde_json::Value =
+                    serde_json::from_slice(&r.alert).unwrap_or(serde_json::Value::Null);
+                let rule = alert["rule"].as_str().unwrap_or("?");
+                let (state, attempts, when, error) = match &r.state {
+                    ListedState::Pending(d) => {
+                        ("pending", d.attempts, d.next_ms, d.last_error.clone())
+                    }
+                    ListedState::Dead(d) => ("dead", d.attempts, d.died_ms, d.error.clone()),
+                };
+                if json {
+                    let row = serde_json::json!({
+                        "state": state, "sink": r.sink, "id": r.id, "attempts": attempts,
+                        "at": crate::alert::format_ts(when), "error": error, "alert": alert,
+                    });
+                    writeln!(out, "{row}")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{state:<8} {:<16} {} {rule:<28} attempts={attempts} {} {error}",
+                        r.sink,
+                        r.id,
+                        crate::alert::format_ts(when)
+                    )?;
+                }
+            }
+            let (alerts, pending, dead) = store.counts()?;
+            eprintln!("{pending} pending deliveries, {dead} dead letters, {alerts} alerts held");
+        }
+        OutboxAction::Retry { sink, ids } => {
+            let n = store.retry_dead(sink.as_deref(), &ids, now)?;
+            writeln!(out, "{n} dead letters moved back to pending")?;
+        }
+        OutboxAction::Purge { sink, pending, ids } => {
+            let n = store.purge(sink.as_deref(), &ids, true, pending)?;
+            writeln!(out, "{n} entries deleted")?;
+        }
+    }
+    Ok(0)
 }

@@ -11,6 +11,9 @@ mod email;
 mod syslog;
 mod webhook;
 
+pub use email::{body as email_body, subject as email_subject};
+pub use webhook::{decode_key as decode_webhook_key, sign as webhook_signature};
+
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::PathBuf;

@@ -5,6 +5,7 @@ mod cli;
 mod clock;
 mod daemon;
 mod decode;
+mod delivery;
 mod detectors;
 mod framing;
 mod golden;

@@ -1,0 +1,587 @@
+//! Alert delivery through the durable outbox to real receivers: a webhook
+//! server (signatures, retries, permanent failures, an outage), a SIEM
+//! syslog receiver (RFC 5424 + CEF), an SMTP server, and a rate-limited
+//! storm. Waits are bounded polls; nothing asserts on timing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use mcp_alertd::sink::webhook_signature;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use crate::daemon::{futures_lite_scrape, metric, replay_ids, scenario, start, wait_for};
+
+/// Requests the test webhook accepted: headers and body.
+pub type Received = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
+
+/// What the test webhook received, and how it answers.
+#[derive(Clone, Default)]
+pub struct Hook {
+    pub got: Received,
+    /// Statuses to answer, in order; 200 once they run out.
+    pub script: Arc<Mutex<Vec<u16>>>,
+    pub calls: Arc<AtomicUsize>,
+    pub arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
+}
+
+impl Hook {
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| {
+                serde_json::from_slice::<Value>(b).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+pub async fn webhook_server(hook: Hook, listener: tokio::net::TcpListener) {
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let hook = hook.clone();
+            async move {
+                hook.calls.fetch_add(1, Ordering::SeqCst);
+                hook.arrivals
+                    .lock()
+                    .unwrap()
+                    .push(std::time::Instant::now());
+                let status = {
+                    let mut s = hook.script.lock().unwrap();
+                    if s.is_empty() { 200 } else { s.remove(0) }
+                };
+                if status == 200 {
+                    hook.got.lock().unwrap().push((headers, body.to_vec()));
+                }
+                StatusCode::from_u16(status).unwrap()
+            }
+        }),
+    );
+    axum::serve(listener, app).await.unwrap();
+}
+
+const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn webhook_config(dir: &Path, url: &str) -> String {
+    let key = dir.join("webhook.key");
+    std::fs::write(&key, format!("{KEY}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    format!(
+        r#"[engine]
+idle_after = "1h"
+[metrics]
+address = "127.0.0.1:0"
+[outbox]
+retry_initial = "20ms"
+retry_max = "100ms"
+[[sources]]
+name = "tcp"
+type = "syslog_tcp"
+address = "127.0.0.1:0"
+[[sinks]]
+name = "hook"
+type = "webhook"
+url = "{url}"
+headers = {{ "X-Env" = "test" }}
+signing_key_file = "{}"
+timeout = "2s"
+"#,
+        key.display()
+    )
+}
+
+async fn send_lines(addr: SocketAddr, lines: &[String]) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for l in lines {
+        s.write_all(format!("{l}\n").as_bytes()).await.unwrap();
+    }
+    s.shutdown().await.unwrap();
+}
+
+const ALERTS: usize = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_deliveries_are_signed_and_retried_and_permanent_failures_go_to_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let hook = Hook::default();
+    // The first alert's first two attempts fail (503), then 400 for one.
+    *hook.script.lock().unwrap() = vec![503, 503, 400];
+    tokio::spawn(webhook_server(hook.clone(), listener));
+    let (daemon, _out) = start(&webhook_config(dir.path(), &url), dir.path()).await;
+    let lines = scenario("hook");
+    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("deliveries and one dead letter", || {
+        let t = futures_lite_scrape(m);
+        metric(&t, "mcp_alertd_alerts_sent_total{sink=\"hook\"}") == (ALERTS - 1) as f64
+            && metric(&t, "mcp_alertd_alerts_dead_total{sink=\"hook\"}") == 1.0
+    })
+    .await;
+    let text = futures_lite_scrape(m);
+    assert_eq!(
+        metric(&text, "mcp_alertd_alert_send_errors_total{sink=\"hook\"}"),
+        3.0
+    );
+    daemon.shutdown().await.unwrap();
+
+    let key = mcp_alertd::sink::decode_webhook_key(KEY).unwrap();
+    let wrong =
+        mcp_alertd::sink::decode_webhook_key("whsec_c2VjcmV0LW9mLXNvbWVib2R5LWVsc2U=").unwrap();
+    let got = hook.got.lock().unwrap().clone();
+    assert_eq!(got.len(), ALERTS - 1);
+    for (headers, body) in &got {
+        let h = |n: &str| headers.get(n).unwrap().to_str().unwrap().to_owned();
+        let id = h("webhook-id");
+        let ts: i64 = h("webhook-timestamp").parse().unwrap();
+        let alert: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(alert["id"], id);
+        assert_eq!(h("x-env"), "test");
+        assert_eq!(
+            h("webhook-signature"),
+            webhook_signature(&key, &id, ts, body)
+        );
+        assert_ne!(
+            h("webhook-signature"),
+            webhook_signature(&wrong, &id, ts, body)
+        );
+        assert_ne!(
+            h("webhook-signature"),
+            webhook_signature(&key, &id, ts + 1, body),
+            "the timestamp is signed"
+        );
+    }
+    // The dead letter is listed by the CLI with its error.
+    let out = assert_cmd::Command::cargo_bin("mcp-alertd")
+        .unwrap()
+        .args(["outbox", "list", "--state-dir"])
+        .arg(dir.path())
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("dead") && text.contains("HTTP 400"), "{text}");
+    let mut all = hook.ids();
+    all.extend(
+        text.lines()
+            .filter(|l| l.contains("dead"))
+            .filter_map(|l| l.split_whitespace().nth(2).map(str::to_owned)),
+    );
+    all.sort();
+    assert_eq!(all, replay_ids(&lines));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_the_webhook_delays_but_never_loses_or_duplicates_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    // Reserve a port with nothing listening on it yet.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let (daemon, _out) = start(
+        &webhook_config(dir.path(), &format!("http://{addr}/hook")),
+        dir.path(),
+    )
+    .await;
+    let lines = scenario("outage");
+    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("failed attempts while down", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_alert_send_errors_total{sink=\"hook\"}",
+        ) >= 2.0 * ALERTS as f64
+    })
+    .await;
+    let hook = Hook::default();
+    tokio::spawn(webhook_server(
+        hook.clone(),
+        tokio::net::TcpListener::bind(addr).await.unwrap(),
+    ));
+    wait_for("every alert delivered", || hook.ids().len() >= ALERTS).await;
+    daemon.shutdown().await.unwrap();
+    assert_eq!(hook.ids(), replay_ids(&lines), "each alert exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_alert_is_never_delivered_twice_to_a_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let hook = Hook::default();
+    tokio::spawn(webhook_server(hook.clone(), listener));
+    let (daemon, _out) = start(&webhook_config(dir.path(), &url), dir.path()).await;
+    let lines = scenario("dup");
+    // The same events twice (a replayed log): the same alert ids.
+    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    wait_for("first delivery", || hook.ids().len() >= ALERTS).await;
+    daemon.shutdown().await.unwrap();
+    // And again after a restart: the delivered ids are remembered.
+    let (daemon, _out) = start(&webhook_config(dir.path(), &url), dir.path()).await;
+    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("the events processed", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_events_total{type=\"tool.denied\"}",
+        ) == 6.0
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    assert_eq!(hook.ids(), replay_ids(&lines));
+}
+
+/// Splits an octet-counted stream into messages.
+fn octet_frames(mut data: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let sp = data.iter().position(|b| *b == b' ').unwrap();
+        let len: usize = std::str::from_utf8(&data[..sp]).unwrap().parse().unwrap();
+        out.push(String::from_utf8(data[sp + 1..sp + 1 + len].to_vec()).unwrap());
+        data = &data[sp + 1 + len..];
+    }
+    out
+}
+
+/// A CEF:0 parser: 7 header fields split on unescaped `|`, then
+/// `key=value` extensions with `\=`, `\\` and `\n` escapes.
+pub fn parse_cef(s: &str) -> (Vec<String>, BTreeMap<String, String>) {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while fields.len() < 7 {
+        match chars.next() {
+            Some('\\') => cur.push(chars.next().unwrap()),
+            Some('|') => fields.push(std::mem::take(&mut cur)),
+            Some(c) => cur.push(c),
+            None => panic!("short CEF header: {s}"),
+        }
+    }
+    let rest: String = chars.collect();
+    // Extension keys are [A-Za-z0-9]+ followed by an unescaped '='.
+    let mut ext = BTreeMap::new();
+    let mut key = String::new();
+    let mut val = String::new();
+    let mut in_val = false;
+    let bytes: Vec<char> = rest.chars().collect();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if !in_val {
+            if c == '=' {
+                in_val = true;
+            } else if c != ' ' {
+                key.push(c);
+            }
+            i += 1;
+            continue;
+        }
+        if c == '\\' {
+            let n = bytes[i + 1];
+            val.push(match n {
+                'n' => '\n',
+                'r' => '\r',
+                other => other,
+            });
+            i += 2;
+            continue;
+        }
+        // A space followed by `key=` starts the next pair.
+        if c == ' ' {
+            let next: String = bytes[i + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            if !next.is_empty() && bytes.get(i + 1 + next.len()) == Some(&'=') {
+                ext.insert(std::mem::take(&mut key), std::mem::take(&mut val));
+                in_val = false;
+                i += 1;
+                continue;
+            }
+        }
+        val.push(c);
+        i += 1;
+    }
+    ext.insert(key, val);
+    (fields, ext)
+}
+
+#[test]
+fn cef_escapes_header_and_extension_values() {
+    let mut alert: mcp_alertd::alert::Alert = serde_json::from_str(
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/examples.alerts.jsonl"),
+        )
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap(),
+    )
+    .unwrap();
+    alert.title = "pipe | back\\slash".to_owned();
+    alert.summary = "a=b c\\d\nnext line | pipe".to_owned();
+    alert.tenant = "t=1".to_owned();
+    let cef = mcp_alertd::sink::cef::render(&alert, "1.0");
+    assert!(!cef.contains('\n'));
+    let (header, ext) = parse_cef(&cef);
+    assert_eq!(header[0], "CEF:0");
+    assert_eq!(header[4], "auth_failure_burst");
+    assert_eq!(header[5], "pipe | back\\slash");
+    assert_eq!(header[6], "8");
+    assert_eq!(ext["msg"], "a=b c\\d\nnext line | pipe");
+    assert_eq!(ext["cs1"], "t=1");
+    assert_eq!(ext["suser"], "acme-coder");
+    assert_eq!(ext["externalId"], alert.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_siem_receives_rfc5424_with_structured_data_and_cef() {
+    let dir = tempfile::tempdir().unwrap();
+    let siem = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let siem_addr = siem.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let r = received.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let (mut s, _) = siem.accept().await.unwrap();
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    r.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    let cfg = format!(
+        r#"[engine]
+idle_after = "1h"
+[metrics]
+enabled = false
+[[sources]]
+name = "tcp"
+type = "syslog_tcp"
+address = "127.0.0.1:0"
+[[sinks]]
+name = "siem"
+type = "syslog"
+address = "{siem_addr}"
+protocol = "tcp"
+message = "cef"
+[[sinks]]
+name = "stdout"
+type = "stdout"
+[[routes]]
+severities = ["critical"]
+sinks = ["siem"]
+continue = true
+[[routes]]
+sinks = ["stdout"]
+"#
+    );
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("siem")).await;
+    wait_for("stdout alerts", || out.alerts().len() >= ALERTS).await;
+    // Only the critical alert is routed to the SIEM (and also to stdout).
+    wait_for("the critical alert at the SIEM", || {
+        !received.lock().unwrap().is_empty()
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    let frames = octet_frames(&received.lock().unwrap());
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    let msg = &frames[0];
+    // <PRI>1 TIMESTAMP HOST APP PROCID MSGID [SD] MSG; facility 13, crit (2).
+    assert!(msg.starts_with("<106>1 "), "{msg}");
+    let parsed = syslog_loose::parse_message(msg, syslog_loose::Variant::RFC5424);
+    assert_eq!(parsed.appname, Some("mcp-alertd"));
+    assert_eq!(parsed.msgid, Some("alert"));
+    let sd = &parsed.structured_data[0];
+    assert_eq!(sd.id, "mcp-alertd@32473");
+    let params: BTreeMap<String, String> = sd
+        .params()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(params["rule"], "session_injection_incident");
+    assert_eq!(params["severity"], "critical");
+    assert_eq!(params["tenant"], "siem");
+    let (header, ext) = parse_cef(parsed.msg);
+    assert_eq!(header[4], "session_injection_incident");
+    assert_eq!(header[6], "10");
+    assert_eq!(ext["cs2"], "s1");
+    assert_eq!(out.alerts().len(), ALERTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_is_rate_limited_without_loss_and_the_outbox_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let hook = Hook::default();
+    tokio::spawn(webhook_server(hook.clone(), listener));
+    let mut cfg = webhook_config(dir.path(), &url);
+    cfg = cfg.replace("[outbox]\n", "[outbox]\nmax_pending = 500\n");
+    cfg.push_str("rate_limit = 2000\nburst = 50\n");
+    let (daemon, _out) = start(&cfg, dir.path()).await;
+    let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+    let n = 5000;
+    let lines: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"ts":{},"event":"tool.denied","agent_id":"a","session_id":"s{i}","tool":"t"}}"#, base + i))
+        .collect();
+    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    let m = daemon.metrics_addr().unwrap();
+    let mut max_pending = 0.0f64;
+    wait_for("the storm delivered", || {
+        let t = futures_lite_scrape(m);
+        max_pending = max_pending.max(metric(&t, "mcp_alertd_outbox_pending_deliveries"));
+        hook.ids().len() >= n as usize
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    let ids = hook.ids();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), n as usize, "every alert once");
+    assert_eq!(ids.len(), n as usize, "no duplicates");
+    // Bounded: the engine waited for room instead of growing the outbox.
+    assert!(max_pending <= 500.0, "outbox grew to {max_pending}");
+    // The rate limit, counted: no second of arrivals holds more than the
+    // rate plus the burst.
+    let arrivals = hook.arrivals.lock().unwrap().clone();
+    let mut most = 0;
+    for (i, t) in arrivals.iter().enumerate() {
+        let in_window = arrivals[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < std::time::Duration::from_secs(1))
+            .count();
+        most = most.max(in_window);
+    }
+    assert!(most <= 2000 + 50, "{most} deliveries within one second");
+}
+
+#[test]
+fn invalid_sinks_and_routes_are_reported_together() {
+    let text = r#"
+[[sinks]]
+name = "mail"
+type = "email"
+host = "smtp.example.com"
+tls = "none"
+from = "alerts@example.com"
+to = []
+url = "https://nope"
+[[sinks]]
+name = "hook"
+type = "webhook"
+url = "ftp://x"
+signing_key_file = "/a"
+signing_key_credential = "b"
+[[sinks]]
+name = "hook"
+type = "pager"
+[[routes]]
+severities = ["urgent"]
+sinks = ["nowhere"]
+[routing]
+default = ["ghost"]
+"#;
+    let errors = mcp_alertd::config::Config::parse(text)
+        .unwrap_err()
+        .join("\n");
+    for want in [
+        "`to` is required for type `email`",
+        "`tls = \"none\"` is allowed only for a loopback SMTP host",
+        "`url` does not apply to type `email`",
+        "`url` must be http:// or https://",
+        "give `_file` or `_credential`, not both",
+        "unknown type `pager`",
+        "unknown severity `urgent`",
+        "unknown sink `nowhere`",
+        "routing.default: unknown sink `ghost`",
+    ] {
+        assert!(errors.contains(want), "missing {want:?} in\n{errors}");
+    }
+}
+
+#[test]
+fn standard_webhooks_reference_implementation_verifies_our_signature() {
+    // The receivers' own library (PyPI `standardwebhooks`) must accept our
+    // signature, and reject it for another key.
+    let python = ["python3"].into_iter().find(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import standardwebhooks"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let Some(python) = python else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "standardwebhooks must be installed in CI (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: python package standardwebhooks is not installed");
+        return;
+    };
+    let key = mcp_alertd::sink::decode_webhook_key(KEY).unwrap();
+    let body = br#"{"id":"8d1c2a49-1e50-8a1b-9f3e-0123456789ab","rule":"auth_failure_burst"}"#;
+    let id = "8d1c2a49-1e50-8a1b-9f3e-0123456789ab";
+    let ts = jiff::Timestamp::now().as_second();
+    let sig = webhook_signature(&key, id, ts, body);
+    let script = r#"
+import sys
+from standardwebhooks.webhooks import Webhook
+secret, msg_id, ts, sig, body = sys.argv[1:6]
+headers = {"webhook-id": msg_id, "webhook-timestamp": ts, "webhook-signature": sig}
+try:
+    Webhook(secret).verify(body, headers)
+    print("verified")
+except Exception as e:
+    print("rejected", e)
+"#;
+    let run = |secret: &str| {
+        let out = std::process::Command::new(python)
+            .args([
+                "-c",
+                script,
+                secret,
+                id,
+                &ts.to_string(),
+                &sig,
+                std::str::from_utf8(body).unwrap(),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(run(KEY).trim(), "verified");
+    let other = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(b"another key entirely")
+    );
+    assert!(run(&other).starts_with("rejected"));
+}
