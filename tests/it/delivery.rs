@@ -585,3 +585,219 @@ except Exception as e:
     );
     assert!(run(&other).starts_with("rejected"));
 }
+
+/// A real SMTP server (aiosmtpd, from Debian's python3-aiosmtpd) writing
+/// what it receives to a maildir; `tls` = (cert, key) enables STARTTLS.
+struct Smtp {
+    child: std::process::Child,
+    port: u16,
+    maildir: std::path::PathBuf,
+}
+
+impl Smtp {
+    fn start(dir: &Path, tls: Option<(&Path, &Path)>) -> Option<Smtp> {
+        let python = "/usr/bin/python3";
+        let ok = std::process::Command::new(python)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "python3-aiosmtpd must be installed in CI (scripts/test.sh installs it)"
+            );
+            eprintln!("skipping: python3-aiosmtpd is not installed");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let maildir = dir.join("maildir");
+        let mut cmd = std::process::Command::new(python);
+        cmd.args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ]);
+        if let Some((cert, key)) = tls {
+            cmd.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
+        }
+        cmd.arg(&maildir);
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Smtp {
+                    child,
+                    port,
+                    maildir,
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("aiosmtpd did not start");
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn email_config(host: &str, port: u16, tls: &str, ca: Option<&Path>) -> String {
+    let ca = ca
+        .map(|c| format!("ca_file = \"{}\"\n", c.display()))
+        .unwrap_or_default();
+    format!(
+        r#"[engine]
+idle_after = "1h"
+[metrics]
+enabled = false
+[outbox]
+retry_initial = "50ms"
+[[sources]]
+name = "tcp"
+type = "syslog_tcp"
+address = "127.0.0.1:0"
+[[sinks]]
+name = "mail"
+type = "email"
+host = "{host}"
+port = {port}
+tls = "{tls}"
+from = "mcp-alertd <alerts@example.com>"
+to = ["secops@example.com", "oncall@example.com"]
+{ca}
+[[routes]]
+severities = ["critical"]
+sinks = ["mail"]
+[routing]
+default = []
+"#
+    )
+}
+
+/// Decodes a quoted-printable body (soft line breaks and `=XX`).
+fn unquote(s: &str) -> String {
+    let s = s.replace("=\r\n", "").replace("=\n", "");
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'='
+            && i + 2 < b.len()
+            && b[i + 1].is_ascii_hexdigit()
+            && b[i + 2].is_ascii_hexdigit()
+        {
+            out.push(
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16).unwrap(),
+            );
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn check_incident_mail(messages: &[String]) {
+    assert_eq!(
+        messages.len(),
+        1,
+        "only the critical alert is mailed: {messages:?}"
+    );
+    let m = &unquote(&messages[0]);
+    let unfolded = m.replace("\r\n ", " ").replace("\n ", " ");
+    assert!(
+        unfolded.contains("Subject: [CRITICAL] session_injection_incident session_id=s1 (mail)"),
+        "{m}"
+    );
+    assert!(m.contains("From: mcp-alertd <alerts@example.com>"), "{m}");
+    assert!(
+        m.contains("secops@example.com") && m.contains("oncall@example.com"),
+        "{m}"
+    );
+    for want in [
+        "Repeated denied tool calls",
+        "Tenant:    mail",
+        "session_id: s1",
+        "Count:     5",
+        "tool=shell_exec",
+        "What to check next:",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_reaches_a_real_smtp_server_in_plain_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(smtp) = Smtp::start(dir.path(), None) else {
+        return;
+    };
+    let (daemon, _out) = start(
+        &email_config("127.0.0.1", smtp.port, "none", None),
+        dir.path(),
+    )
+    .await;
+    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("mail")).await;
+    wait_for("the mail", || !smtp.messages().is_empty()).await;
+    daemon.shutdown().await.unwrap();
+    check_incident_mail(&smtp.messages());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_over_starttls_verifies_the_server_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let cert_path = dir.path().join("smtp.pem");
+    let key_path = dir.path().join("smtp.key");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let Some(smtp) = Smtp::start(dir.path(), Some((&cert_path, &key_path))) else {
+        return;
+    };
+    let (daemon, _out) = start(
+        &email_config("localhost", smtp.port, "starttls", Some(&ca_path)),
+        dir.path(),
+    )
+    .await;
+    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("mail")).await;
+    wait_for("the mail over STARTTLS", || !smtp.messages().is_empty()).await;
+    daemon.shutdown().await.unwrap();
+    check_incident_mail(&smtp.messages());
+}
