@@ -634,13 +634,15 @@ impl Smtp {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // Owned at once, so that Drop reaps the child on every path.
+        let smtp = Smtp {
+            child,
+            port,
+            maildir,
+        };
         for _ in 0..500 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Smtp {
-                    child,
-                    port,
-                    maildir,
-                });
+                return Some(smtp);
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
