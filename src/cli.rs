@@ -260,6 +260,22 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
         },
         None => None,
     };
+    // Sinks are built as the daemon would: secrets and CA files are read
+    // (never printed), nothing is contacted.
+    if let Some(c) = &config {
+        let writer: crate::sink::SharedWriter =
+            std::sync::Arc::new(std::sync::Mutex::new(Box::new(io::sink())));
+        let reopen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let _guard = rt.enter();
+        for s in &c.sinks {
+            if let Err(e) = crate::sink::Sink::build(s, &writer, &reopen) {
+                problems.push(e);
+            }
+        }
+    }
     let rules_dir = args
         .rules
         .rules
@@ -290,6 +306,9 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
         )?;
         for s in &c.sources {
             writeln!(out, "  source {:<20} {}", s.name, s.type_name())?;
+        }
+        for s in &c.sinks {
+            writeln!(out, "  sink   {:<20} {}", s.name, s.type_name())?;
         }
     }
     if let Some(rules) = rules {

@@ -426,3 +426,110 @@ fn run_with_an_invalid_config_exits_78_before_binding_anything() {
         .assert()
         .code(78);
 }
+
+#[test]
+fn alerts_pending_when_the_daemon_is_killed_are_delivered_after_a_restart() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    // A webhook that is down: nothing listens on the reserved port yet.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let cfg = format!(
+        r#"{CONFIG}
+[outbox]
+retry_initial = "50ms"
+retry_max = "200ms"
+[[sinks]]
+name = "hook"
+type = "webhook"
+url = "http://{hook_addr}/hook"
+"#
+    );
+    let mut p = Proc::start(dir.path(), &cfg);
+    let lines = scenario("killed");
+    let mut s = std::net::TcpStream::connect(p.addr("tcp")).unwrap();
+    for l in &lines {
+        writeln!(s, "{l}").unwrap();
+    }
+    s.flush().unwrap();
+    let m = p.metrics_addr();
+    for _ in 0..1500 {
+        let t = futures_lite_scrape(m);
+        if metric(&t, "mcp_alertd_outbox_pending_deliveries") == ALERTS as f64
+            && metric(&t, "mcp_alertd_alert_send_errors_total{sink=\"hook\"}") > 0.0
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL: no shutdown, no flush.
+    p.signal("KILL");
+    let _ = p.child.wait();
+
+    // The webhook comes up; a new daemon on the same state directory
+    // delivers every pending alert.
+    let server = std::net::TcpListener::bind(hook_addr).unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let r = received.clone();
+    std::thread::spawn(move || {
+        for conn in server.incoming() {
+            let Ok(mut c) = conn else { break };
+            let r = r.clone();
+            std::thread::spawn(move || {
+                // Minimal HTTP/1.1: read headers and a Content-Length body.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let n = c.read(&mut chunk).unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        let n = c.read(&mut chunk).unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body = &buf[end + 4..end + 4 + len];
+                    let id = serde_json::from_slice::<Value>(body).unwrap()["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned();
+                    r.lock().unwrap().push(id);
+                    c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .unwrap();
+                    buf.drain(..end + 4 + len);
+                }
+            });
+        }
+    });
+    let mut p2 = Proc::start(dir.path(), &cfg);
+    for _ in 0..1500 {
+        if received.lock().unwrap().len() >= ALERTS {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(p2.stop(), 0);
+    let mut got = received.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        replay_ids(&lines),
+        "every pending alert delivered once after the restart"
+    );
+}
