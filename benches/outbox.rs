@@ -13,7 +13,11 @@ use mcp_alertd::store::{Enqueue, Store};
 use mcp_alertd::telemetry::metrics::Metrics;
 
 fn alerts(n: usize, tag: &str) -> Vec<(String, Vec<u8>)> {
-    let line = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/examples.alerts.jsonl")).unwrap();
+    let line = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/examples.alerts.jsonl"
+    ))
+    .unwrap();
     let mut v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
     (0..n)
         .map(|i| {
@@ -40,7 +44,14 @@ fn append(c: &mut Criterion) {
                     let rows = alerts(n, &format!("a{it}"));
                     let start = Instant::now();
                     for chunk in rows.chunks(batch) {
-                        let items: Vec<Enqueue<'_>> = chunk.iter().map(|(id, json)| Enqueue { id, json, sinks: &sinks }).collect();
+                        let items: Vec<Enqueue<'_>> = chunk
+                            .iter()
+                            .map(|(id, json)| Enqueue {
+                                id,
+                                json,
+                                sinks: &sinks,
+                            })
+                            .collect();
                         store.enqueue(&items, 0).unwrap();
                     }
                     total += start.elapsed();
@@ -53,15 +64,23 @@ fn append(c: &mut Criterion) {
 }
 
 fn webhook(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let addr = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().route("/hook", axum::routing::post(|_body: axum::body::Bytes| async { "ok" }));
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|_body: axum::body::Bytes| async { "ok" }),
+        );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         addr
     });
-    let text = format!("[[sinks]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://{addr}/hook\"\n");
+    let text =
+        format!("[[sinks]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://{addr}/hook\"\n");
     let config = Config::parse(&text).unwrap();
     let mut group = c.benchmark_group("outbox_delivery");
     group.sample_size(10);
@@ -76,13 +95,21 @@ fn webhook(c: &mut Criterion) {
                 let rows = alerts(n, &format!("w{it}"));
                 let sinks = vec!["hook".to_owned()];
                 for chunk in rows.chunks(500) {
-                    let items: Vec<Enqueue<'_>> = chunk.iter().map(|(id, json)| Enqueue { id, json, sinks: &sinks }).collect();
+                    let items: Vec<Enqueue<'_>> = chunk
+                        .iter()
+                        .map(|(id, json)| Enqueue {
+                            id,
+                            json,
+                            sinks: &sinks,
+                        })
+                        .collect();
                     store.enqueue(&items, 0).unwrap();
                 }
                 let metrics = Arc::new(Metrics::new());
                 let start = Instant::now();
                 rt.block_on(async {
-                    let writer: sink::SharedWriter = Arc::new(std::sync::Mutex::new(Box::new(std::io::sink())));
+                    let writer: sink::SharedWriter =
+                        Arc::new(std::sync::Mutex::new(Box::new(std::io::sink())));
                     let reopen = Arc::new(std::sync::atomic::AtomicU64::new(0));
                     let s = Sink::build(&config.sinks[0], &writer, &reopen).unwrap();
                     let cancel = tokio_util::sync::CancellationToken::new();

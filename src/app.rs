@@ -29,7 +29,7 @@ use crate::decode::{DecodeError, Decoder};
 use crate::engine::clock::LiveClock;
 use crate::engine::{Engine, EngineConfig, RuleSet};
 use crate::event::{EventKind, Position};
-use crate::router::Router;
+use crate::router::{RouteState, Routed};
 use crate::sink::{self, SharedWriter, Sink};
 use crate::source::file::{FileSource, SavedPosition};
 use crate::source::framing::FrameRef;
@@ -76,6 +76,7 @@ pub struct Daemon {
     tracker: TaskTracker,
     delivery: TaskTracker,
     reopen: Arc<AtomicU64>,
+    store: Arc<Store>,
     tx: Option<mpsc::Sender<SourceMsg>>,
     engine: Option<std::thread::JoinHandle<Result<()>>>,
 }
@@ -217,8 +218,8 @@ impl Daemon {
             ));
         }
         let outbox = Outbox {
-            store,
-            router: config.router.clone(),
+            store: store.clone(),
+            routes: RouteState::new(config.router.clone()),
             settings: config.outbox.clone(),
             wakes,
             pending: 0,
@@ -250,6 +251,7 @@ impl Daemon {
             tracker,
             delivery,
             reopen,
+            store,
             tx: Some(tx),
             engine: Some(engine),
         })
@@ -340,15 +342,16 @@ impl Daemon {
         // the outbox for the next start.
         self.delivery.close();
         let left = deadline.saturating_duration_since(Instant::now());
+        let pending = || self.store.counts().map_or(0, |(_, p, _)| p);
         let drained = tokio::time::timeout(left, async {
-            while self.metrics.outbox_pending.get() > 0 && !self.delivery.is_empty() {
+            while pending() > 0 && !self.delivery.is_empty() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await;
         if drained.is_err() {
             tracing::warn!(
-                pending = self.metrics.outbox_pending.get(),
+                pending = pending(),
                 "undelivered alerts stay in the outbox for the next start"
             );
         }
@@ -582,6 +585,8 @@ impl Pipeline {
             }
         }
         self.emit()?;
+        // Open group windows are closed early rather than lost.
+        self.flush_groups(true)?;
         // Drained: every accepted record went through the engine and its
         // alerts are in the outbox. The clock is not advanced further;
         // pending deadlines stay pending.
@@ -707,11 +712,9 @@ impl Pipeline {
             return Ok(());
         }
         let now = jiff::Timestamp::now().as_millisecond();
-        let mut rows = Vec::with_capacity(self.alerts.len());
+        let mut routed = Routed::default();
         for mut alert in self.alerts.drain(..) {
             alert.detected_at = Some(now);
-            let json = serde_json::to_vec(&alert).context("cannot serialize an alert")?;
-            let sinks = self.outbox.router.sinks(&alert);
             let metrics = &self.metrics;
             self.alert_counters
                 .entry(alert.rule.clone())
@@ -725,9 +728,9 @@ impl Pipeline {
                         .clone()
                 })
                 .inc();
-            rows.push((alert.id, json, sinks));
+            self.outbox.routes.route(alert, now, &mut routed);
         }
-        self.outbox.put(&rows, &self.metrics);
+        self.deliver(routed)?;
         // Latency ends here: the alerts are handed on (durably queued).
         for (received, n) in self.awaiting.drain(..) {
             let us = received.elapsed().as_micros().clamp(1, 60_000_000) as u64;
@@ -737,12 +740,38 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Puts routed alerts into the outbox.
+    fn deliver(&mut self, routed: Routed) -> Result<()> {
+        self.metrics.alerts_suppressed.inc_by(routed.suppressed);
+        self.metrics.alerts_grouped.inc_by(routed.grouped);
+        if routed.deliver.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(routed.deliver.len());
+        for (alert, sinks) in routed.deliver {
+            let json = serde_json::to_vec(&alert).context("cannot serialize an alert")?;
+            rows.push((alert.id, json, sinks));
+        }
+        self.outbox.put(&rows, &self.metrics);
+        Ok(())
+    }
+
+    /// Sends the digests of group windows that closed (all with `all`).
+    fn flush_groups(&mut self, all: bool) -> Result<()> {
+        let mut routed = Routed::default();
+        self.outbox
+            .routes
+            .flush(jiff::Timestamp::now().as_millisecond(), all, &mut routed);
+        self.deliver(routed)
+    }
+
     fn tick(&mut self) -> Result<()> {
         let now = self.now_mono();
         if let Some(c) = self.clock.tick(now) {
             self.engine.advance_to(c, &mut self.alerts);
             self.emit()?;
         }
+        self.flush_groups(false)?;
         self.update_gauges();
         if self.positions_dirty {
             self.save_positions();
@@ -825,7 +854,7 @@ impl Pipeline {
 /// writes them durably before any sink sees them.
 struct Outbox {
     store: Arc<Store>,
-    router: Router,
+    routes: RouteState,
     settings: OutboxSettings,
     wakes: Vec<(String, Arc<Notify>)>,
     /// Pending deliveries, as last counted plus what was added since.

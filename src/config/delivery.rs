@@ -467,6 +467,8 @@ pub(super) struct RawRoute {
     sinks: Vec<String>,
     #[serde(default, rename = "continue")]
     continue_: bool,
+    repeat_interval: Option<String>,
+    group_window: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -516,12 +518,30 @@ pub(super) fn validate_delivery(
                 ));
             }
         }
+        let mut dur = |name: &str, v: &Option<String>| -> Option<i64> {
+            match v.as_deref().map(crate::duration::parse_ms) {
+                None => None,
+                Some(Ok(ms)) if ms > 0 => Some(ms),
+                Some(Ok(_)) => {
+                    errors.push(format!("routes[{}]: {name} must be positive", i + 1));
+                    None
+                }
+                Some(Err(e)) => {
+                    errors.push(format!("routes[{}]: {name}: {e}", i + 1));
+                    None
+                }
+            }
+        };
+        let repeat_interval_ms = dur("repeat_interval", &r.repeat_interval);
+        let group_window_ms = dur("group_window", &r.group_window);
         out_routes.push(Route {
             rules: r.rules,
             severities: r.severities,
             tenants: r.tenants,
             sinks: r.sinks,
             continue_: r.continue_,
+            repeat_interval_ms,
+            group_window_ms,
         });
     }
     let default_sinks = match routing.and_then(|r| r.default) {

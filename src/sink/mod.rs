@@ -107,9 +107,13 @@ impl Sink {
         })
     }
 
-    /// Delivers one alert (`json` is its serialized form), within the
-    /// sink's timeout.
-    pub async fn send(&mut self, alert: &Alert, json: &[u8]) -> Result<(), SendError> {
+    /// Delivers one alert (its id and serialized form), within the sink's
+    /// timeout. Only the sinks that render the alert parse it.
+    pub async fn send(&mut self, id: &str, json: &[u8]) -> Result<(), SendError> {
+        let parse = || {
+            serde_json::from_slice::<Alert>(json)
+                .map_err(|e| SendError::permanent(format!("unreadable alert in the outbox: {e}")))
+        };
         let timeout = self.timeout;
         let fut = async {
             match &mut self.kind {
@@ -153,9 +157,9 @@ impl Sink {
                     f.write_all(&line)
                         .map_err(|e| SendError::retry(format!("{}: {e}", path.display())))
                 }
-                Kind::Webhook(w) => w.send(alert, json).await,
-                Kind::Email(e) => e.send(alert).await,
-                Kind::Syslog(s) => s.send(alert, json).await,
+                Kind::Webhook(w) => w.send(id, json).await,
+                Kind::Email(e) => e.send(&parse()?).await,
+                Kind::Syslog(s) => s.send(&parse()?, json).await,
             }
         };
         match tokio::time::timeout(timeout, fut).await {
@@ -236,21 +240,7 @@ pub async fn dispatch(
             if cancel.is_cancelled() {
                 break;
             }
-            let alert: Alert = match serde_json::from_slice(&d.alert) {
-                Ok(a) => a,
-                Err(e) => {
-                    let letter = DeadLetter {
-                        attempts: d.delivery.attempts,
-                        enqueued_ms: d.delivery.enqueued_ms,
-                        died_ms: now_ms(),
-                        error: format!("unreadable alert in the outbox: {e}"),
-                    };
-                    let _ = store.kill(&sink.name, &d.id, &d.delivery, &letter);
-                    dead.inc();
-                    continue;
-                }
-            };
-            match sink.send(&alert, &d.alert).await {
+            match sink.send(&d.id, &d.alert).await {
                 Ok(()) => {
                     sent.inc();
                     acks.push((d.id.clone(), d.delivery.next_ms, d.delivery.seq));
@@ -267,7 +257,7 @@ pub async fn dispatch(
                         } else {
                             "permanent failure"
                         };
-                        tracing::error!(sink = %sink.name, alert = %d.id, rule = %alert.rule, attempts, "{why}; alert moved to dead letters: {err}");
+                        tracing::error!(sink = %sink.name, alert = %d.id, attempts, "{why}; alert moved to dead letters: {err}");
                         let letter = DeadLetter {
                             attempts,
                             enqueued_ms: d.delivery.enqueued_ms,

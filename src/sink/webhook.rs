@@ -12,7 +12,6 @@ use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 
 use super::SendError;
-use crate::alert::Alert;
 use crate::config::{SinkConfig, SinkKind};
 
 pub struct Webhook {
@@ -109,12 +108,12 @@ impl Webhook {
         })
     }
 
-    pub async fn send(&self, alert: &Alert, body: &[u8]) -> Result<(), SendError> {
+    pub async fn send(&self, id: &str, body: &[u8]) -> Result<(), SendError> {
         let mut req = self
             .client
             .post(&self.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("webhook-id", &alert.id);
+            .header("webhook-id", id);
         for (k, v) in &self.headers {
             req = req.header(k, v);
         }
@@ -122,7 +121,7 @@ impl Webhook {
             let ts = jiff::Timestamp::now().as_second();
             req = req
                 .header("webhook-timestamp", ts.to_string())
-                .header("webhook-signature", sign(key, &alert.id, ts, body));
+                .header("webhook-signature", sign(key, id, ts, body));
         }
         let resp = req
             .body(body.to_vec())

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub alerts_dead: Family<SinkLabel, Counter>,
     pub outbox_pending: Gauge,
     pub outbox_dead: Gauge,
+    pub alerts_suppressed: Counter,
+    pub alerts_grouped: Counter,
     ready: AtomicBool,
 }
 
@@ -120,6 +122,8 @@ impl Metrics {
             alerts_dead: Family::default(),
             outbox_pending: Gauge::default(),
             outbox_dead: Gauge::default(),
+            alerts_suppressed: Counter::default(),
+            alerts_grouped: Counter::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };

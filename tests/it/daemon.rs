@@ -405,7 +405,7 @@ async fn shutdown_drains_every_accepted_record() {
     let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut payload = String::new();
-    for i in 0..50_000 {
+    for i in 0..20_000 {
         payload.push_str(&format!(
             r#"{{"ts":{},"event":"tool.denied","agent_id":"a","session_id":"s{}","tool":"t"}}"#,
             base + i,

@@ -12,6 +12,7 @@ mod golden;
 mod model;
 mod packaging;
 mod process;
+mod routing;
 mod rules;
 mod secrets;
 
