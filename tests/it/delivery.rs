@@ -439,30 +439,33 @@ sinks = ["stdout"]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storm_is_rate_limited_without_loss_and_the_outbox_stays_bounded() {
+async fn a_storm_of_100k_alerts_is_rate_limited_without_loss_and_the_outbox_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let hook = Hook::default();
     tokio::spawn(webhook_server(hook.clone(), listener));
     let mut cfg = webhook_config(dir.path(), &url);
-    cfg = cfg.replace("[outbox]\n", "[outbox]\nmax_pending = 500\n");
-    cfg.push_str("rate_limit = 2000\nburst = 50\n");
+    cfg = cfg.replace("[outbox]\n", "[outbox]\nmax_pending = 2000\n");
+    cfg.push_str("rate_limit = 20000\nburst = 100\n");
     let (daemon, _out) = start(&cfg, dir.path()).await;
     let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
-    let n = 5000;
+    let n = 100_000;
     let lines: Vec<String> = (0..n)
         .map(|i| format!(r#"{{"ts":{},"event":"tool.denied","agent_id":"a","session_id":"s{i}","tool":"t"}}"#, base + i))
         .collect();
     send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
     let m = daemon.metrics_addr().unwrap();
     let mut max_pending = 0.0f64;
-    wait_for("the storm delivered", || {
+    // A longer bound than other waits: 100k deliveries in a debug build.
+    for _ in 0..3000 {
         let t = futures_lite_scrape(m);
         max_pending = max_pending.max(metric(&t, "mcp_alertd_outbox_pending_deliveries"));
-        hook.ids().len() >= n as usize
-    })
-    .await;
+        if hook.got.lock().unwrap().len() >= n as usize {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     daemon.shutdown().await.unwrap();
     let ids = hook.ids();
     let mut unique = ids.clone();
@@ -470,19 +473,22 @@ async fn a_storm_is_rate_limited_without_loss_and_the_outbox_stays_bounded() {
     assert_eq!(unique.len(), n as usize, "every alert once");
     assert_eq!(ids.len(), n as usize, "no duplicates");
     // Bounded: the engine waited for room instead of growing the outbox.
-    assert!(max_pending <= 500.0, "outbox grew to {max_pending}");
+    assert!(max_pending <= 2000.0, "outbox grew to {max_pending}");
     // The rate limit, counted: no second of arrivals holds more than the
     // rate plus the burst.
     let arrivals = hook.arrivals.lock().unwrap().clone();
     let mut most = 0;
+    let mut j = 0;
     for (i, t) in arrivals.iter().enumerate() {
-        let in_window = arrivals[i..]
-            .iter()
-            .take_while(|u| u.duration_since(*t) < std::time::Duration::from_secs(1))
-            .count();
-        most = most.max(in_window);
+        // Two pointers: arrivals are in order, so the window only slides.
+        while j < arrivals.len()
+            && arrivals[j].duration_since(*t) < std::time::Duration::from_secs(1)
+        {
+            j += 1;
+        }
+        most = most.max(j - i);
     }
-    assert!(most <= 2000 + 50, "{most} deliveries within one second");
+    assert!(most <= 20_000 + 100, "{most} deliveries within one second");
 }
 
 #[test]
@@ -802,4 +808,109 @@ async fn email_over_starttls_verifies_the_server_certificate() {
     wait_for("the mail over STARTTLS", || !smtp.messages().is_empty()).await;
     daemon.shutdown().await.unwrap();
     check_incident_mail(&smtp.messages());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_retried_and_purged_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}/hook");
+    let hook = Hook::default();
+    // Every delivery is refused for good at first: all become dead letters.
+    *hook.script.lock().unwrap() = vec![400; ALERTS];
+    tokio::spawn(webhook_server(hook.clone(), listener));
+    let (daemon, _out) = start(&webhook_config(dir.path(), &url), dir.path()).await;
+    let lines = scenario("cli");
+    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("dead letters", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_alerts_dead_total{sink=\"hook\"}",
+        ) == ALERTS as f64
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    let cli = |args: &[&str]| {
+        let out = assert_cmd::Command::cargo_bin("mcp-alertd")
+            .unwrap()
+            .arg("outbox")
+            .args(["--state-dir"])
+            .arg(dir.path())
+            .args(args)
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = cli(&["list", "--json"]);
+    let rows: Vec<Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), ALERTS);
+    assert!(rows.iter().all(|r| r["state"] == "dead"
+        && r["sink"] == "hook"
+        && r["error"].as_str().unwrap().contains("400")));
+    // Purge one, retry the rest: the next start delivers them.
+    let one = rows[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(cli(&["purge", &one]).trim(), "1 entries deleted");
+    assert_eq!(
+        cli(&["retry", "--sink", "hook"]).trim(),
+        format!("{} dead letters moved back to pending", ALERTS - 1)
+    );
+    let (daemon, _out) = start(&webhook_config(dir.path(), &url), dir.path()).await;
+    wait_for("the retried alerts", || hook.ids().len() >= ALERTS - 1).await;
+    daemon.shutdown().await.unwrap();
+    let mut want = replay_ids(&lines);
+    want.retain(|id| *id != one);
+    assert_eq!(hook.ids(), want);
+    assert!(cli(&["list"]).trim().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_sink_reopens_its_file_on_reload_for_logrotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alerts.jsonl");
+    let cfg = format!(
+        r#"[engine]
+idle_after = "1h"
+[metrics]
+enabled = false
+[[sources]]
+name = "tcp"
+type = "syslog_tcp"
+address = "127.0.0.1:0"
+[[sinks]]
+name = "archive"
+type = "file"
+path = "{}"
+"#,
+        path.display()
+    );
+    let (mut daemon, _out) = start(&cfg, dir.path()).await;
+    let count = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("before")).await;
+    wait_for("alerts in the file", || count(&path) >= ALERTS).await;
+    // logrotate: move the file away, then SIGHUP (here: reload).
+    let rotated = dir.path().join("alerts.jsonl.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    let config = mcp_alertd::config::Config::parse(&format!(
+        "state_dir = \"{}\"\n{cfg}",
+        dir.path().display()
+    ))
+    .unwrap();
+    let rules = mcp_alertd::app::load_rules(&config).unwrap();
+    daemon.reload(config, rules).await.unwrap();
+    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("after")).await;
+    wait_for("alerts in the new file", || count(&path) >= ALERTS).await;
+    daemon.shutdown().await.unwrap();
+    assert_eq!(count(&rotated), ALERTS);
+    assert_eq!(count(&path), ALERTS);
 }
