@@ -406,45 +406,28 @@ impl Store {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let alerts = tx.open_table(ALERTS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for row in tx
-            .open_table(PENDING)
-            .map_err(|e| self.err(e))?
-            .iter()
-            .map_err(|e| self.err(e))?
-        {
-            let (k, v) = row.map_err(|e| self.err(e))?;
-            let (sink, id) = k.value();
-            let alert = alerts
-                .get(id)
-                .map_err(|e| self.err(e))?
-                .map(|a| a.value().to_vec())
-                .unwrap_or_default();
-            out.push(Listed {
-                sink: sink.to_owned(),
-                id: id.to_owned(),
-                state: ListedState::Pending(decode(v.value())?),
-                alert,
-            });
-        }
-        for row in tx
-            .open_table(DEAD)
-            .map_err(|e| self.err(e))?
-            .iter()
-            .map_err(|e| self.err(e))?
-        {
-            let (k, v) = row.map_err(|e| self.err(e))?;
-            let (sink, id) = k.value();
-            let alert = alerts
-                .get(id)
-                .map_err(|e| self.err(e))?
-                .map(|a| a.value().to_vec())
-                .unwrap_or_default();
-            out.push(Listed {
-                sink: sink.to_owned(),
-                id: id.to_owned(),
-                state: ListedState::Dead(decode(v.value())?),
-                alert,
-            });
+        for (table, dead) in [(PENDING, false), (DEAD, true)] {
+            let rows = tx.open_table(table).map_err(|e| self.err(e))?;
+            for row in rows.iter().map_err(|e| self.err(e))? {
+                let (k, v) = row.map_err(|e| self.err(e))?;
+                let (sink, id) = k.value();
+                let alert = alerts
+                    .get(id)
+                    .map_err(|e| self.err(e))?
+                    .map(|a| a.value().to_vec())
+                    .unwrap_or_default();
+                let state = if dead {
+                    ListedState::Dead(decode(v.value())?)
+                } else {
+                    ListedState::Pending(decode(v.value())?)
+                };
+                out.push(Listed {
+                    sink: sink.to_owned(),
+                    id: id.to_owned(),
+                    state,
+                    alert,
+                });
+            }
         }
         Ok(out)
     }

@@ -526,42 +526,21 @@ async fn reload_keeps_the_state_of_unchanged_rules_and_resets_changed_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_accepts_a_known_client_and_refuses_an_unknown_one() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let dir = tempfile::tempdir().unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let ca = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client_cert = CertificateParams::new(vec!["agent-relay".to_owned()])
-        .unwrap()
-        .signed_by(&client_key, &ca)
-        .unwrap();
+    let ca = crate::TestCa::new();
+    let (server_pem, server_key) = ca.issue("localhost");
+    let (client_pem, client_key) = ca.issue("agent-relay");
     // A client with a certificate from another CA.
-    let rogue_ca_key = KeyPair::generate().unwrap();
-    let mut rogue_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    rogue_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let rogue = Issuer::new(rogue_params, rogue_ca_key);
-    let rogue_key = KeyPair::generate().unwrap();
-    let rogue_cert = CertificateParams::new(vec!["rogue".to_owned()])
-        .unwrap()
-        .signed_by(&rogue_key, &rogue)
-        .unwrap();
+    let (rogue_pem, rogue_key) = crate::TestCa::new().issue("rogue");
 
     let write = |name: &str, text: String| {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         p
     };
-    let ca_pem = write("ca.pem", ca_cert.pem());
-    let cert = write("server.pem", server_cert.pem());
-    let key = write("server.key", server_key.serialize_pem());
+    let ca_pem = write("ca.pem", ca.pem.clone());
+    let cert = write("server.pem", server_pem);
+    let key = write("server.key", server_key);
     let cfg = format!(
         r#"[engine]
 idle_after = "1h"
@@ -585,7 +564,7 @@ tls = {{ cert_file = "{}", key_file = "{}", client_ca_file = "{}" }}
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let mut roots = rustls::RootCertStore::empty();
         roots
-            .add(CertificateDer::from_pem_slice(ca_cert.pem().as_bytes()).unwrap())
+            .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
             .unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -604,7 +583,7 @@ tls = {{ cert_file = "{}", key_file = "{}", client_ca_file = "{}" }}
     // The rogue client: the handshake (or the first write) fails.
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let rogue_result = async {
-        let mut s = connector(rogue_cert.pem(), rogue_key.serialize_pem())
+        let mut s = connector(rogue_pem, rogue_key)
             .connect(name.clone(), tcp)
             .await?;
         s.write_all(format!("{}\n", scenario("rogue")[0]).as_bytes())
@@ -625,7 +604,7 @@ tls = {{ cert_file = "{}", key_file = "{}", client_ca_file = "{}" }}
 
     let lines = scenario("mtls");
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut s = connector(client_cert.pem(), client_key.serialize_pem())
+    let mut s = connector(client_pem, client_key)
         .connect(name, tcp)
         .await
         .unwrap();

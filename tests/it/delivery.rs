@@ -778,24 +778,15 @@ async fn email_reaches_a_real_smtp_server_in_plain_on_loopback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_over_starttls_verifies_the_server_certificate() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let dir = tempfile::tempdir().unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let ca = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
+    let ca = crate::TestCa::new();
+    let (cert, key) = ca.issue("localhost");
     let cert_path = dir.path().join("smtp.pem");
     let key_path = dir.path().join("smtp.key");
     let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    std::fs::write(&ca_path, &ca.pem).unwrap();
     let Some(smtp) = Smtp::start(dir.path(), Some((&cert_path, &key_path))) else {
         return;
     };
@@ -913,4 +904,234 @@ path = "{}"
     daemon.shutdown().await.unwrap();
     assert_eq!(count(&rotated), ALERTS);
     assert_eq!(count(&path), ALERTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_over_starttls_refuses_an_unknown_server_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::TestCa::new().issue("localhost");
+    let cert_path = dir.path().join("smtp.pem");
+    let key_path = dir.path().join("smtp.key");
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let Some(smtp) = Smtp::start(dir.path(), Some((&cert_path, &key_path))) else {
+        return;
+    };
+    // No ca_file: the test CA is not trusted, so nothing may be sent.
+    let cfg = email_config("localhost", smtp.port, "starttls", None).replace(
+        "[metrics]\nenabled = false",
+        "[metrics]\naddress = \"127.0.0.1:0\"",
+    );
+    let (daemon, _out) = start(&cfg, dir.path()).await;
+    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("mail")).await;
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("failed attempts", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_alert_send_errors_total{sink=\"mail\"}",
+        ) >= 2.0
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    assert!(smtp.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_age_turns_retries_into_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let hook = Hook::default();
+    *hook.script.lock().unwrap() = vec![503; 10_000];
+    tokio::spawn(webhook_server(hook.clone(), listener));
+    let cfg = webhook_config(dir.path(), &url).replace(
+        "retry_max = \"100ms\"",
+        "retry_max = \"100ms\"\nmax_age = \"1s\"",
+    );
+    let (daemon, _out) = start(&cfg, dir.path()).await;
+    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("aged")).await;
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("every alert aged out", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_alerts_dead_total{sink=\"hook\"}",
+        ) == ALERTS as f64
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    let rows = crate::delivery::list_json(dir.path());
+    assert_eq!(rows.len(), ALERTS);
+    assert!(
+        rows.iter()
+            .all(|r| r["state"] == "dead" && r["attempts"].as_u64().unwrap() >= 2),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_header_sets_the_next_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let app_hook = Hook::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let calls = app_hook.calls.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "3600")],
+                    "slow down",
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (daemon, _out) = start(&webhook_config(dir.path(), &url), dir.path()).await;
+    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("later")).await;
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("one attempt per alert", || {
+        metric(
+            &futures_lite_scrape(m),
+            "mcp_alertd_alert_send_errors_total{sink=\"hook\"}",
+        ) == ALERTS as f64
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    // retry_max is 100 ms, but the server asked for an hour: the next
+    // attempts are scheduled an hour out, not retried in between.
+    let now = jiff::Timestamp::now().as_millisecond();
+    for r in crate::delivery::list_json(dir.path()) {
+        let at: jiff::Timestamp = r["at"].as_str().unwrap().parse().unwrap();
+        assert!(at.as_millisecond() - now > 3_000_000, "{r}");
+        assert_eq!(r["state"], "pending");
+    }
+    assert_eq!(app_hook.calls.load(Ordering::SeqCst), ALERTS);
+}
+
+pub fn list_json(dir: &Path) -> Vec<Value> {
+    let out = assert_cmd::Command::cargo_bin("mcp-alertd")
+        .unwrap()
+        .args(["outbox", "--state-dir"])
+        .arg(dir)
+        .args(["list", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_siem_sink_speaks_udp_and_tls_with_json_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    // UDP receiver.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let udp_addr = udp.local_addr().unwrap();
+    // TLS receiver with a certificate from a test CA.
+    let ca = crate::TestCa::new();
+    let (cert, key) = ca.issue("siem.test");
+    let acceptor = {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    };
+    let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls_addr = tls.local_addr().unwrap();
+    let tls_got = Arc::new(Mutex::new(Vec::new()));
+    let g = tls_got.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let (s, _) = tls.accept().await.unwrap();
+        let mut s = acceptor.accept(s).await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            g.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    let cfg = format!(
+        r#"[engine]
+idle_after = "1h"
+[metrics]
+enabled = false
+[[sources]]
+name = "tcp"
+type = "syslog_tcp"
+address = "127.0.0.1:0"
+[[sinks]]
+name = "siem-udp"
+type = "syslog"
+address = "{udp_addr}"
+protocol = "udp"
+message = "json"
+[[sinks]]
+name = "siem-tls"
+type = "syslog"
+address = "{tls_addr}"
+protocol = "tls"
+server_name = "siem.test"
+ca_file = "{}"
+message = "json"
+"#,
+        ca_path.display()
+    );
+    let (daemon, _out) = start(&cfg, dir.path()).await;
+    let lines = scenario("siem2");
+    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    let mut udp_msgs = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while udp_msgs.len() < ALERTS {
+        let (n, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(30), udp.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+        udp_msgs.push(String::from_utf8(buf[..n].to_vec()).unwrap());
+    }
+    wait_for("TLS messages", || {
+        octet_frames(&tls_got.lock().unwrap()).len() >= ALERTS
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    let ids = |msgs: &[String]| {
+        let mut ids: Vec<String> = msgs
+            .iter()
+            .map(|m| {
+                let p = syslog_loose::parse_message(m, syslog_loose::Variant::RFC5424);
+                let alert: Value = serde_json::from_str(p.msg).unwrap();
+                alert["id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&udp_msgs), replay_ids(&lines));
+    assert_eq!(
+        ids(&octet_frames(&tls_got.lock().unwrap())),
+        replay_ids(&lines)
+    );
 }
