@@ -78,6 +78,12 @@ pub struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
+impl Default for TestCa {
+    fn default() -> Self {
+        TestCa::new()
+    }
+}
+
 impl TestCa {
     pub fn new() -> TestCa {
         let key = rcgen::KeyPair::generate().unwrap();
