@@ -602,6 +602,20 @@ struct Smtp {
 
 impl Smtp {
     fn start(dir: &Path, tls: Option<(&Path, &Path)>) -> Option<Smtp> {
+        let mut args: Vec<String> = Vec::new();
+        if let Some((cert, key)) = tls {
+            args.extend([
+                "--starttls".to_owned(),
+                cert.display().to_string(),
+                key.display().to_string(),
+            ]);
+        }
+        Smtp::start_with(dir, &args)
+    }
+
+    /// Starts tests/data/smtp_server.py with extra flags (--starttls,
+    /// --smtps, --auth; see the script).
+    fn start_with(dir: &Path, args: &[String]) -> Option<Smtp> {
         let python = "/usr/bin/python3";
         let ok = std::process::Command::new(python)
             .args(["-c", "import aiosmtpd"])
@@ -621,20 +635,12 @@ impl Smtp {
             .unwrap()
             .port();
         let maildir = dir.join("maildir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/smtp_server.py");
         let mut cmd = std::process::Command::new(python);
-        cmd.args([
-            "-m",
-            "aiosmtpd",
-            "-n",
-            "-l",
-            &format!("127.0.0.1:{port}"),
-            "-c",
-            "aiosmtpd.handlers.Mailbox",
-        ]);
-        if let Some((cert, key)) = tls {
-            cmd.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
-        }
-        cmd.arg(&maildir);
+        cmd.arg(script)
+            .arg(port.to_string())
+            .arg(&maildir)
+            .args(args);
         let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -1134,4 +1140,41 @@ message = "json"
         ids(&octet_frames(&tls_got.lock().unwrap())),
         replay_ids(&lines)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_over_implicit_tls_with_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::TestCa::new();
+    let (cert, key) = ca.issue("localhost");
+    let cert_path = dir.path().join("smtp.pem");
+    let key_path = dir.path().join("smtp.key");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    let args = vec![
+        "--smtps".to_owned(),
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+        "--auth".to_owned(),
+        "mcp-alertd:correct horse".to_owned(),
+    ];
+    let Some(smtp) = Smtp::start_with(dir.path(), &args) else {
+        return;
+    };
+    let password = dir.path().join("smtp-password");
+    std::fs::write(&password, "correct horse\n").unwrap();
+    let cfg = email_config("localhost", smtp.port, "implicit", Some(&ca_path)).replace(
+        "to = [",
+        &format!(
+            "username = \"mcp-alertd\"\npassword_file = \"{}\"\nto = [",
+            password.display()
+        ),
+    );
+    let (daemon, _out) = start(&cfg, dir.path()).await;
+    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("mail")).await;
+    wait_for("the authenticated mail", || !smtp.messages().is_empty()).await;
+    daemon.shutdown().await.unwrap();
+    check_incident_mail(&smtp.messages());
 }
