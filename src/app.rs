@@ -223,6 +223,7 @@ impl Daemon {
             settings: config.outbox.clone(),
             wakes,
             pending: 0,
+            pruned_ms: 0,
         };
         let pipeline = Pipeline::new(&config, Arc::new(rules), metrics.clone(), outbox, saved);
         let engine = std::thread::Builder::new()
@@ -776,6 +777,7 @@ impl Pipeline {
         if self.positions_dirty {
             self.save_positions();
         }
+        self.outbox.prune_delivered();
         Ok(())
     }
 
@@ -859,6 +861,8 @@ struct Outbox {
     wakes: Vec<(String, Arc<Notify>)>,
     /// Pending deliveries, as last counted plus what was added since.
     pending: u64,
+    /// When delivered ids were last pruned (wall ms).
+    pruned_ms: i64,
 }
 
 impl Outbox {
@@ -918,6 +922,25 @@ impl Outbox {
                 }
             }
             self.wake_all();
+        }
+    }
+
+    /// Forgets delivered ids older than `delivered_retention`, at most
+    /// once a minute.
+    fn prune_delivered(&mut self) {
+        let now = sink::now_ms();
+        if now - self.pruned_ms < 60_000 {
+            return;
+        }
+        self.pruned_ms = now;
+        let before = now - self.settings.delivered_retention.as_millis() as i64;
+        match self.store.prune_delivered(before) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(
+                forgotten = n,
+                "pruned delivered alert ids past the retention"
+            ),
+            Err(e) => tracing::warn!("cannot prune delivered alert ids: {e}"),
         }
     }
 

@@ -328,6 +328,11 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
                 rule.title
             )?;
             writeln!(out, "  {:<28} {}", "", rule.describe())?;
+            if let Some(d) = &rule.description {
+                for line in d.lines().filter(|l| !l.trim().is_empty()) {
+                    writeln!(out, "  {:<28} {}", "", line.trim())?;
+                }
+            }
         }
     }
     Ok(0)

@@ -21,6 +21,8 @@ fn check_lists_the_default_rules() {
         .clone();
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("rules OK: 6 rules from embedded"), "{text}");
+    // Descriptions are shown, for people deciding what an alert means.
+    assert!(text.contains("brute-forced or stolen credential"), "{text}");
     for id in [
         "auth_failure_burst",
         "unauthorized_tool_attempt",

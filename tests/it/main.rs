@@ -15,6 +15,7 @@ mod process;
 mod routing;
 mod rules;
 mod secrets;
+mod store;
 
 use std::sync::Arc;
 
