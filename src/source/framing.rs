@@ -238,8 +238,16 @@ impl Framer {
             let pending = std::mem::take(&mut self.pending);
             let consumed = self.frame_octets(&pending, out)?;
             match consumed {
-                Some(used) => {
-                    // Whatever of `pending` was not used stays for the next frame.
+                Some(mut used) => {
+                    // What is left of `pending` may hold whole frames already
+                    // (a header read ahead): frame them now, not at the next
+                    // read, which may never come. The rest waits.
+                    while used < pending.len() && self.skip_bytes == 0 {
+                        match self.frame_octets(&pending[used..], out)? {
+                            Some(n) => used += n,
+                            None => break,
+                        }
+                    }
                     self.pending = pending[used..].to_vec();
                 }
                 None => self.pending = pending,

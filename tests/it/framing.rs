@@ -80,6 +80,8 @@ fn the_framer_holds_at_most_one_record_bound() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
     #[test]
     fn any_split_of_the_stream_gives_the_same_frames(
         msgs in prop::collection::vec("[a-z0-9 ]{0,40}", 1..20),
@@ -114,5 +116,25 @@ proptest! {
         let (got, _) = frame_all(&chunks, max);
         // Empty octet-counted messages ("0 ") are valid empty records.
         prop_assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn a_frame_whose_body_starts_with_spaces_after_a_split_header_is_kept() {
+    // Found by the property test: a read ends right after a length prefix
+    // and the next frame's body starts with spaces.
+    let msgs = [
+        "00a0a0",
+        "aaa0   aa0a 0  a00a0 00aa0a aa",
+        "0 0 00 0 0a0aaaaa00 aaa",
+        "a 0aaaa aaa    a0a",
+        "a",
+        "  a0",
+    ];
+    let stream: String = msgs.iter().map(|m| format!("{} {m}", m.len())).collect();
+    for cut in 0..=stream.len() {
+        let (a, b) = stream.as_bytes().split_at(cut);
+        let (got, _) = frame_all(&[a, b], 100);
+        assert_eq!(got, msgs, "cut at {cut}");
     }
 }
