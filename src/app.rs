@@ -219,13 +219,24 @@ impl Daemon {
         }
         let outbox = Outbox {
             store: store.clone(),
-            routes: RouteState::new(config.router.clone()),
             settings: config.outbox.clone(),
             wakes,
             pending: 0,
             pruned_ms: 0,
         };
-        let pipeline = Pipeline::new(&config, Arc::new(rules), metrics.clone(), outbox, saved);
+        // The outbox writer commits on a thread of its own, so the engine
+        // keeps detecting while a transaction is fsync'ed.
+        let (outbox_tx, outbox_rx) = std::sync::mpsc::sync_channel::<Vec<Row>>(OUTBOX_QUEUE);
+        let writer_metrics = metrics.clone();
+        let writer = std::thread::Builder::new()
+            .name("outbox".to_owned())
+            .spawn(move || outbox.run(outbox_rx, &writer_metrics))
+            .context("cannot start the outbox thread")?;
+        let handle = OutboxHandle {
+            tx: Some(outbox_tx),
+            thread: Some(writer),
+        };
+        let pipeline = Pipeline::new(&config, Arc::new(rules), metrics.clone(), handle, saved);
         let engine = std::thread::Builder::new()
             .name("engine".to_owned())
             .spawn(move || -> Result<()> {
@@ -479,7 +490,8 @@ struct Pipeline {
     names: Vec<Arc<str>>,
     file_sources: Vec<bool>,
     metrics: Arc<Metrics>,
-    outbox: Outbox,
+    outbox: OutboxHandle,
+    routes: RouteState,
     alerts: Vec<Alert>,
     /// Batches whose alerts are not in the outbox yet: (read at, alerts).
     awaiting: Vec<(Instant, u64)>,
@@ -501,7 +513,7 @@ impl Pipeline {
         config: &Config,
         rules: Arc<RuleSet>,
         metrics: Arc<Metrics>,
-        outbox: Outbox,
+        outbox: OutboxHandle,
         saved: HashMap<String, SavedPosition>,
     ) -> Pipeline {
         let s = &config.engine;
@@ -540,6 +552,7 @@ impl Pipeline {
                 .collect(),
             metrics,
             outbox,
+            routes: RouteState::new(config.router.clone()),
             alerts: Vec::new(),
             awaiting: Vec::new(),
             latency: new_histogram(),
@@ -588,6 +601,8 @@ impl Pipeline {
         self.emit()?;
         // Open group windows are closed early rather than lost.
         self.flush_groups(true)?;
+        // Every alert is in the outbox once its writer has finished.
+        self.outbox.close();
         // Drained: every accepted record went through the engine and its
         // alerts are in the outbox. The clock is not advanced further;
         // pending deadlines stay pending.
@@ -729,7 +744,7 @@ impl Pipeline {
                         .clone()
                 })
                 .inc();
-            self.outbox.routes.route(alert, now, &mut routed);
+            self.routes.route(alert, now, &mut routed);
         }
         self.deliver(routed)?;
         // Latency ends here: the alerts are handed on (durably queued).
@@ -753,15 +768,13 @@ impl Pipeline {
             let json = serde_json::to_vec(&alert).context("cannot serialize an alert")?;
             rows.push((alert.id, json, sinks));
         }
-        self.outbox.put(&rows, &self.metrics);
-        Ok(())
+        self.outbox.send(rows)
     }
 
     /// Sends the digests of group windows that closed (all with `all`).
     fn flush_groups(&mut self, all: bool) -> Result<()> {
         let mut routed = Routed::default();
-        self.outbox
-            .routes
+        self.routes
             .flush(jiff::Timestamp::now().as_millisecond(), all, &mut routed);
         self.deliver(routed)
     }
@@ -777,12 +790,10 @@ impl Pipeline {
         if self.positions_dirty {
             self.save_positions();
         }
-        self.outbox.prune_delivered();
         Ok(())
     }
 
     fn update_gauges(&mut self) {
-        self.outbox.refresh(&self.metrics);
         let m = &self.metrics;
         for (rule, n) in self.engine.live_keys() {
             m.live_keys
@@ -852,11 +863,51 @@ impl Pipeline {
     }
 }
 
-/// The engine thread's side of the outbox: routes alerts to sinks and
-/// writes them durably before any sink sees them.
+/// An alert ready for the outbox: id, JSON, sinks.
+type Row = (String, Vec<u8>, Vec<String>);
+
+/// Batches of rows queued for the outbox writer (it coalesces them).
+const OUTBOX_QUEUE: usize = 16;
+
+/// The engine's end of the outbox writer.
+struct OutboxHandle {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<Row>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OutboxHandle {
+    /// Hands rows to the writer; blocks while its queue is full
+    /// (backpressure up to the sources).
+    fn send(&mut self, rows: Vec<Row>) -> Result<()> {
+        match &self.tx {
+            Some(tx) => tx
+                .send(rows)
+                .map_err(|_| anyhow::anyhow!("the outbox writer has stopped")),
+            None => Err(anyhow::anyhow!("the outbox is closed")),
+        }
+    }
+
+    /// Waits until the writer has committed everything it was handed.
+    fn close(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("the outbox writer panicked");
+        }
+    }
+}
+
+impl Drop for OutboxHandle {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The outbox writer: writes routed alerts durably before any sink sees
+/// them, waits while the outbox is full, and keeps its gauges.
 struct Outbox {
     store: Arc<Store>,
-    routes: RouteState,
     settings: OutboxSettings,
     wakes: Vec<(String, Arc<Notify>)>,
     /// Pending deliveries, as last counted plus what was added since.
@@ -866,6 +917,33 @@ struct Outbox {
 }
 
 impl Outbox {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<Vec<Row>>, metrics: &Metrics) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut refreshed = Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(mut rows) => {
+                    // Group commit: everything already queued, in one go.
+                    while rows.len() < GROUP_COMMIT_ALERTS {
+                        match rx.try_recv() {
+                            Ok(more) => rows.extend(more),
+                            Err(_) => break,
+                        }
+                    }
+                    self.put(&rows, metrics);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if refreshed.elapsed() >= Duration::from_secs(1) {
+                refreshed = Instant::now();
+                self.refresh(metrics);
+                self.prune_delivered();
+            }
+        }
+        self.refresh(metrics);
+    }
+
     fn refresh(&mut self, metrics: &Metrics) {
         if let Ok((_, pending, dead)) = self.store.counts() {
             self.pending = pending;
