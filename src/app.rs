@@ -747,7 +747,8 @@ impl Pipeline {
             self.routes.route(alert, now, &mut routed);
         }
         self.deliver(routed)?;
-        // Latency ends here: the alerts are handed on (durably queued).
+        // Latency ends here: the alerts are routed and handed to the outbox
+        // writer (which commits them before any sink sees them).
         for (received, n) in self.awaiting.drain(..) {
             let us = received.elapsed().as_micros().clamp(1, 60_000_000) as u64;
             let _ = self.latency.record_n(us, n);
