@@ -22,7 +22,8 @@ pub const EXIT_CONFIG: u8 = 78;
 ///
 /// mcp-alertd reads the audit events of MCP servers (authentication,
 /// sessions, tool calls, credentials), applies detection rules with sliding
-/// windows and deadlines, and writes alerts as JSON lines.
+/// windows and deadlines, and delivers alerts through a durable outbox to
+/// stdout, files, webhooks, email and SIEMs.
 #[derive(Debug, Parser)]
 #[command(name = "mcp-alertd", version, propagate_version = true)]
 #[command(after_help = "Examples:\n  \
