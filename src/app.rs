@@ -468,17 +468,11 @@ fn save_positions(
     std::fs::rename(&tmp, state_dir.join(POSITIONS_FILE))
 }
 
-/// Latency histogram bounds: 1 µs to 60 s, 3 significant digits.
-fn new_histogram() -> hdrhistogram::Histogram<u64> {
-    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| {
-        hdrhistogram::Histogram::new(3).unwrap_or_else(|_| unreachable_histogram())
-    })
-}
-
-#[allow(clippy::panic)]
-fn unreachable_histogram() -> hdrhistogram::Histogram<u64> {
-    // new(3) only fails for sigfig > 5.
-    panic!("histogram with 3 significant digits")
+/// Latency histogram bounds: 1 µs to 60 s, 3 significant digits. `None`
+/// only if hdrhistogram refused these constant bounds: latency is then
+/// not exported, rather than the daemon panicking.
+fn new_histogram() -> Option<hdrhistogram::Histogram<u64>> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).ok()
 }
 
 /// The engine thread's state: decode, clock, engine, alert output.
@@ -495,7 +489,7 @@ struct Pipeline {
     alerts: Vec<Alert>,
     /// Batches whose alerts are not in the outbox yet: (read at, alerts).
     awaiting: Vec<(Instant, u64)>,
-    latency: hdrhistogram::Histogram<u64>,
+    latency: Option<hdrhistogram::Histogram<u64>>,
     log: RejectLog,
     epoch: Instant,
     state_dir: PathBuf,
@@ -751,7 +745,9 @@ impl Pipeline {
         // writer (which commits them before any sink sees them).
         for (received, n) in self.awaiting.drain(..) {
             let us = received.elapsed().as_micros().clamp(1, 60_000_000) as u64;
-            let _ = self.latency.record_n(us, n);
+            if let Some(h) = &mut self.latency {
+                let _ = h.record_n(us, n);
+            }
             self.metrics.latency_samples.inc_by(n);
         }
         Ok(())
@@ -814,9 +810,9 @@ impl Pipeline {
             let wall = jiff::Timestamp::now().as_millisecond();
             m.engine_lag_seconds.set((wall - c) as f64 / 1000.0);
         }
-        if !self.latency.is_empty() {
+        if let Some(latency) = self.latency.as_ref().filter(|h| !h.is_empty()) {
             for q in [0.5, 0.9, 0.99, 0.999] {
-                let secs = self.latency.value_at_quantile(q) as f64 / 1e6;
+                let secs = latency.value_at_quantile(q) as f64 / 1e6;
                 m.latency_seconds
                     .get_or_create(&QuantileLabel {
                         quantile: q.to_string(),
