@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -24,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::alert::Alert;
+use crate::checkpoint::{
+    self, DurableOffsets, EngineUnit, KafkaPartition, MAIN_UNIT, ROUTER_UNIT, Saved,
+};
 use crate::config::{Config, EngineSettings, OutboxSettings, SourceKind};
 use crate::decode::{DecodeError, Decoder};
 use crate::engine::clock::LiveClock;
@@ -45,9 +49,6 @@ use crate::telemetry::metrics::{
 const GROUP_COMMIT_BATCHES: usize = 256;
 /// Alerts buffered at most before they go to the outbox.
 const GROUP_COMMIT_ALERTS: usize = 4096;
-
-/// The file (in the state directory) holding file sources' positions.
-const POSITIONS_FILE: &str = "file-positions.json";
 
 /// Loads the rules a configuration names (its `rules_dir`, else embedded).
 pub fn load_rules(config: &Config) -> Result<RuleSet, crate::engine::RuleSetError> {
@@ -97,8 +98,22 @@ impl Daemon {
         let cancel_metrics = CancellationToken::new();
         let tracker = TaskTracker::new();
 
-        let saved = load_positions(&config.state_dir);
         let store = Arc::new(Store::open(&config.state_dir).context("cannot open the store")?);
+        let rules = Arc::new(rules);
+        let restored = restore(&store, &rules, &settings)?;
+        let saved = restored
+            .main
+            .as_ref()
+            .map(|(_, u)| u.files.clone())
+            .unwrap_or_default();
+        if let Some((engine, _)) = &restored.main {
+            tracing::info!(
+                clock = ?engine.clock().map(crate::alert::format_ts),
+                files = saved.len(),
+                "restored saved engine state"
+            );
+        }
+        let durable = Arc::new(DurableOffsets::default());
         let writer: SharedWriter = Arc::new(std::sync::Mutex::new(out));
         let reopen = Arc::new(AtomicU64::new(0));
         let mut sinks = Vec::new();
@@ -181,6 +196,38 @@ impl Daemon {
                         t.spawn(file::run(ctx, src));
                     }));
                 }
+                #[cfg(feature = "kafka")]
+                SourceKind::Kafka {
+                    client,
+                    topics,
+                    group_id,
+                    group_instance_id,
+                    start_from,
+                    rebuild_window,
+                } => {
+                    use crate::source::kafka;
+                    let src = kafka::KafkaSource {
+                        client: client.clone(),
+                        topics: topics.clone(),
+                        group_id: group_id.clone(),
+                        group_instance_id: group_instance_id.clone(),
+                        start_from: *start_from,
+                        rebuild_window: *rebuild_window,
+                        store: store.clone(),
+                        durable: durable.clone(),
+                    };
+                    let consumer =
+                        kafka::connect(&ctx, &src).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+                    tracing::info!(source = %source.name, brokers = %client.brokers, topics = ?topics, group = %group_id, "consuming (Kafka)");
+                    let t = tracker.clone();
+                    starters.push(Box::new(move || {
+                        t.spawn_blocking(move || kafka::run(ctx, consumer));
+                    }));
+                }
+                #[cfg(not(feature = "kafka"))]
+                SourceKind::Kafka { .. } => {
+                    anyhow::bail!("{what}: this build has no Kafka support");
+                }
             }
         }
         let metrics_addr = match config.metrics {
@@ -223,10 +270,11 @@ impl Daemon {
             wakes,
             pending: 0,
             pruned_ms: 0,
+            durable: durable.clone(),
         };
         // The outbox writer commits on a thread of its own, so the engine
         // keeps detecting while a transaction is fsync'ed.
-        let (outbox_tx, outbox_rx) = std::sync::mpsc::sync_channel::<Vec<Row>>(OUTBOX_QUEUE);
+        let (outbox_tx, outbox_rx) = std::sync::mpsc::sync_channel::<OutboxMsg>(OUTBOX_QUEUE);
         let writer_metrics = metrics.clone();
         let writer = std::thread::Builder::new()
             .name("outbox".to_owned())
@@ -236,7 +284,14 @@ impl Daemon {
             tx: Some(outbox_tx),
             thread: Some(writer),
         };
-        let pipeline = Pipeline::new(&config, Arc::new(rules), metrics.clone(), handle, saved);
+        let pipeline = Pipeline::new(
+            &config,
+            rules,
+            metrics.clone(),
+            handle,
+            store.clone(),
+            restored,
+        );
         let engine = std::thread::Builder::new()
             .name("engine".to_owned())
             .spawn(move || -> Result<()> {
@@ -447,25 +502,43 @@ async fn reload(daemon: &mut Daemon, path: Option<&Path>) {
     }
 }
 
-fn load_positions(state_dir: &Path) -> HashMap<String, SavedPosition> {
-    let path = state_dir.join(POSITIONS_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            tracing::warn!(path = %path.display(), "ignoring unreadable file positions: {e}");
-            HashMap::new()
-        }),
-        Err(_) => HashMap::new(),
-    }
+/// Saved state found in the store at start, validated.
+struct Restored {
+    main: Option<(Engine, EngineUnit)>,
+    router: Vec<(u32, String, i64)>,
 }
 
-fn save_positions(
-    state_dir: &Path,
-    positions: &BTreeMap<String, SavedPosition>,
-) -> std::io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
-    let tmp = state_dir.join(format!("{POSITIONS_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(positions)?)?;
-    std::fs::rename(&tmp, state_dir.join(POSITIONS_FILE))
+/// Reads and checks every saved unit: one this build cannot read stops the
+/// start with a message naming it (state is never silently dropped).
+fn restore(store: &Store, rules: &Arc<RuleSet>, settings: &EngineSettings) -> Result<Restored> {
+    let mut restored = Restored {
+        main: None,
+        router: Vec::new(),
+    };
+    let states = store.states().context("cannot read saved state")?;
+    for (unit, bytes) in states {
+        let saved = checkpoint::decode(&unit, &bytes)?;
+        match saved {
+            Saved::Router(rows) if unit == ROUTER_UNIT => restored.router = rows,
+            Saved::Engine(e) => {
+                let engine = Engine::restore(rules.clone(), engine_config(settings), &e.engine)
+                    .with_context(|| format!("saved state `{unit}`"))?;
+                if unit == MAIN_UNIT {
+                    restored.main = Some((engine, e));
+                }
+            }
+            Saved::Router(_) => {
+                anyhow::bail!("saved state `{unit}` holds router state; the store is corrupt")
+            }
+        }
+    }
+    Ok(restored)
+}
+
+fn engine_config(s: &EngineSettings) -> EngineConfig {
+    EngineConfig {
+        max_keys_per_rule: s.max_keys_per_rule,
+    }
 }
 
 /// Latency histogram bounds: 1 µs to 60 s, 3 significant digits. `None`
@@ -475,16 +548,52 @@ fn new_histogram() -> Option<hdrhistogram::Histogram<u64>> {
     hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).ok()
 }
 
-/// The engine thread's state: decode, clock, engine, alert output.
-struct Pipeline {
+/// An engine with its clock: the syslog and file sources share one; each
+/// Kafka partition has its own, so its state can move between daemons.
+struct Unit {
     engine: Engine,
     clock: LiveClock,
+    /// Changed since it was last saved.
+    dirty: bool,
+    late_reported: u64,
+    evicted_reported: u64,
+}
+
+impl Unit {
+    fn new(engine: Engine, s: &EngineSettings, now: i64) -> Unit {
+        let mut clock = LiveClock::new(s.allowed_lateness_ms, s.idle_after.as_millis() as i64);
+        if let Some(c) = engine.clock() {
+            clock.resume(c, now);
+        }
+        Unit {
+            late_reported: engine.late_events(),
+            evicted_reported: engine.evicted_keys(),
+            engine,
+            clock,
+            dirty: false,
+        }
+    }
+}
+
+/// A Kafka partition's unit and how far it has read.
+struct KafkaUnit {
+    unit: Unit,
+    /// The offset after the last record applied.
+    next_offset: Option<i64>,
+}
+
+/// The engine thread's state: decode, clocks, engines, alert output.
+struct Pipeline {
+    main: Unit,
+    kafka: HashMap<KafkaPartition, KafkaUnit>,
+    rules: Arc<RuleSet>,
     settings: EngineSettings,
     decoders: Vec<Decoder>,
     names: Vec<Arc<str>>,
     file_sources: Vec<bool>,
     metrics: Arc<Metrics>,
     outbox: OutboxHandle,
+    store: Arc<Store>,
     routes: RouteState,
     alerts: Vec<Alert>,
     /// Batches whose alerts are not in the outbox yet: (read at, alerts).
@@ -492,14 +601,11 @@ struct Pipeline {
     latency: Option<hdrhistogram::Histogram<u64>>,
     log: RejectLog,
     epoch: Instant,
-    state_dir: PathBuf,
     positions: BTreeMap<String, SavedPosition>,
-    positions_dirty: bool,
+    last_checkpoint: Instant,
     events: [Counter; EventKind::KNOWN.len() + 1],
     rejected: HashMap<(usize, &'static str), Counter>,
     alert_counters: HashMap<String, Counter>,
-    late_reported: u64,
-    evicted_reported: u64,
 }
 
 impl Pipeline {
@@ -508,7 +614,8 @@ impl Pipeline {
         rules: Arc<RuleSet>,
         metrics: Arc<Metrics>,
         outbox: OutboxHandle,
-        saved: HashMap<String, SavedPosition>,
+        store: Arc<Store>,
+        restored: Restored,
     ) -> Pipeline {
         let s = &config.engine;
         let events = std::array::from_fn(|i| {
@@ -520,14 +627,20 @@ impl Pipeline {
                 })
                 .clone()
         });
-        Pipeline {
-            engine: Engine::new(
-                rules,
-                EngineConfig {
-                    max_keys_per_rule: s.max_keys_per_rule,
-                },
+        let epoch = Instant::now();
+        let (main, positions) = match restored.main {
+            Some((engine, saved)) => (Unit::new(engine, s, 0), saved.files),
+            None => (
+                Unit::new(Engine::new(rules.clone(), engine_config(s)), s, 0),
+                BTreeMap::new(),
             ),
-            clock: LiveClock::new(s.allowed_lateness_ms, s.idle_after.as_millis() as i64),
+        };
+        let mut routes = RouteState::new(config.router.clone());
+        routes.restore_repeat_state(restored.router);
+        Pipeline {
+            main,
+            kafka: HashMap::new(),
+            rules,
             settings: s.clone(),
             decoders: config
                 .sources
@@ -546,20 +659,18 @@ impl Pipeline {
                 .collect(),
             metrics,
             outbox,
-            routes: RouteState::new(config.router.clone()),
+            store,
+            routes,
             alerts: Vec::new(),
             awaiting: Vec::new(),
             latency: new_histogram(),
             log: RejectLog::new(10),
-            epoch: Instant::now(),
-            state_dir: config.state_dir.clone(),
-            positions: saved.into_iter().collect(),
-            positions_dirty: false,
+            epoch,
+            positions,
+            last_checkpoint: epoch,
             events,
             rejected: HashMap::new(),
             alert_counters: HashMap::new(),
-            late_reported: 0,
-            evicted_reported: 0,
         }
     }
 
@@ -595,13 +706,14 @@ impl Pipeline {
         self.emit()?;
         // Open group windows are closed early rather than lost.
         self.flush_groups(true)?;
-        // Every alert is in the outbox once its writer has finished.
+        // Drained: every accepted record went through the engine. The clock
+        // is not advanced further; pending deadlines stay pending, in the
+        // state saved now with the positions it covers.
+        self.checkpoint(true, None)?;
+        // Every alert and the state are in the store once the writer has
+        // finished.
         self.outbox.close();
-        // Drained: every accepted record went through the engine and its
-        // alerts are in the outbox. The clock is not advanced further;
-        // pending deadlines stay pending.
         self.update_gauges();
-        self.save_positions();
         Ok(())
     }
 
@@ -609,10 +721,156 @@ impl Pipeline {
         match msg {
             SourceMsg::Batch(b) => self.batch(b),
             SourceMsg::Closed(p) => {
-                self.clock.remove(p);
+                self.main.clock.remove(p);
                 Ok(())
             }
+            SourceMsg::Assign { source, partitions } => {
+                for (topic, partition) in partitions {
+                    let key = (source, topic, partition);
+                    if !self.kafka.contains_key(&key) {
+                        let unit = self.load_kafka_unit(&key);
+                        self.kafka.insert(key, unit);
+                    }
+                }
+                Ok(())
+            }
+            SourceMsg::Release {
+                source,
+                partitions,
+                done,
+            } => {
+                // Alerts first, then the released units' state with them.
+                self.emit()?;
+                let mut states = Vec::new();
+                let mut offsets = Vec::new();
+                for (topic, partition) in partitions {
+                    let key = (source, topic, partition);
+                    if let Some(mut ku) = self.kafka.remove(&key) {
+                        ku.unit.dirty = true;
+                        self.save_kafka_unit(&key, &mut ku, &mut states, &mut offsets)?;
+                    }
+                }
+                self.outbox.send(OutboxMsg::State(StateWrite {
+                    states,
+                    offsets,
+                    done: Some(done),
+                }))
+            }
         }
+    }
+
+    /// A Kafka partition's unit: its saved state when the store has it,
+    /// else a fresh engine (the source then decides where to start).
+    fn load_kafka_unit(&self, key: &KafkaPartition) -> KafkaUnit {
+        let name = checkpoint::kafka_unit(&self.names[key.0], &key.1, key.2);
+        let now = self.now_mono();
+        let fresh = || KafkaUnit {
+            unit: Unit::new(
+                Engine::new(self.rules.clone(), engine_config(&self.settings)),
+                &self.settings,
+                now,
+            ),
+            next_offset: None,
+        };
+        let saved = match self.store.state(&name) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return fresh(),
+            Err(e) => {
+                tracing::error!(unit = %name, "cannot read saved state, starting afresh: {e}");
+                return fresh();
+            }
+        };
+        let restored = checkpoint::decode(&name, &saved)
+            .map_err(anyhow::Error::from)
+            .and_then(|saved| match saved {
+                Saved::Engine(e) => {
+                    Engine::restore(self.rules.clone(), engine_config(&self.settings), &e.engine)
+                        .map(|engine| (engine, e.next_offset))
+                        .map_err(anyhow::Error::from)
+                }
+                Saved::Router(_) => Err(anyhow::anyhow!("not an engine unit")),
+            });
+        match restored {
+            Ok((engine, next_offset)) => {
+                tracing::info!(unit = %name, next_offset, "restored partition state");
+                KafkaUnit {
+                    unit: Unit::new(engine, &self.settings, now),
+                    next_offset,
+                }
+            }
+            Err(e) => {
+                tracing::error!(unit = %name, "saved state unusable, starting afresh: {e:#}");
+                fresh()
+            }
+        }
+    }
+
+    fn save_kafka_unit(
+        &self,
+        key: &KafkaPartition,
+        ku: &mut KafkaUnit,
+        states: &mut Vec<(String, Vec<u8>)>,
+        offsets: &mut Vec<(KafkaPartition, i64)>,
+    ) -> Result<()> {
+        if !ku.unit.dirty {
+            return Ok(());
+        }
+        let name = checkpoint::kafka_unit(&self.names[key.0], &key.1, key.2);
+        let saved = Saved::Engine(EngineUnit {
+            files: BTreeMap::new(),
+            next_offset: ku.next_offset,
+            engine: ku.unit.engine.snapshot()?,
+        });
+        states.push((name.clone(), checkpoint::encode(&name, &saved)?));
+        if let Some(next) = ku.next_offset {
+            offsets.push((key.clone(), next));
+        }
+        ku.unit.dirty = false;
+        Ok(())
+    }
+
+    /// Saves the state of every unit that changed (all with `all`) in
+    /// the store, after the alerts raised so far, in one transaction.
+    fn checkpoint(&mut self, all: bool, done: Option<SyncSender<()>>) -> Result<()> {
+        self.emit()?;
+        self.last_checkpoint = Instant::now();
+        let started = Instant::now();
+        let mut states = Vec::new();
+        let mut offsets = Vec::new();
+        if all || self.main.dirty {
+            let saved = Saved::Engine(EngineUnit {
+                files: self.positions.clone(),
+                next_offset: None,
+                engine: self.main.engine.snapshot()?,
+            });
+            states.push((MAIN_UNIT.to_owned(), checkpoint::encode(MAIN_UNIT, &saved)?));
+            self.main.dirty = false;
+        }
+        let mut kafka = std::mem::take(&mut self.kafka);
+        for (key, ku) in &mut kafka {
+            ku.unit.dirty |= all;
+            let saved = self.save_kafka_unit(key, ku, &mut states, &mut offsets);
+            if let Err(e) = saved {
+                self.kafka = kafka;
+                return Err(e);
+            }
+        }
+        self.kafka = kafka;
+        let router = Saved::Router(self.routes.repeat_state());
+        states.push((
+            ROUTER_UNIT.to_owned(),
+            checkpoint::encode(ROUTER_UNIT, &router)?,
+        ));
+        let bytes: usize = states.iter().map(|(_, b)| b.len()).sum();
+        self.metrics.snapshot_bytes.set(bytes as i64);
+        self.metrics
+            .snapshot_seconds
+            .set(started.elapsed().as_secs_f64());
+        self.outbox.send(OutboxMsg::State(StateWrite {
+            states,
+            offsets,
+            done,
+        }))
     }
 
     fn now_mono(&self) -> i64 {
@@ -642,18 +900,44 @@ impl Pipeline {
         let wall = jiff::Timestamp::now().as_millisecond();
         let max_ts = wall.saturating_add(self.settings.max_future_skew_ms);
         let mut triggered = 0usize;
+        let kafka_key = b
+            .kafka
+            .as_ref()
+            .map(|k| (b.source, k.topic.clone(), k.partition));
+        if let Some(key) = &kafka_key
+            && !self.kafka.contains_key(key)
+        {
+            let unit = self.load_kafka_unit(key);
+            self.kafka.insert(key.clone(), unit);
+        }
+        // The unit is taken out while the batch is applied (no aliasing
+        // with the rest of the pipeline), and put back after.
+        let mut ku = match &kafka_key {
+            Some(key) => self.kafka.remove(key),
+            None => None,
+        };
+        let mut applied_to = None;
         for (i, frame) in b.frames.frames.iter().enumerate() {
-            let pos = match (&b.file, b.peer) {
-                (Some(f), _) => Position::FileOffset {
+            let end = b.frames.ends.get(i).copied().unwrap_or(0);
+            let pos = match (&b.file, &b.kafka, b.peer) {
+                (Some(f), _, _) => Position::FileOffset {
                     path: f.path.clone(),
-                    offset: b.frames.ends.get(i).copied().unwrap_or(0),
+                    offset: end,
                 },
-                (None, Some(peer)) => Position::Peer {
+                (None, Some(k), _) => Position::Kafka {
+                    topic: k.topic.clone(),
+                    partition: k.partition,
+                    offset: end as i64,
+                },
+                (None, None, Some(peer)) => Position::Peer {
                     source: self.names[b.source].clone(),
                     peer,
                 },
-                (None, None) => Position::Stdin { line: 0 },
+                (None, None, None) => Position::Stdin { line: 0 },
             };
+            // A Kafka record is consumed whether it is applied or rejected
+            // (a poison message never blocks its partition).
+            applied_to = Some(end as i64 + 1);
             let bytes = match b.frames.get(frame) {
                 Some(bytes) => bytes,
                 None => {
@@ -689,11 +973,23 @@ impl Pipeline {
                 .position(|k| *k == ev.kind)
                 .unwrap_or(EventKind::KNOWN.len());
             self.events[kind].inc();
-            let target = self.clock.observe(b.partition, ev.ts, now);
-            self.engine.advance_to(target, &mut self.alerts);
+            let (unit, partition) = match &mut ku {
+                Some(k) => (&mut k.unit, 0),
+                None => (&mut self.main, b.partition),
+            };
+            let target = unit.clock.observe(partition, ev.ts, now);
+            unit.engine.advance_to(target, &mut self.alerts);
             let before = self.alerts.len();
-            self.engine.on_event(&ev, Some(&pos), &mut self.alerts);
+            unit.engine.on_event(&ev, Some(&pos), &mut self.alerts);
+            unit.dirty = true;
             triggered += self.alerts.len() - before;
+        }
+        if let (Some(key), Some(mut k)) = (kafka_key, ku) {
+            if let Some(next) = applied_to {
+                k.next_offset = Some(next);
+                k.unit.dirty = true;
+            }
+            self.kafka.insert(key, k);
         }
         if let Some(f) = &b.file
             && self.file_sources.get(b.source).copied().unwrap_or(false)
@@ -707,7 +1003,7 @@ impl Pipeline {
                     offset: end,
                 },
             );
-            self.positions_dirty = true;
+            self.main.dirty = true;
         }
         if triggered > 0 {
             self.awaiting.push((b.received, triggered as u64));
@@ -765,7 +1061,7 @@ impl Pipeline {
             let json = serde_json::to_vec(&alert).context("cannot serialize an alert")?;
             rows.push((alert.id, json, sinks));
         }
-        self.outbox.send(rows)
+        self.outbox.send(OutboxMsg::Rows(rows))
     }
 
     /// Sends the digests of group windows that closed (all with `all`).
@@ -778,35 +1074,58 @@ impl Pipeline {
 
     fn tick(&mut self) -> Result<()> {
         let now = self.now_mono();
-        if let Some(c) = self.clock.tick(now) {
-            self.engine.advance_to(c, &mut self.alerts);
-            self.emit()?;
+        let alerts = &mut self.alerts;
+        let units =
+            std::iter::once(&mut self.main).chain(self.kafka.values_mut().map(|k| &mut k.unit));
+        for unit in units {
+            if let Some(c) = unit.clock.tick(now)
+                && unit.engine.clock().is_none_or(|old| c > old)
+            {
+                unit.engine.advance_to(c, alerts);
+                unit.dirty = true;
+            }
         }
+        self.emit()?;
         self.flush_groups(false)?;
         self.update_gauges();
-        if self.positions_dirty {
-            self.save_positions();
+        if self.last_checkpoint.elapsed() >= self.settings.snapshot_interval {
+            self.checkpoint(false, None)?;
         }
         Ok(())
     }
 
     fn update_gauges(&mut self) {
         let m = &self.metrics;
-        for (rule, n) in self.engine.live_keys() {
+        let mut live: BTreeMap<Arc<str>, usize> = BTreeMap::new();
+        let mut clock: Option<i64> = None;
+        let units =
+            std::iter::once(&mut self.main).chain(self.kafka.values_mut().map(|k| &mut k.unit));
+        for unit in units {
+            for (rule, n) in unit.engine.live_keys() {
+                *live.entry(rule).or_default() += n;
+            }
+            let late = unit.engine.late_events();
+            m.late_events
+                .inc_by(late.saturating_sub(unit.late_reported));
+            unit.late_reported = late;
+            let evicted = unit.engine.evicted_keys();
+            m.evicted_keys
+                .inc_by(evicted.saturating_sub(unit.evicted_reported));
+            unit.evicted_reported = evicted;
+            if let Some(c) = unit.engine.clock() {
+                clock = Some(clock.map_or(c, |m| m.min(c)));
+            }
+        }
+        for (rule, n) in live {
             m.live_keys
                 .get_or_create(&RuleLabel {
                     rule: rule.to_string(),
                 })
                 .set(n as i64);
         }
-        let late = self.engine.late_events();
-        m.late_events.inc_by(late - self.late_reported);
-        self.late_reported = late;
-        let evicted = self.engine.evicted_keys();
-        m.evicted_keys.inc_by(evicted - self.evicted_reported);
-        self.evicted_reported = evicted;
-        m.partitions.set(self.clock.partitions() as i64);
-        if let Some(c) = self.engine.clock() {
+        m.partitions
+            .set((self.main.clock.partitions() + self.kafka.len()) as i64);
+        if let Some(c) = clock {
             let wall = jiff::Timestamp::now().as_millisecond();
             m.engine_lag_seconds.set((wall - c) as f64 / 1000.0);
         }
@@ -822,18 +1141,6 @@ impl Pipeline {
         }
     }
 
-    fn save_positions(&mut self) {
-        if self.positions.is_empty() {
-            return;
-        }
-        match save_positions(&self.state_dir, &self.positions) {
-            Ok(()) => self.positions_dirty = false,
-            Err(e) => {
-                tracing::warn!(dir = %self.state_dir.display(), "cannot save file positions: {e}")
-            }
-        }
-    }
-
     fn control(&mut self, c: Control) {
         match c {
             Control::Reload {
@@ -841,20 +1148,26 @@ impl Pipeline {
                 settings,
                 done,
             } => {
-                let kept = self.engine.reload(
-                    rules,
-                    EngineConfig {
-                        max_keys_per_rule: settings.max_keys_per_rule,
-                    },
-                );
-                self.clock.set_params(
-                    settings.allowed_lateness_ms,
-                    settings.idle_after.as_millis() as i64,
-                );
+                let cfg = engine_config(&settings);
+                let units = std::iter::once(&mut self.main)
+                    .chain(self.kafka.values_mut().map(|k| &mut k.unit));
+                let mut kept = None;
+                for unit in units {
+                    let k = unit.engine.reload(rules.clone(), cfg);
+                    kept.get_or_insert(k);
+                    unit.clock.set_params(
+                        settings.allowed_lateness_ms,
+                        settings.idle_after.as_millis() as i64,
+                    );
+                    unit.dirty = true;
+                }
+                self.rules = rules;
                 self.settings.allowed_lateness_ms = settings.allowed_lateness_ms;
+                self.settings.idle_after = settings.idle_after;
                 self.settings.max_future_skew_ms = settings.max_future_skew_ms;
                 self.settings.max_keys_per_rule = settings.max_keys_per_rule;
-                let _ = done.send(kept);
+                self.settings.snapshot_interval = settings.snapshot_interval;
+                let _ = done.send(kept.unwrap_or(0));
             }
         }
     }
@@ -866,19 +1179,35 @@ type Row = (String, Vec<u8>, Vec<String>);
 /// Batches of rows queued for the outbox writer (it coalesces them).
 const OUTBOX_QUEUE: usize = 16;
 
+/// Saved unit states, written after (and with) the alerts sent before
+/// them.
+struct StateWrite {
+    states: Vec<(String, Vec<u8>)>,
+    /// Kafka partitions whose records up to these offsets the states cover.
+    offsets: Vec<(KafkaPartition, i64)>,
+    /// Signalled once the write is durable.
+    done: Option<SyncSender<()>>,
+}
+
+/// What the engine hands the outbox writer, in order.
+enum OutboxMsg {
+    Rows(Vec<Row>),
+    State(StateWrite),
+}
+
 /// The engine's end of the outbox writer.
 struct OutboxHandle {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<Row>>>,
+    tx: Option<SyncSender<OutboxMsg>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl OutboxHandle {
-    /// Hands rows to the writer; blocks while its queue is full
+    /// Hands rows or state to the writer; blocks while its queue is full
     /// (backpressure up to the sources).
-    fn send(&mut self, rows: Vec<Row>) -> Result<()> {
+    fn send(&mut self, msg: OutboxMsg) -> Result<()> {
         match &self.tx {
             Some(tx) => tx
-                .send(rows)
+                .send(msg)
                 .map_err(|_| anyhow::anyhow!("the outbox writer has stopped")),
             None => Err(anyhow::anyhow!("the outbox is closed")),
         }
@@ -911,23 +1240,38 @@ struct Outbox {
     pending: u64,
     /// When delivered ids were last pruned (wall ms).
     pruned_ms: i64,
+    durable: Arc<DurableOffsets>,
 }
 
 impl Outbox {
-    fn run(mut self, rx: std::sync::mpsc::Receiver<Vec<Row>>, metrics: &Metrics) {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<OutboxMsg>, metrics: &Metrics) {
         use std::sync::mpsc::RecvTimeoutError;
         let mut refreshed = Instant::now();
         loop {
             match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(mut rows) => {
-                    // Group commit: everything already queued, in one go.
-                    while rows.len() < GROUP_COMMIT_ALERTS {
-                        match rx.try_recv() {
-                            Ok(more) => rows.extend(more),
-                            Err(_) => break,
+                Ok(first) => {
+                    // Group commit: everything already queued, in one go,
+                    // up to and including the first state write.
+                    let mut rows = Vec::new();
+                    let mut state = None;
+                    let mut next = Some(first);
+                    while let Some(msg) = next.take() {
+                        match msg {
+                            OutboxMsg::Rows(more) => rows.extend(more),
+                            OutboxMsg::State(s) => state = Some(s),
+                        }
+                        if state.is_none() && rows.len() < GROUP_COMMIT_ALERTS {
+                            next = rx.try_recv().ok();
                         }
                     }
-                    self.put(&rows, metrics);
+                    let states = state.as_ref().map_or(&[][..], |s| &s.states[..]);
+                    self.put(&rows, states, metrics);
+                    if let Some(s) = state {
+                        self.durable.raise(&s.offsets);
+                        if let Some(done) = s.done {
+                            let _ = done.send(());
+                        }
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -949,12 +1293,15 @@ impl Outbox {
         }
     }
 
-    /// Writes the rows; waits while the outbox is full (backpressure up to
-    /// the sources) and retries while the store fails: an alert is never
-    /// dropped here.
-    fn put(&mut self, rows: &[(String, Vec<u8>, Vec<String>)], metrics: &Metrics) {
+    /// Writes the rows, and the states with the last of them; waits while
+    /// the outbox is full (backpressure up to the sources) and retries
+    /// while the store fails: an alert is never dropped here.
+    fn put(&mut self, rows: &[Row], states: &[(String, Vec<u8>)], metrics: &Metrics) {
         let mut rest = rows;
         let mut waited = false;
+        if rows.is_empty() && !states.is_empty() {
+            self.write(&[], states, metrics);
+        }
         while !rest.is_empty() {
             // Never more than the room left (at least one alert at a time).
             while self.pending >= self.settings.max_pending {
@@ -979,24 +1326,28 @@ impl Outbox {
                 .iter()
                 .map(|(id, json, sinks)| Enqueue { id, json, sinks })
                 .collect();
-            let mut delay = Duration::from_millis(50);
-            loop {
-                match self.store.enqueue(&items, sink::now_ms()) {
-                    Ok(added) => {
-                        self.pending += added as u64;
-                        metrics.outbox_pending.set(self.pending as i64);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::error!(
-                            "cannot write alerts to the outbox, retrying in {delay:?}: {e}"
-                        );
-                        std::thread::sleep(delay);
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
+            let with = if rest.is_empty() { states } else { &[] };
+            self.write(&items, with, metrics);
+            self.wake_all();
+        }
+    }
+
+    /// One store transaction, retried until it commits.
+    fn write(&mut self, items: &[Enqueue<'_>], states: &[(String, Vec<u8>)], metrics: &Metrics) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.store.write(items, sink::now_ms(), states) {
+                Ok(added) => {
+                    self.pending += added as u64;
+                    metrics.outbox_pending.set(self.pending as i64);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!("cannot write to the store, retrying in {delay:?}: {e}");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
-            self.wake_all();
         }
     }
 

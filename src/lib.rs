@@ -18,13 +18,15 @@
 //! - [`cli`]: the command line and the non-daemon commands (`replay`, `check`, `generate`).
 //! - [`bench_load`]: the load generator for a running daemon (`bench-load`).
 //! - [`corpus`]: a seeded synthetic audit-log generator for benchmarks and load tests.
-//! - [`store`]: the one redb file: the durable outbox and dead letters.
+//! - [`store`]: the one redb file: the durable outbox, dead letters and saved engine state.
+//! - [`checkpoint`]: the versioned format of saved engine state (units) and durable Kafka offsets.
 //! - [`telemetry`]: logging setup and rate-limited per-record logging.
 #![forbid(unsafe_code)]
 
 pub mod alert;
 pub mod app;
 pub mod bench_load;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod corpus;

@@ -44,7 +44,7 @@ pub enum SecretRef {
 }
 
 impl SecretRef {
-    fn from(
+    pub(super) fn from(
         file: Option<PathBuf>,
         credential: Option<String>,
         what: &str,

@@ -11,6 +11,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod delivery;
+mod kafka;
+
+pub use kafka::{KafkaClient, KafkaSasl, KafkaTls};
 
 pub use delivery::{
     OutboxSettings, SecretRef, SinkConfig, SinkKind, SmtpTls, SyslogMessage, SyslogProtocol,
@@ -63,6 +66,9 @@ pub struct EngineSettings {
     /// Batches buffered between the sources and the engine.
     pub queue_capacity: usize,
     pub shutdown_grace: Duration,
+    /// How often engine state is saved to the store (with the source
+    /// positions it covers); also saved at shutdown.
+    pub snapshot_interval: Duration,
 }
 
 impl Default for EngineSettings {
@@ -75,6 +81,7 @@ impl Default for EngineSettings {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             queue_capacity: 1024,
             shutdown_grace: Duration::from_secs(10),
+            snapshot_interval: Duration::from_secs(5),
         }
     }
 }
@@ -96,6 +103,15 @@ pub enum ReadFrom {
     End,
 }
 
+/// Where a Kafka consumer group starts reading a partition it has no
+/// committed offset for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceKind {
     SyslogUdp {
@@ -113,6 +129,18 @@ pub enum SourceKind {
         read_from: ReadFrom,
         poll_interval: Duration,
     },
+    Kafka {
+        client: KafkaClient,
+        topics: Vec<String>,
+        group_id: String,
+        /// Static group membership (`group.instance.id`).
+        group_instance_id: Option<String>,
+        start_from: StartFrom,
+        /// Taking over a partition without saved state: replay records of
+        /// this much time before the committed offset to rebuild windows
+        /// and timers (0: start at the committed offset, state empty).
+        rebuild_window: Duration,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +157,7 @@ impl SourceConfig {
             SourceKind::SyslogTcp { tls: None, .. } => "syslog_tcp",
             SourceKind::SyslogTcp { tls: Some(_), .. } => "syslog_tls",
             SourceKind::File { .. } => "file",
+            SourceKind::Kafka { .. } => "kafka",
         }
     }
 }
@@ -307,6 +336,7 @@ struct RawEngine {
     max_record_bytes: Option<u64>,
     queue_capacity: Option<u64>,
     shutdown_grace: Option<String>,
+    snapshot_interval: Option<String>,
 }
 
 fn dur(
@@ -407,6 +437,13 @@ impl RawEngine {
                 10_000,
                 0,
             )),
+            snapshot_interval: ms_duration(dur(
+                errors,
+                "engine.snapshot_interval",
+                self.snapshot_interval.as_deref(),
+                5_000,
+                100,
+            )),
         }
     }
 }
@@ -441,6 +478,12 @@ struct RawSource {
     path: Option<PathBuf>,
     read_from: Option<ReadFrom>,
     poll_interval: Option<String>,
+    kafka: Option<kafka::RawKafka>,
+    topics: Option<Vec<String>>,
+    group_id: Option<String>,
+    group_instance_id: Option<String>,
+    start_from: Option<StartFrom>,
+    rebuild_window: Option<String>,
 }
 
 impl RawSource {
@@ -475,10 +518,11 @@ impl RawSource {
                 }
             }
         };
-        // Which keys each type takes (bits: udp, tcp, file).
+        // Which keys each type takes (bits: udp, tcp, file, kafka).
         const U: u8 = 1;
         const T: u8 = 2;
         const F: u8 = 4;
+        const K: u8 = 8;
         let applies = [
             ("address", self.address.is_some(), U | T),
             (
@@ -492,12 +536,19 @@ impl RawSource {
             ("path", self.path.is_some(), F),
             ("read_from", self.read_from.is_some(), F),
             ("poll_interval", self.poll_interval.is_some(), F),
+            ("kafka", self.kafka.is_some(), K),
+            ("topics", self.topics.is_some(), K),
+            ("group_id", self.group_id.is_some(), K),
+            ("group_instance_id", self.group_instance_id.is_some(), K),
+            ("start_from", self.start_from.is_some(), K),
+            ("rebuild_window", self.rebuild_window.is_some(), K),
         ];
         let type_bit = match self.kind.as_str() {
             "syslog_udp" => U,
             "syslog_tcp" => T,
             "file" => F,
-            _ => U | T | F, // reported below as an unknown type
+            "kafka" => K,
+            _ => U | T | F | K, // reported below as an unknown type
         };
         for (field, present, types) in applies {
             if present && types & type_bit == 0 {
@@ -578,9 +629,47 @@ impl RawSource {
                     )),
                 }
             }
+            "kafka" => {
+                if !cfg!(feature = "kafka") {
+                    errors.push(format!(
+                        "{at}: this build has no Kafka support (built without the `kafka` feature)"
+                    ));
+                }
+                let client = match self.kafka {
+                    Some(k) => k.validate(&at, errors),
+                    None => {
+                        errors.push(format!(
+                            "{at}: `kafka` (at least kafka.brokers) is required for type `kafka`"
+                        ));
+                        return None;
+                    }
+                };
+                let topics = self.topics.unwrap_or_default();
+                if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
+                    errors.push(format!("{at}: `topics` must name at least one topic"));
+                }
+                let group_id = self.group_id.unwrap_or_else(|| "mcp-alertd".to_owned());
+                if group_id.trim().is_empty() {
+                    errors.push(format!("{at}: `group_id` is empty"));
+                }
+                SourceKind::Kafka {
+                    client,
+                    topics,
+                    group_id,
+                    group_instance_id: self.group_instance_id,
+                    start_from: self.start_from.unwrap_or(StartFrom::Earliest),
+                    rebuild_window: ms_duration(dur(
+                        errors,
+                        &format!("{at}: rebuild_window"),
+                        self.rebuild_window.as_deref(),
+                        0,
+                        0,
+                    )),
+                }
+            }
             other => {
                 errors.push(format!(
-                    "{at}: unknown type `{other}` (syslog_udp, syslog_tcp, file)"
+                    "{at}: unknown type `{other}` (syslog_udp, syslog_tcp, file, kafka)"
                 ));
                 return None;
             }

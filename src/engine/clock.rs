@@ -79,6 +79,16 @@ impl LiveClock {
         self.recompute(now)
     }
 
+    /// Resumes from a saved engine clock at wall time `now` (after a
+    /// restart): the clock never moves back, and while no record arrives
+    /// it advances with the wall clock from `now` (the time the daemon was
+    /// down is not counted: a backlog may be waiting).
+    pub fn resume(&mut self, clock: i64, now: i64) {
+        self.clock = Some(self.clock.map_or(clock, |c| c.max(clock)));
+        self.high_watermark = Some(self.high_watermark.map_or(clock, |h| h.max(clock)));
+        self.last_record = now;
+    }
+
     /// A partition ended (connection closed).
     pub fn remove(&mut self, partition: PartitionId) {
         self.partitions.remove(&partition);

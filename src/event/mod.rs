@@ -260,6 +260,12 @@ pub enum Position {
     },
     /// A record of a followed file, ending at byte `offset`.
     FileOffset { path: Arc<str>, offset: u64 },
+    /// A Kafka record.
+    Kafka {
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 impl fmt::Display for Position {
@@ -269,6 +275,11 @@ impl fmt::Display for Position {
             Position::Stdin { line } => write!(f, "stdin:{line}"),
             Position::Peer { source, peer } => write!(f, "{source}/{peer}"),
             Position::FileOffset { path, offset } => write!(f, "{path}@{offset}"),
+            Position::Kafka {
+                topic,
+                partition,
+                offset,
+            } => write!(f, "{topic}/{partition}@{offset}"),
         }
     }
 }

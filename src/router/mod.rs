@@ -202,6 +202,33 @@ impl RouteState {
         });
     }
 
+    /// Repeat-suppression state, to save: (route index, key, last passed).
+    pub fn repeat_state(&self) -> Vec<(u32, String, i64)> {
+        let mut rows: Vec<_> = self
+            .last
+            .iter()
+            .map(|((i, k), t)| (*i as u32, k.clone(), *t))
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// Restores saved repeat-suppression state. Rows of routes that no
+    /// longer exist or no longer suppress repeats are dropped.
+    pub fn restore_repeat_state(&mut self, rows: Vec<(u32, String, i64)>) {
+        for (i, k, t) in rows {
+            let i = i as usize;
+            if self
+                .router
+                .routes
+                .get(i)
+                .is_some_and(|r| r.repeat_interval_ms.is_some())
+            {
+                self.last.insert((i, k), t);
+            }
+        }
+    }
+
     /// Alerts held in open groups.
     pub fn held(&self) -> usize {
         self.groups.values().map(|g| g.members.len()).sum()

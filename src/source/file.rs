@@ -180,6 +180,7 @@ async fn forward(ctx: &SourceCtx, o: &mut Open, path: &Arc<str>, bytes: &[u8]) -
             dev: o.dev,
             ino: o.ino,
         }),
+        kafka: None,
     };
     ctx.tx.send(SourceMsg::Batch(batch)).await.is_ok()
 }

@@ -6,6 +6,8 @@
 
 pub mod file;
 pub mod framing;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod lines;
 pub mod syslog_tcp;
 pub mod syslog_udp;
@@ -42,6 +44,16 @@ pub struct Batch {
     pub frames: Frames,
     /// For file sources: the file (with `frames.ends` as offsets).
     pub file: Option<FileMark>,
+    /// For Kafka sources: the partition (with `frames.ends` as the
+    /// records' offsets).
+    pub kafka: Option<KafkaMark>,
+}
+
+/// The Kafka partition a batch came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaMark {
+    pub topic: Arc<str>,
+    pub partition: i32,
 }
 
 /// What sources send to the engine.
@@ -50,6 +62,19 @@ pub enum SourceMsg {
     Batch(Batch),
     /// A partition ended (connection closed, file rotated away).
     Closed(PartitionId),
+    /// Kafka partitions were assigned to a source: their saved state is
+    /// restored before their first record.
+    Assign {
+        source: usize,
+        partitions: Vec<(Arc<str>, i32)>,
+    },
+    /// Kafka partitions are being revoked from a source: their state is
+    /// saved and released; `done` is signalled once the save is durable.
+    Release {
+        source: usize,
+        partitions: Vec<(Arc<str>, i32)>,
+        done: std::sync::mpsc::SyncSender<()>,
+    },
 }
 
 /// What every source task gets.

@@ -210,6 +210,7 @@ async fn read_loop<S: AsyncRead + Unpin>(
                 received: at,
                 frames,
                 file: None,
+                kafka: None,
             };
             // Awaiting here is the backpressure: no more reads until the
             // engine takes this batch.

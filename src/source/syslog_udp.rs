@@ -91,6 +91,7 @@ pub async fn run(ctx: SourceCtx, socket: UdpSocket) {
                 received: at,
                 frames,
                 file: None,
+                kafka: None,
             };
             match ctx.tx.try_send(SourceMsg::Batch(batch)) {
                 Ok(()) => {}

@@ -14,6 +14,11 @@
 //! - `delivered`: (sink, alert id) → delivered-at ms: exact duplicates are
 //!   never delivered twice to a sink; pruned after the retention.
 //! - `dead`:      (sink, alert id) → [`DeadLetter`] (postcard).
+//! - `state`:     unit name → engine state of one unit (the syslog/file
+//!   engine, one Kafka partition, the router) with the source positions it
+//!   covers; opaque here, versioned by `crate::checkpoint`. Written in the
+//!   same transaction as the alerts it raised last, so a restart resumes
+//!   exactly where the state left off.
 //!
 //! Invariants: a `pending` row has exactly one `schedule` row; an alert row
 //! exists iff `refs > 0`. Every change is one ACID transaction, durable on
@@ -36,6 +41,7 @@ const PENDING: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("pend
 const SCHEDULE: TableDefinition<(&str, i64, u64, &str), ()> = TableDefinition::new("schedule");
 const DELIVERED: TableDefinition<(&str, &str), i64> = TableDefinition::new("delivered");
 const DEAD: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("dead");
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -160,16 +166,89 @@ impl Store {
             tx.open_table(SCHEDULE).map_err(|e| self.err(e))?;
             tx.open_table(DELIVERED).map_err(|e| self.err(e))?;
             tx.open_table(DEAD).map_err(|e| self.err(e))?;
+            tx.open_table(STATE).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// Enqueues alerts for their sinks in one durable transaction. A
-    /// (sink, id) already pending, delivered or dead is skipped: exact
-    /// duplicates never reach a sink twice. Returns the deliveries added.
+    /// Enqueues alerts (see [`Store::write`]) with no state change.
     pub fn enqueue(&self, alerts: &[Enqueue<'_>], now_ms: i64) -> Result<usize, StoreError> {
+        self.write(alerts, now_ms, &[])
+    }
+
+    /// The saved state of every unit, by name.
+    pub fn states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = tx.open_table(STATE).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The saved state of one unit.
+    pub fn state(&self, unit: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = tx.open_table(STATE).map_err(|e| self.err(e))?;
+        let value = table.get(unit).map_err(|e| self.err(e))?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Forgets the saved state of these units (all with `None`); returns
+    /// how many were removed.
+    pub fn remove_states(&self, units: Option<&[String]>) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let n;
+        {
+            let mut table = tx.open_table(STATE).map_err(|e| self.err(e))?;
+            let names: Vec<String> = match units {
+                Some(u) => u.to_vec(),
+                None => {
+                    let mut all = Vec::new();
+                    for row in table.iter().map_err(|e| self.err(e))? {
+                        all.push(row.map_err(|e| self.err(e))?.0.value().to_owned());
+                    }
+                    all
+                }
+            };
+            let mut removed = 0;
+            for name in &names {
+                if table
+                    .remove(name.as_str())
+                    .map_err(|e| self.err(e))?
+                    .is_some()
+                {
+                    removed += 1;
+                }
+            }
+            n = removed;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
+    /// Enqueues alerts for their sinks and saves unit states, in one
+    /// durable transaction. A (sink, id) already pending, delivered or dead
+    /// is skipped: exact duplicates never reach a sink twice. Returns the
+    /// deliveries added.
+    pub fn write(
+        &self,
+        alerts: &[Enqueue<'_>],
+        now_ms: i64,
+        states: &[(String, Vec<u8>)],
+    ) -> Result<usize, StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         let mut added = 0;
+        if !states.is_empty() {
+            let mut table = tx.open_table(STATE).map_err(|e| self.err(e))?;
+            for (unit, bytes) in states {
+                table
+                    .insert(unit.as_str(), bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
         {
             let mut a = tx.open_table(ALERTS).map_err(|e| self.err(e))?;
             let mut refs = tx.open_table(REFS).map_err(|e| self.err(e))?;

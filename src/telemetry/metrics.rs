@@ -57,6 +57,14 @@ pub struct QuantileLabel {
     pub quantile: String,
 }
 
+/// A Kafka partition read by a source (bounded by the topics' partitions).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub source: String,
+    pub topic: String,
+    pub partition: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
@@ -89,6 +97,10 @@ pub struct Metrics {
     pub outbox_dead: Gauge,
     pub alerts_suppressed: Counter,
     pub alerts_grouped: Counter,
+    pub snapshot_bytes: Gauge,
+    pub snapshot_seconds: FloatGauge,
+    pub kafka_lag: Family<PartitionLabels, Gauge>,
+    pub kafka_rebalances: Family<SourceLabel, Counter>,
     ready: AtomicBool,
 }
 
@@ -124,6 +136,10 @@ impl Metrics {
             outbox_dead: Gauge::default(),
             alerts_suppressed: Counter::default(),
             alerts_grouped: Counter::default(),
+            snapshot_bytes: Gauge::default(),
+            snapshot_seconds: FloatGauge::default(),
+            kafka_lag: Family::default(),
+            kafka_rebalances: Family::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -214,6 +230,26 @@ impl Metrics {
             "outbox_dead_letters",
             "Dead letters in the store",
             m.outbox_dead.clone(),
+        );
+        registry.register(
+            "state_snapshot_bytes",
+            "Size of the engine state last saved (units that changed)",
+            m.snapshot_bytes.clone(),
+        );
+        registry.register(
+            "state_snapshot_seconds",
+            "Time the engine spent serializing the last saved state",
+            m.snapshot_seconds.clone(),
+        );
+        registry.register(
+            "kafka_consumer_lag_records",
+            "Records in a Kafka partition not yet read (high watermark minus position)",
+            m.kafka_lag.clone(),
+        );
+        registry.register(
+            "kafka_rebalances",
+            "Kafka partition assignments and revocations, by source",
+            m.kafka_rebalances.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -691,8 +691,19 @@ poll_interval = "20ms"
     })
     .await;
     daemon.shutdown().await.unwrap();
-    let positions = std::fs::read_to_string(dir.path().join("file-positions.json")).unwrap();
-    assert!(positions.contains("\"audit\""), "{positions}");
+    // The file's position is saved with the engine state it covers.
+    let store = mcp_alertd::store::Store::open(dir.path()).unwrap();
+    let main = store
+        .state(mcp_alertd::checkpoint::MAIN_UNIT)
+        .unwrap()
+        .unwrap();
+    match mcp_alertd::checkpoint::decode("main", &main).unwrap() {
+        mcp_alertd::checkpoint::Saved::Engine(u) => {
+            assert!(u.files.contains_key("audit"), "{u:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(store);
 
     // Restart: nothing already read is read again; new lines are.
     let third = scenario("third");

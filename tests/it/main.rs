@@ -15,6 +15,7 @@ mod process;
 mod routing;
 mod rules;
 mod secrets;
+mod state;
 mod store;
 
 use std::sync::Arc;

@@ -1,0 +1,135 @@
+//! Durable engine state (DESIGN §6): what one *unit* of state saves in the
+//! store, and how it is versioned.
+//!
+//! A unit is an engine with its own clock and the source positions its
+//! state covers: `main` (the syslog and file sources, with the files'
+//! positions) and one unit per Kafka partition (with the next offset to
+//! read), so a partition's state can be saved and released when the
+//! partition moves to another daemon. The router's repeat-suppression state
+//! is the unit `router`. Units are written together with the alerts they
+//! raised, in one store transaction.
+//!
+//! Format: postcard of `(STATE_VERSION, Saved)`. The engine's own bytes
+//! carry the engine snapshot version. A unit of another version is refused
+//! with a message that names it; it is never silently dropped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::source::file::SavedPosition;
+
+/// The unit format this build reads and writes.
+pub const STATE_VERSION: u32 = 1;
+
+/// The unit of the syslog and file sources.
+pub const MAIN_UNIT: &str = "main";
+/// The unit of the router's repeat-suppression state.
+pub const ROUTER_UNIT: &str = "router";
+
+/// The unit name of a Kafka partition consumed by a source.
+pub fn kafka_unit(source: &str, topic: &str, partition: i32) -> String {
+    format!("kafka/{source}/{topic}/{partition}")
+}
+
+/// The saved state of an engine unit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineUnit {
+    /// File sources (by source name): where reading resumes.
+    pub files: BTreeMap<String, SavedPosition>,
+    /// A Kafka partition: the next offset to read (every record before it
+    /// is in `engine`, and its alerts are in the outbox).
+    pub next_offset: Option<i64>,
+    /// The engine snapshot (`Engine::snapshot`).
+    pub engine: Vec<u8>,
+}
+
+/// What a unit saves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Saved {
+    Engine(EngineUnit),
+    /// Repeat suppression: (route index, alert key) → last passed (wall ms).
+    Router(Vec<(u32, String, i64)>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("saved state `{unit}` is corrupt or truncated: {reason}")]
+    Corrupt { unit: String, reason: String },
+    #[error(
+        "saved state `{unit}` was written in format version {found}; this build reads version {STATE_VERSION}. \
+         Start the build that wrote it, or drop the saved state with `mcp-alertd state reset` \
+         (pending timers and windows are then lost)"
+    )]
+    Version { unit: String, found: u32 },
+    #[error("cannot encode the state of `{unit}`: {reason}")]
+    Encode { unit: String, reason: String },
+}
+
+pub fn encode(unit: &str, saved: &Saved) -> Result<Vec<u8>, CheckpointError> {
+    postcard::to_allocvec(&(STATE_VERSION, saved)).map_err(|e| CheckpointError::Encode {
+        unit: unit.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+pub fn decode(unit: &str, bytes: &[u8]) -> Result<Saved, CheckpointError> {
+    let corrupt = |e: postcard::Error| CheckpointError::Corrupt {
+        unit: unit.to_owned(),
+        reason: e.to_string(),
+    };
+    let (version, _): (u32, &[u8]) = postcard::take_from_bytes(bytes).map_err(corrupt)?;
+    if version != STATE_VERSION {
+        return Err(CheckpointError::Version {
+            unit: unit.to_owned(),
+            found: version,
+        });
+    }
+    let (_, saved): (u32, Saved) = postcard::from_bytes(bytes).map_err(corrupt)?;
+    Ok(saved)
+}
+
+/// A Kafka partition as the pipeline names it: (source index, topic,
+/// partition).
+pub type KafkaPartition = (usize, Arc<str>, i32);
+
+/// Offsets whose records are durably covered by saved state (the next
+/// offset to read, per partition). The outbox writer raises them after a
+/// state commit; Kafka sources store and commit them, so Kafka commits
+/// always follow the snapshot.
+#[derive(Debug, Default)]
+pub struct DurableOffsets {
+    inner: Mutex<HashMap<KafkaPartition, i64>>,
+}
+
+impl DurableOffsets {
+    pub fn raise(&self, partitions: &[(KafkaPartition, i64)]) {
+        if let Ok(mut map) = self.inner.lock() {
+            for (p, next) in partitions {
+                let e = map.entry(p.clone()).or_insert(*next);
+                *e = (*e).max(*next);
+            }
+        }
+    }
+
+    /// The durable offsets of a source's partitions.
+    pub fn of_source(&self, source: usize) -> Vec<(Arc<str>, i32, i64)> {
+        self.inner.lock().map_or_else(
+            |_| Vec::new(),
+            |map| {
+                map.iter()
+                    .filter(|((s, _, _), _)| *s == source)
+                    .map(|((_, t, p), o)| (t.clone(), *p, *o))
+                    .collect()
+            },
+        )
+    }
+
+    /// Forgets a partition (it was released).
+    pub fn forget(&self, partition: &KafkaPartition) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.remove(partition);
+        }
+    }
+}

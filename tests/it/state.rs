@@ -1,0 +1,183 @@
+//! Durable engine state: long timers and windows survive restarts, and
+//! saved state of an unknown format stops the start with a clear message.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use mcp_alertd::app::Daemon;
+use mcp_alertd::checkpoint::{self, EngineUnit, MAIN_UNIT, Saved};
+use mcp_alertd::config::Config;
+use mcp_alertd::store::Store;
+
+use crate::daemon::{Capture, start, wait_for};
+
+const DAY_MS: i64 = 86_400_000;
+
+fn file_config(log: &Path) -> String {
+    format!(
+        r#"[engine]
+idle_after = "1h"
+[metrics]
+enabled = false
+[[sources]]
+name = "audit"
+type = "file"
+path = "{}"
+poll_interval = "20ms"
+"#,
+        log.display()
+    )
+}
+
+fn append(log: &Path, lines: &[String]) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+}
+
+fn rules_of(out: &Capture) -> Vec<String> {
+    let mut r: Vec<String> = out
+        .alerts()
+        .iter()
+        .map(|a| a["rule"].as_str().unwrap().to_owned())
+        .collect();
+    r.sort();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_deadline_survives_restarts_and_fires_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let cfg = file_config(&log);
+    // Issued 20 days ago (the past, so max_future_skew is not in the way).
+    let issued = jiff::Timestamp::now().as_millisecond() - 20 * DAY_MS;
+    append(
+        &log,
+        &[format!(
+            r#"{{"ts":{issued},"event":"credential.issued","tenant":"acme","agent_id":"a1","credential_id":"k-forgotten"}}"#
+        )],
+    );
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    let m = daemon.metrics().clone();
+    wait_for("the issue event read", || {
+        m.render()
+            .contains("mcp_alertd_events_total{type=\"credential.issued\"} 1")
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    assert!(out.alerts().is_empty());
+
+    // Restarted; then an unrelated event 16 days after the issue moves
+    // the clock past the 15-day deadline.
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    append(
+        &log,
+        &[format!(
+            r#"{{"ts":{},"event":"auth.success","tenant":"acme","agent_id":"a2","credential_id":"k-used"}}"#,
+            issued + 16 * DAY_MS
+        )],
+    );
+    wait_for("credential_unused", || !out.alerts().is_empty()).await;
+    daemon.shutdown().await.unwrap();
+    assert_eq!(rules_of(&out), ["credential_unused"]);
+    let alert = &out.alerts()[0];
+    assert_eq!(alert["key"]["credential_id"], "k-forgotten");
+
+    // Another restart and a later event (still before the 30-day
+    // deadline): the 15-day alert does not fire again.
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    append(
+        &log,
+        &[format!(
+            r#"{{"ts":{},"event":"auth.success","tenant":"acme","agent_id":"a2","credential_id":"k-used"}}"#,
+            issued + 17 * DAY_MS
+        )],
+    );
+    let m = daemon.metrics().clone();
+    wait_for("the later event read", || {
+        m.render()
+            .contains("mcp_alertd_events_total{type=\"auth.success\"} 1")
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    assert!(out.alerts().is_empty(), "{:?}", out.alerts());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_spans_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let cfg = file_config(&log);
+    let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+    let failure = |i: i64| {
+        format!(
+            r#"{{"ts":{},"event":"auth.failure","tenant":"acme","agent_id":"intruder","reason":"invalid_token","n":{i}}}"#,
+            base + i * 1000
+        )
+    };
+    // Three failures, a restart, two more: the fifth within the minute
+    // raises the burst, as without the restart.
+    append(&log, &(0..3).map(failure).collect::<Vec<_>>());
+    let (daemon, _) = start(&cfg, dir.path()).await;
+    let m = daemon.metrics().clone();
+    wait_for("three failures read", || {
+        m.render()
+            .contains("mcp_alertd_events_total{type=\"auth.failure\"} 3")
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    append(&log, &(3..5).map(failure).collect::<Vec<_>>());
+    wait_for("the burst", || !out.alerts().is_empty()).await;
+    let read = daemon.metrics().render();
+    daemon.shutdown().await.unwrap();
+    assert_eq!(rules_of(&out), ["auth_failure_burst"]);
+    // Only the two new lines were read: the first three counted from the
+    // saved state.
+    assert!(
+        read.contains("mcp_alertd_events_total{type=\"auth.failure\"} 2\n"),
+        "{read}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_state_of_another_format_version_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut bytes = checkpoint::encode(
+            MAIN_UNIT,
+            &Saved::Engine(EngineUnit {
+                engine: vec![1, 2, 3],
+                ..EngineUnit::default()
+            }),
+        )
+        .unwrap();
+        bytes[0] = 9; // postcard varint of the version
+        store
+            .write(&[], 0, &[(MAIN_UNIT.to_owned(), bytes)])
+            .unwrap();
+    }
+    let text = format!(
+        "state_dir = \"{}\"\n[metrics]\nenabled = false\n[[sources]]\ntype = \"syslog_tcp\"\naddress = \"127.0.0.1:0\"\n",
+        dir.path().display()
+    );
+    let config = Config::parse(&text).unwrap();
+    let rules = mcp_alertd::app::load_rules(&config).unwrap();
+    let err = match Daemon::start(config, rules, Box::new(Capture::default())).await {
+        Ok(_) => panic!("started on state it cannot read"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("`main`"), "{err}");
+    assert!(err.contains("format version 9"), "{err}");
+    assert!(err.contains("mcp-alertd state reset"), "{err}");
+    // The state is still there: nothing was dropped.
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.state(MAIN_UNIT).unwrap().is_some());
+}
