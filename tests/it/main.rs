@@ -9,6 +9,7 @@ mod delivery;
 mod detectors;
 mod framing;
 mod golden;
+mod kafka;
 mod model;
 mod packaging;
 mod process;
