@@ -140,6 +140,11 @@ pub enum SinkKind {
         ca_file: Option<PathBuf>,
         facility: u8,
     },
+    /// Alerts produced to a Kafka topic (key `tenant/rule`).
+    Kafka {
+        client: super::KafkaClient,
+        topic: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -169,6 +174,7 @@ impl SinkConfig {
             SinkKind::Webhook { .. } => "webhook",
             SinkKind::Email { .. } => "email",
             SinkKind::Syslog { .. } => "syslog",
+            SinkKind::Kafka { .. } => "kafka",
         }
     }
 }
@@ -256,6 +262,8 @@ pub(super) struct RawSink {
     message: Option<SyslogMessage>,
     server_name: Option<String>,
     facility: Option<u8>,
+    topic: Option<String>,
+    kafka: Option<super::kafka::RawKafka>,
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -369,16 +377,39 @@ impl RawSink {
                     facility: self.facility.unwrap_or(13),
                 }
             }
+            "kafka" => {
+                if !cfg!(feature = "kafka") {
+                    errors.push(format!(
+                        "{at}: this build has no Kafka support (built without the `kafka` feature)"
+                    ));
+                }
+                need("topic", self.topic.is_some(), errors);
+                let topic = self.topic.clone().unwrap_or_default();
+                if self.topic.is_some() && topic.trim().is_empty() {
+                    errors.push(format!("{at}: `topic` is empty"));
+                }
+                let Some(raw) = self.kafka else {
+                    errors.push(format!(
+                        "{at}: `kafka` (at least kafka.brokers) is required for type `kafka`"
+                    ));
+                    return None;
+                };
+                SinkKind::Kafka {
+                    client: raw.validate(&at, errors),
+                    topic,
+                }
+            }
             other => {
                 errors.push(format!(
-                    "{at}: unknown type `{other}` (stdout, file, webhook, email, syslog)"
+                    "{at}: unknown type `{other}` (stdout, file, webhook, email, syslog, kafka)"
                 ));
                 return None;
             }
         };
         // Keys that do not belong to this type are errors, not ignored.
         let t = self.kind.as_str();
-        let applies: [(&str, bool, &[&str]); 18] = [
+        let applies: [(&str, bool, &[&str]); 19] = [
+            ("topic", self.topic.is_some(), &["kafka"]),
             ("path", self.path.is_some(), &["file"]),
             ("url", self.url.is_some(), &["webhook"]),
             ("headers", !self.headers.is_empty(), &["webhook"]),

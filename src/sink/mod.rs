@@ -8,6 +8,8 @@
 
 pub mod cef;
 mod email;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod syslog;
 mod webhook;
 
@@ -71,6 +73,8 @@ enum Kind {
     Webhook(webhook::Webhook),
     Email(email::Email),
     Syslog(syslog::Syslog),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::Kafka),
 }
 
 /// One configured sink, ready to send.
@@ -99,6 +103,10 @@ impl Sink {
             SinkKind::Webhook { .. } => Kind::Webhook(webhook::Webhook::build(cfg).map_err(at)?),
             SinkKind::Email { .. } => Kind::Email(email::Email::build(cfg).map_err(at)?),
             SinkKind::Syslog { .. } => Kind::Syslog(syslog::Syslog::build(cfg).map_err(at)?),
+            #[cfg(feature = "kafka")]
+            SinkKind::Kafka { .. } => Kind::Kafka(kafka::Kafka::build(cfg).map_err(at)?),
+            #[cfg(not(feature = "kafka"))]
+            SinkKind::Kafka { .. } => return Err(at("this build has no Kafka support".into())),
         };
         Ok(Sink {
             name: cfg.name.clone(),
@@ -160,6 +168,11 @@ impl Sink {
                 Kind::Webhook(w) => w.send(id, json).await,
                 Kind::Email(e) => e.send(&parse()?).await,
                 Kind::Syslog(s) => s.send(&parse()?, json).await,
+                #[cfg(feature = "kafka")]
+                Kind::Kafka(k) => {
+                    let alert = parse()?;
+                    k.send(id, &alert.tenant, &alert.rule, json).await
+                }
             }
         };
         match tokio::time::timeout(timeout, fut).await {

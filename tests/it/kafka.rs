@@ -213,3 +213,72 @@ async fn two_daemons_in_one_group_give_the_alerts_of_one() {
     b.shutdown().await.unwrap();
     assert_eq!(union(), alone);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_go_to_a_kafka_topic_keyed_by_tenant_and_rule() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+
+    let mock = mock("audit", 2);
+    mock.create_topic("alerts", 3, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let lines = examples();
+    produce(&bootstrap, "audit", &lines);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"{}
+[[sinks]]
+name = "siem"
+type = "kafka"
+topic = "alerts"
+[sinks.kafka]
+brokers = "{bootstrap}"
+[routing]
+default = ["siem"]
+"#,
+        kafka_source(&bootstrap, "audit", "g-sink", "")
+    );
+    let (daemon, _) = start(&cfg, dir.path()).await;
+    let want = replay_ids(&lines);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["alerts"]).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3000 {
+        if got.len() >= want.len() {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(10)) {
+            Some(Ok(m)) => {
+                let alert: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                let key = std::str::from_utf8(m.key().unwrap()).unwrap().to_owned();
+                assert_eq!(
+                    key,
+                    format!(
+                        "{}/{}",
+                        alert["tenant"].as_str().unwrap(),
+                        alert["rule"].as_str().unwrap()
+                    )
+                );
+                let header = m.headers().unwrap().get(0);
+                assert_eq!(header.key, "alert-id");
+                assert_eq!(
+                    header.value.unwrap(),
+                    alert["id"].as_str().unwrap().as_bytes()
+                );
+                got.push(alert["id"].as_str().unwrap().to_owned());
+            }
+            Some(Err(e)) => panic!("{e}"),
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    daemon.shutdown().await.unwrap();
+    got.sort();
+    got.dedup();
+    assert_eq!(got, want);
+}
