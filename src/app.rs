@@ -679,7 +679,9 @@ impl Pipeline {
         mut rx: mpsc::Receiver<SourceMsg>,
         mut control: mpsc::Receiver<Control>,
     ) -> Result<()> {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Clocks are checked every second, or as often as state is saved.
+        let period = self.settings.snapshot_interval.min(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -282,3 +282,143 @@ default = ["siem"]
     got.dedup();
     assert_eq!(got, want);
 }
+
+/// A daemon process reading `topic` that appends its alerts to a file in
+/// `dir` (kept across restarts), with frequent snapshots.
+fn kafka_proc_config(dir: &std::path::Path, bootstrap: &str, group: &str, extra: &str) -> String {
+    format!(
+        r#"{}
+[[sinks]]
+name = "file"
+type = "file"
+path = "{}"
+[routing]
+default = ["file"]
+"#,
+        kafka_source(
+            bootstrap,
+            "audit",
+            group,
+            &format!("rebuild_window = \"30d\"\n{extra}")
+        ),
+        dir.join("delivered.jsonl").display()
+    )
+}
+
+fn delivered(dir: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read_to_string(dir.join("delivered.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..3000 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn sigkill_mid_stream_and_restarts_deliver_the_alerts_of_an_uninterrupted_run() {
+    use crate::process::Proc;
+    let mock = mock("audit", 3);
+    let bootstrap = mock.bootstrap_servers();
+    let lines = examples();
+    let want: BTreeSet<String> = replay_ids(&lines).into_iter().collect();
+    let dir = tempfile::tempdir().unwrap();
+    // Static membership: a restarted daemon gets its partitions back at
+    // once (as under systemd's Restart=).
+    let cfg = kafka_proc_config(
+        dir.path(),
+        &bootstrap,
+        "crash",
+        r#"group_instance_id = "crash-1""#,
+    );
+    let resumed = |p: &Proc| {
+        p.wait_log("kafka: assigned");
+        p.logs().iter().any(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("resuming from saved state"))
+        })
+    };
+    let mut p = Proc::start(dir.path(), &cfg);
+    let chunks: Vec<&[String]> = lines.chunks(100).collect();
+    let (mut kills, mut resumes) = (0, 0);
+    for (i, chunk) in chunks.iter().enumerate() {
+        produce(&bootstrap, "audit", chunk);
+        // Killed right after a chunk is produced, while it is being read.
+        if i % 2 == 1 {
+            resumes += usize::from(resumed(&p));
+            std::thread::sleep(Duration::from_millis(100 * i as u64));
+            p.signal("KILL");
+            let _ = p.child.wait();
+            kills += 1;
+            p = Proc::start(dir.path(), &cfg);
+        }
+    }
+    resumes += usize::from(resumed(&p));
+    assert_eq!(kills, 4);
+    // Restarts resumed from the saved state and offsets (the first run
+    // had none).
+    assert!(resumes >= 3, "{resumes} of {} runs resumed", kills + 1);
+    wait_until("every alert delivered", || {
+        delivered(dir.path()).len() >= want.len()
+    });
+    assert_eq!(p.stop(), 0);
+    assert_eq!(delivered(dir.path()), want);
+}
+
+#[test]
+fn a_survivor_takes_over_the_partitions_of_a_killed_daemon() {
+    use crate::process::Proc;
+    let mock = mock("audit", 4);
+    let bootstrap = mock.bootstrap_servers();
+    let lines = examples();
+    let want: BTreeSet<String> = replay_ids(&lines).into_iter().collect();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Proc::start(
+        a_dir.path(),
+        &kafka_proc_config(a_dir.path(), &bootstrap, "pair", ""),
+    );
+    let mut b = Proc::start(
+        b_dir.path(),
+        &kafka_proc_config(b_dir.path(), &bootstrap, "pair", ""),
+    );
+    let chunks: Vec<&[String]> = lines.chunks(100).collect();
+    let half = chunks.len() / 2;
+    for chunk in &chunks[..half] {
+        produce(&bootstrap, "audit", chunk);
+    }
+    // Both own partitions before one dies.
+    wait_until("both daemons assigned", || {
+        [&a, &b].iter().all(|p| {
+            p.logs().iter().any(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("kafka: assigned"))
+            })
+        })
+    });
+    a.signal("KILL");
+    let _ = a.child.wait();
+    for chunk in &chunks[half..] {
+        produce(&bootstrap, "audit", chunk);
+    }
+    let union = || -> BTreeSet<String> {
+        delivered(a_dir.path())
+            .union(&delivered(b_dir.path()))
+            .cloned()
+            .collect()
+    };
+    wait_until("the union of alerts", || union().len() >= want.len());
+    assert_eq!(b.stop(), 0);
+    assert_eq!(union(), want);
+    drop(a);
+}

@@ -13,14 +13,14 @@ use serde_json::Value;
 
 use crate::daemon::{futures_lite_scrape, metric, replay_ids, scenario};
 
-struct Proc {
-    child: Child,
+pub struct Proc {
+    pub child: Child,
     out: PathBuf,
     err: PathBuf,
 }
 
 impl Proc {
-    fn start(dir: &Path, config: &str) -> Proc {
+    pub fn start(dir: &Path, config: &str) -> Proc {
         let cfg = dir.join("config.toml");
         std::fs::write(&cfg, format!("state_dir = \"{}\"\n{config}", dir.display())).unwrap();
         let out = dir.join("alerts.jsonl");
@@ -38,7 +38,7 @@ impl Proc {
         p
     }
 
-    fn logs(&self) -> Vec<Value> {
+    pub fn logs(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.err)
             .unwrap_or_default()
             .lines()
@@ -46,7 +46,7 @@ impl Proc {
             .collect()
     }
 
-    fn wait_log(&self, message: &str) -> Value {
+    pub fn wait_log(&self, message: &str) -> Value {
         for _ in 0..1500 {
             if let Some(v) = self
                 .logs()
@@ -63,7 +63,7 @@ impl Proc {
         );
     }
 
-    fn addr(&self, source: &str) -> SocketAddr {
+    pub fn addr(&self, source: &str) -> SocketAddr {
         self.logs()
             .into_iter()
             .find(|l| {
@@ -76,7 +76,7 @@ impl Proc {
             .unwrap()
     }
 
-    fn metrics_addr(&self) -> SocketAddr {
+    pub fn metrics_addr(&self) -> SocketAddr {
         self.wait_log("serving /metrics")["address"]
             .as_str()
             .unwrap()
@@ -84,7 +84,7 @@ impl Proc {
             .unwrap()
     }
 
-    fn alerts(&self) -> Vec<Value> {
+    pub fn alerts(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.out)
             .unwrap_or_default()
             .lines()
@@ -92,7 +92,7 @@ impl Proc {
             .collect()
     }
 
-    fn ids(&self) -> Vec<String> {
+    pub fn ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self
             .alerts()
             .iter()
@@ -102,7 +102,7 @@ impl Proc {
         ids
     }
 
-    fn wait_alerts(&self, n: usize) {
+    pub fn wait_alerts(&self, n: usize) {
         for _ in 0..1500 {
             if self.alerts().len() >= n {
                 return;
@@ -112,7 +112,7 @@ impl Proc {
         panic!("expected {n} alerts, got {:?}", self.alerts());
     }
 
-    fn signal(&self, sig: &str) {
+    pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
             .status()
@@ -120,7 +120,7 @@ impl Proc {
         assert!(ok.success());
     }
 
-    fn stop(&mut self) -> i32 {
+    pub fn stop(&mut self) -> i32 {
         self.signal("TERM");
         for _ in 0..1500 {
             if let Some(status) = self.child.try_wait().unwrap() {
