@@ -422,3 +422,111 @@ fn a_survivor_takes_over_the_partitions_of_a_killed_daemon() {
     assert_eq!(union(), want);
     drop(a);
 }
+
+/// The broker `scripts/test.sh` starts (tansu, a Kafka-protocol broker).
+fn real_broker() -> String {
+    match std::env::var("MCP_ALERTD_KAFKA_BROKER") {
+        Ok(b) => b,
+        Err(_) => panic!(
+            "set MCP_ALERTD_KAFKA_BROKER to a broker's host:port (scripts/test.sh starts one)"
+        ),
+    }
+}
+
+async fn create_topic(broker: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .unwrap();
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    for r in results {
+        r.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kafka-protocol broker in MCP_ALERTD_KAFKA_BROKER; scripts/test.sh starts tansu"]
+async fn a_real_broker_across_a_restart_gives_the_replay_alerts() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+
+    let broker = real_broker();
+    // Fresh names: the broker keeps data across test runs.
+    let run = jiff::Timestamp::now().as_millisecond();
+    let (audit, alerts) = (format!("audit-{run}"), format!("alerts-{run}"));
+    create_topic(&broker, &audit, 3).await;
+    create_topic(&broker, &alerts, 1).await;
+    let lines = examples();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"{}
+[[sinks]]
+name = "stdout"
+type = "stdout"
+[[sinks]]
+name = "siem"
+type = "kafka"
+topic = "{alerts}"
+[sinks.kafka]
+brokers = "{broker}"
+options = {{ "compression.type" = "none" }}
+[routing]
+default = ["stdout", "siem"]
+"#,
+        kafka_source(&broker, &audit, &format!("g-{run}"), "")
+    );
+
+    produce(&broker, &audit, first);
+    let (daemon, out1) = start(&cfg, dir.path()).await;
+    let m = daemon.metrics().clone();
+    wait_for("the first half read", || {
+        received(&m.render()) == first.len() as u64
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+
+    produce(&broker, &audit, second);
+    let (daemon, out2) = start(&cfg, dir.path()).await;
+    let m = daemon.metrics().clone();
+    wait_for("the second half read", || {
+        received(&m.render()) == second.len() as u64
+    })
+    .await;
+    let want: BTreeSet<String> = replay_ids(&lines).into_iter().collect();
+    wait_for("every alert", || {
+        id_set(&out1).union(&id_set(&out2)).count() >= want.len()
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    let got: BTreeSet<String> = id_set(&out1).union(&id_set(&out2)).cloned().collect();
+    assert_eq!(got, want);
+
+    // The SIEM topic has each alert (a redelivery would carry the same id).
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker)
+        .set("group.id", format!("reader-{run}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[alerts.as_str()]).unwrap();
+    let mut siem = BTreeSet::new();
+    for _ in 0..3000 {
+        if siem.len() >= want.len() {
+            break;
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
+            let alert: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            siem.insert(alert["id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(siem, want);
+}
