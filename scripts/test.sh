@@ -4,7 +4,9 @@
 # build of the benchmarks. Runs from any directory on Debian with a Rust
 # toolchain, as root: it installs what the interop tests use when missing
 # (util-linux `logger`, rsyslog, the aiosmtpd SMTP server, the Standard
-# Webhooks reference verifier from PyPI).
+# Webhooks reference verifier from PyPI, and the tansu Kafka-protocol
+# broker from crates.io, built once into $MCP_ALERTD_TOOLS, default
+# /opt/mcp-alertd-tools, outside the clone: ~25 minutes the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,14 @@ if ! python3 -c 'import standardwebhooks' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check standardwebhooks
 fi
 
+# A Kafka-protocol broker for the Kafka interop test: tansu, installed once.
+tools="${MCP_ALERTD_TOOLS:-/opt/mcp-alertd-tools}"
+tansu="$tools/tansu-0.6.0/bin/tansu"
+if [ ! -x "$tansu" ]; then
+  echo "== installing tansu 0.6.0 into $tools (once; a cold build takes ~25 minutes)"
+  cargo install --quiet tansu --version 0.6.0 --locked --features libsql --root "$tools/tansu-0.6.0"
+fi
+
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
@@ -37,3 +47,19 @@ echo "== cargo bench --no-run"
 cargo bench --locked --no-run
 echo "== cargo test"
 cargo test --locked
+
+# The tests that need a real broker: tansu on a free loopback port, with
+# its SQLite storage in a scratch directory; stopped on exit.
+broker_dir="$(mktemp -d)"
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+(cd "$broker_dir" && exec "$tansu" broker --listener-url "tcp://127.0.0.1:$port" \
+  --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine sqlite://tansu.db \
+  >"$broker_dir/broker.log" 2>&1) &
+broker_pid=$!
+trap 'kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; rm -rf "$broker_dir"' EXIT
+for _ in $(seq 1 100); do
+  python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break
+  sleep 0.1
+done
+echo "== cargo test (real broker: tansu on 127.0.0.1:$port)"
+MCP_ALERTD_KAFKA_BROKER="127.0.0.1:$port" cargo test --locked --test it -- --ignored kafka::

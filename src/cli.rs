@@ -74,6 +74,12 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Show and manage the outbox: pending deliveries and dead letters.
     Outbox(OutboxArgs),
+    /// Show or drop the saved engine state (with the daemon stopped).
+    ///
+    /// Units: `main` (syslog and file sources, with file positions), one
+    /// per Kafka partition (`kafka/<source>/<topic>/<partition>`, with the
+    /// next offset) and `router` (repeat suppression).
+    State(StateArgs),
     /// Load-test a running daemon over TCP or UDP and report throughput,
     /// loss, alerts and latency (read from its /metrics).
     BenchLoad(crate::bench_load::BenchLoadArgs),
@@ -197,6 +203,31 @@ pub enum OutboxAction {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// Configuration whose `state_dir` holds the store.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// The state directory (overrides the configuration's).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: StateAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateAction {
+    /// List saved units: name, size, engine clock, position, format.
+    List,
+    /// Drop saved units (all, or the named ones): their windows and pending
+    /// deadlines are lost, and their sources restart from their committed
+    /// or configured positions.
+    Reset {
+        /// Units to drop (default: all).
+        units: Vec<String>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GenFormat {
     Jsonl,
@@ -220,6 +251,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Generate(args) => generate_cmd(args),
         Command::BenchLoad(args) => crate::bench_load::run(args),
         Command::Outbox(args) => outbox_cmd(args),
+        Command::State(args) => state_cmd(args),
     }
 }
 
@@ -272,8 +304,25 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
             .build()?;
         let _guard = rt.enter();
         for s in &c.sinks {
-            if let Err(e) = crate::sink::Sink::build(s, &writer, &reopen) {
+            let built = match &s.kind {
+                // A producer would start connecting: check its settings only.
+                #[cfg(feature = "kafka")]
+                crate::config::SinkKind::Kafka { client, .. } => {
+                    crate::source::kafka::check_client(client)
+                        .map_err(|e| format!("sink `{}`: {e}", s.name))
+                }
+                _ => crate::sink::Sink::build(s, &writer, &reopen).map(drop),
+            };
+            if let Err(e) = built {
                 problems.push(e);
+            }
+        }
+        #[cfg(feature = "kafka")]
+        for s in &c.sources {
+            if let crate::config::SourceKind::Kafka { client, .. } = &s.kind
+                && let Err(e) = crate::source::kafka::check_client(client)
+            {
+                problems.push(format!("source `{}`: {e}", s.name));
             }
         }
     }
@@ -366,15 +415,55 @@ fn generate_cmd(args: GenerateArgs) -> Result<u8> {
     }
 }
 
-fn outbox_cmd(args: OutboxArgs) -> Result<u8> {
-    use crate::store::{ListedState, Store};
-    let state_dir = match (&args.state_dir, &args.config) {
-        (Some(d), _) => d.clone(),
+/// Opens the store of `--state-dir`, else of the configuration.
+fn open_store(state_dir: Option<&Path>, config: Option<&Path>) -> Result<crate::store::Store> {
+    let state_dir = match (state_dir, config) {
+        (Some(d), _) => d.to_owned(),
         (None, Some(c)) => Config::load(c)?.state_dir,
         (None, None) => Config::builtin().state_dir,
     };
-    let store = Store::open(&state_dir)
-        .with_context(|| format!("cannot open the store in {}", state_dir.display()))?;
+    crate::store::Store::open(&state_dir)
+        .with_context(|| format!("cannot open the store in {}", state_dir.display()))
+}
+
+fn state_cmd(args: StateArgs) -> Result<u8> {
+    use crate::checkpoint::{self, Saved};
+    let store = open_store(args.state_dir.as_deref(), args.config.as_deref())?;
+    let mut out = io::stdout().lock();
+    match args.action {
+        StateAction::List => {
+            for (unit, bytes) in store.states()? {
+                let what = match checkpoint::decode(&unit, &bytes) {
+                    Ok(Saved::Engine(e)) => {
+                        let clock = crate::engine::Engine::snapshot_clock(&e.engine)
+                            .map_or_else(|| "-".to_owned(), crate::alert::format_ts);
+                        let mut pos: Vec<String> = e
+                            .files
+                            .iter()
+                            .map(|(name, p)| format!("{name}@{}", p.offset))
+                            .collect();
+                        if let Some(next) = e.next_offset {
+                            pos.push(format!("next_offset={next}"));
+                        }
+                        format!("clock={clock} {}", pos.join(" "))
+                    }
+                    Ok(Saved::Router(rows)) => format!("repeat_keys={}", rows.len()),
+                    Err(e) => format!("unreadable: {e}"),
+                };
+                writeln!(out, "{unit:<40} {:>10} bytes  {what}", bytes.len())?;
+            }
+        }
+        StateAction::Reset { units } => {
+            let n = store.remove_states((!units.is_empty()).then_some(&units[..]))?;
+            writeln!(out, "{n} saved units dropped")?;
+        }
+    }
+    Ok(0)
+}
+
+fn outbox_cmd(args: OutboxArgs) -> Result<u8> {
+    use crate::store::ListedState;
+    let store = open_store(args.state_dir.as_deref(), args.config.as_deref())?;
     let now = crate::sink::now_ms();
     let mut out = io::stdout().lock();
     match args.action {

@@ -525,6 +525,17 @@ impl Engine {
         postcard::to_allocvec(&snap).map_err(SnapshotError::Encode)
     }
 
+    /// The engine clock recorded in a snapshot, if it can be read.
+    pub fn snapshot_clock(bytes: &[u8]) -> Option<i64> {
+        #[derive(Deserialize)]
+        struct Head {
+            version: u32,
+            clock: Option<i64>,
+        }
+        let (head, _): (Head, _) = postcard::take_from_bytes(bytes).ok()?;
+        (head.version == SNAPSHOT_VERSION).then_some(head.clock)?
+    }
+
     /// Rebuilds an engine from a snapshot under `rules`. State of a rule is
     /// kept when a rule of the same id and kind exists; other state is
     /// dropped (the rule was removed or changed kind).

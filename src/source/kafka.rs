@@ -79,6 +79,16 @@ pub fn client_config(c: &KafkaClient) -> Result<ClientConfig, String> {
     Ok(cfg)
 }
 
+/// Checks a client's settings as librdkafka would take them (the SASL
+/// password read from its file, every property known and valid) without
+/// creating a client or contacting a broker.
+pub fn check_client(c: &KafkaClient) -> Result<(), String> {
+    client_config(c)?
+        .create_native_config()
+        .map(drop)
+        .map_err(|e| format!("kafka: {e}"))
+}
+
 /// A consumer with this source's callbacks.
 pub type KafkaConsumer = BaseConsumer<Context>;
 

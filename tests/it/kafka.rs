@@ -116,6 +116,14 @@ async fn kafka_records_give_the_replay_alerts_and_poison_is_skipped() {
     .await;
     let want = replay_ids(&lines);
     wait_for("the replay alerts", || out.ids().len() >= want.len()).await;
+    // Offsets are committed after the state is saved; the lag (from
+    // librdkafka's statistics) drops to zero.
+    wait_for("lag 0", || {
+        m.render().contains(
+            "mcp_alertd_kafka_consumer_lag_records{source=\"kafka\",topic=\"audit\",partition=\"0\"} 0\n",
+        )
+    })
+    .await;
     let render = m.render();
     daemon.shutdown().await.unwrap();
     assert_eq!(out.ids(), want);
@@ -529,4 +537,96 @@ default = ["stdout", "siem"]
         }
     }
     assert_eq!(siem, want);
+}
+
+#[test]
+fn kafka_settings_are_validated_and_secrets_stay_in_their_files() {
+    use mcp_alertd::config::Config;
+    let errors = Config::parse(
+        r#"
+[[sources]]
+name = "k"
+type = "kafka"
+topics = []
+address = "127.0.0.1:1"
+[sources.kafka]
+brokers = ""
+sasl = { mechanism = "GSSAPI", username = "u" }
+options = { "sasl.password" = "hunter2", "enable.auto.offset.store" = "true" }
+[[sinks]]
+name = "out"
+type = "kafka"
+[sinks.kafka]
+brokers = "127.0.0.1:9092"
+"#,
+    )
+    .unwrap_err();
+    let text = errors.join("\n");
+    for want in [
+        "`address` does not apply to type `kafka`",
+        "kafka.brokers is empty",
+        "`topics` must name at least one topic",
+        "kafka.sasl.mechanism `GSSAPI` is not supported",
+        "kafka.sasl needs password_file or password_credential",
+        "kafka.options.`sasl.password` is set by mcp-alertd",
+        "kafka.options.`enable.auto.offset.store` is set by mcp-alertd",
+        "`topic` is required for type `kafka`",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert!(!text.contains("hunter2"));
+
+    // `check` reads the SASL password and checks every librdkafka property
+    // without contacting a broker; it never prints the secret.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("kafka.pass");
+    std::fs::write(&secret, "s3cr3t-value\n").unwrap();
+    let cfg = dir.path().join("config.toml");
+    let write = |options: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"state_dir = "{}"
+[[sources]]
+name = "k"
+type = "kafka"
+topics = ["audit"]
+[sources.kafka]
+brokers = "127.0.0.1:9"
+sasl = {{ mechanism = "SCRAM-SHA-512", username = "alertd", password_file = "{}" }}
+options = {{ {options} }}
+"#,
+                dir.path().display(),
+                secret.display()
+            ),
+        )
+        .unwrap()
+    };
+    let bin = assert_cmd::cargo::cargo_bin("mcp-alertd");
+    write(r#""fetch.max.bytes" = "1048576""#);
+    let ok = std::process::Command::new(&bin)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(ok.status.success(), "{all}");
+    assert!(!all.contains("s3cr3t"), "{all}");
+    write(r#""no.such.property" = "1""#);
+    let bad = std::process::Command::new(&bin)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("source `k`") && err.contains("no.such.property"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cr3t"), "{err}");
 }

@@ -181,3 +181,51 @@ async fn saved_state_of_another_format_version_is_refused_by_name() {
     let store = Store::open(dir.path()).unwrap();
     assert!(store.state(MAIN_UNIT).unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_list_and_reset_show_and_drop_saved_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let issued = jiff::Timestamp::now().as_millisecond() - 2 * DAY_MS;
+    append(
+        &log,
+        &[format!(
+            r#"{{"ts":{issued},"event":"credential.issued","tenant":"acme","agent_id":"a1","credential_id":"k1"}}"#
+        )],
+    );
+    let (daemon, _) = start(&file_config(&log), dir.path()).await;
+    let m = daemon.metrics().clone();
+    wait_for("the event read", || {
+        m.render()
+            .contains("mcp_alertd_events_total{type=\"credential.issued\"} 1")
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+
+    let bin = assert_cmd::cargo::cargo_bin("mcp-alertd");
+    let list = std::process::Command::new(&bin)
+        .args(["state", "list", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    let text = String::from_utf8(list.stdout).unwrap();
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(text.contains(&format!("audit@{size}")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("main ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("router ")), "{text}");
+
+    let reset = std::process::Command::new(&bin)
+        .args(["state", "reset", "main", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(reset.status.success());
+    assert_eq!(
+        String::from_utf8(reset.stdout).unwrap(),
+        "1 saved units dropped\n"
+    );
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.state(MAIN_UNIT).unwrap().is_none());
+    assert!(store.state(checkpoint::ROUTER_UNIT).unwrap().is_some());
+}
