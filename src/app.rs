@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use prometheus_client::metrics::counter::Counter;
+use sd_notify::NotifyState;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,7 +29,7 @@ use crate::alert::Alert;
 use crate::checkpoint::{
     self, DurableOffsets, EngineUnit, KafkaPartition, MAIN_UNIT, ROUTER_UNIT, Saved,
 };
-use crate::config::{Config, EngineSettings, OutboxSettings, SourceKind};
+use crate::config::{Config, EngineSettings, Listen, OutboxSettings, SourceKind};
 use crate::decode::{DecodeError, Decoder};
 use crate::engine::clock::LiveClock;
 use crate::engine::{Engine, EngineConfig, RuleSet};
@@ -124,6 +125,7 @@ impl Daemon {
         let cancel_delivery = CancellationToken::new();
         let delivery = TaskTracker::new();
         let mut addrs = Vec::new();
+        let mut activated = crate::source::activation::Activated::from_env();
         let mut starters: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         for (index, source) in config.sources.iter().enumerate() {
             let ctx = SourceCtx {
@@ -141,8 +143,13 @@ impl Daemon {
                     address,
                     receive_buffer_bytes,
                 } => {
-                    let socket = syslog_udp::bind(*address, *receive_buffer_bytes)
-                        .with_context(|| format!("{what}: cannot listen on udp {address}"))?;
+                    let socket = match address {
+                        Listen::Addr(a) => syslog_udp::bind(*a, *receive_buffer_bytes),
+                        Listen::Systemd(name) => activated
+                            .udp(name)
+                            .and_then(tokio::net::UdpSocket::from_std),
+                    }
+                    .with_context(|| format!("{what}: cannot listen on udp {address}"))?;
                     let local = socket.local_addr()?;
                     addrs.push((source.name.clone(), local));
                     tracing::info!(source = %source.name, address = %local, "listening (syslog over UDP)");
@@ -163,9 +170,13 @@ impl Daemon {
                         ),
                         None => None,
                     };
-                    let listener = tokio::net::TcpListener::bind(address)
-                        .await
-                        .with_context(|| format!("{what}: cannot listen on tcp {address}"))?;
+                    let listener = match address {
+                        Listen::Addr(a) => tokio::net::TcpListener::bind(a).await,
+                        Listen::Systemd(name) => activated
+                            .tcp(name)
+                            .and_then(tokio::net::TcpListener::from_std),
+                    }
+                    .with_context(|| format!("{what}: cannot listen on tcp {address}"))?;
                     let local = listener.local_addr()?;
                     addrs.push((source.name.clone(), local));
                     tracing::info!(source = %source.name, address = %local, tls = acceptor.is_some(), "listening (syslog over TCP)");
@@ -340,6 +351,11 @@ impl Daemon {
         &self.metrics
     }
 
+    /// Whether the engine thread is still running (the watchdog's health).
+    pub fn engine_running(&self) -> bool {
+        self.engine.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
     /// Applies a new rule set and engine settings; returns how many rules
     /// kept their state. Source and metrics settings apply at restart.
     pub async fn reload(&mut self, config: Config, rules: RuleSet) -> Result<usize> {
@@ -456,18 +472,52 @@ pub fn run(config_path: Option<PathBuf>) -> Result<u8> {
         let stdout: Box<dyn Write + Send> = Box::new(std::io::stdout());
         let mut daemon = Daemon::start(config, rules, stdout).await?;
         tracing::info!("ready");
+        // systemd (Type=notify): ready once every source is bound; a status
+        // line every 10 s; watchdog pings at half of WatchdogSec while the
+        // engine runs.
+        notify(&[NotifyState::Ready, NotifyState::Status("ready")]);
+        let watchdog = sd_notify::watchdog_enabled();
+        if let Some(w) = watchdog {
+            tracing::info!(interval = ?w, "systemd watchdog enabled");
+        }
+        let mut ping = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| {
+            (w / 2).max(Duration::from_millis(100))
+        }));
+        let mut status = tokio::time::interval(Duration::from_secs(10));
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => reload(&mut daemon, config_path.as_deref()).await,
+                _ = ping.tick(), if watchdog.is_some() => {
+                    if daemon.engine_running() {
+                        notify(&[NotifyState::Watchdog]);
+                    } else {
+                        tracing::error!("the engine has stopped: no watchdog ping");
+                    }
+                }
+                _ = status.tick() => {
+                    let line = daemon.metrics().status_line();
+                    notify(&[NotifyState::Status(&line)]);
+                }
             }
         }
         tracing::info!("stopping: draining accepted records");
+        notify(&[
+            NotifyState::Stopping,
+            NotifyState::Status("stopping: draining"),
+        ]);
         daemon.shutdown().await?;
         tracing::info!("stopped");
         Ok(0)
     })
+}
+
+/// Tells systemd (when `NOTIFY_SOCKET` is set; otherwise nothing).
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
 }
 
 async fn reload(daemon: &mut Daemon, path: Option<&Path>) {

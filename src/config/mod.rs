@@ -112,14 +112,33 @@ pub enum StartFrom {
     Latest,
 }
 
+/// Where a syslog source listens: an address it binds, or a socket
+/// systemd passes (socket activation, `address = "systemd:NAME"` with the
+/// socket unit's `FileDescriptorName=`), so the daemon needs no privilege
+/// for ports below 1024.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Addr(SocketAddr),
+    Systemd(String),
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Addr(a) => write!(f, "{a}"),
+            Listen::Systemd(name) => write!(f, "systemd:{name}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceKind {
     SyslogUdp {
-        address: SocketAddr,
+        address: Listen,
         receive_buffer_bytes: Option<usize>,
     },
     SyslogTcp {
-        address: SocketAddr,
+        address: Listen,
         max_connections: usize,
         idle_timeout: Duration,
         tls: Option<TlsSettings>,
@@ -210,7 +229,7 @@ impl Config {
                     name: "syslog_udp".to_owned(),
                     format: Format::Auto,
                     kind: SourceKind::SyslogUdp {
-                        address: syslog,
+                        address: Listen::Addr(syslog),
                         receive_buffer_bytes: Some(DEFAULT_UDP_RECEIVE_BUFFER_BYTES),
                     },
                 },
@@ -218,7 +237,7 @@ impl Config {
                     name: "syslog_tcp".to_owned(),
                     format: Format::Auto,
                     kind: SourceKind::SyslogTcp {
-                        address: syslog,
+                        address: Listen::Addr(syslog),
                         max_connections: 256,
                         idle_timeout: Duration::from_secs(300),
                         tls: None,
@@ -502,19 +521,23 @@ impl RawSource {
                 Format::Auto
             }
         };
-        let address = |errors: &mut Vec<String>| -> SocketAddr {
-            match self
-                .address
-                .as_deref()
-                .unwrap_or(DEFAULT_SYSLOG_ADDRESS)
-                .parse::<SocketAddr>()
-            {
-                Ok(a) => a,
+        let address = |errors: &mut Vec<String>| -> Listen {
+            let text = self.address.as_deref().unwrap_or(DEFAULT_SYSLOG_ADDRESS);
+            if let Some(name) = text.strip_prefix("systemd:") {
+                if name.is_empty() || name.contains(':') {
+                    errors.push(format!(
+                        "{at}: address: `systemd:` needs the socket's FileDescriptorName (e.g. \"systemd:syslog-udp\")"
+                    ));
+                }
+                return Listen::Systemd(name.to_owned());
+            }
+            match text.parse::<SocketAddr>() {
+                Ok(a) => Listen::Addr(a),
                 Err(e) => {
                     errors.push(format!(
-                        "{at}: address: {e} (write e.g. \"127.0.0.1:5514\" or \"[::1]:5514\")"
+                        "{at}: address: {e} (write e.g. \"127.0.0.1:5514\", \"[::1]:5514\" or \"systemd:NAME\")"
                     ));
-                    loopback(DEFAULT_SYSLOG_ADDRESS)
+                    Listen::Addr(loopback(DEFAULT_SYSLOG_ADDRESS))
                 }
             }
         };

@@ -4,6 +4,7 @@
 //! channel. When it is full, TCP/TLS connections and files stop reading
 //! (backpressure) and UDP drops and counts.
 
+pub mod activation;
 pub mod file;
 pub mod framing;
 #[cfg(feature = "kafka")]

@@ -268,6 +268,26 @@ impl Metrics {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// A one-line summary for systemd's STATUS= and `status`.
+    pub fn status_line(&self) -> String {
+        let text = self.render();
+        let sum = |prefix: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        format!(
+            "{} records, {} events, {} rejected, {} alerts, {} pending delivery, {} dead letters",
+            sum("mcp_alertd_records_received_total"),
+            sum("mcp_alertd_events_total"),
+            sum("mcp_alertd_records_rejected_total"),
+            sum("mcp_alertd_alerts_total"),
+            sum("mcp_alertd_outbox_pending_deliveries "),
+            sum("mcp_alertd_outbox_dead_letters "),
+        )
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

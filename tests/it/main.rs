@@ -18,6 +18,7 @@ mod rules;
 mod secrets;
 mod state;
 mod store;
+mod systemd;
 
 use std::sync::Arc;
 
