@@ -20,6 +20,8 @@
 //! - [`corpus`]: a seeded synthetic audit-log generator for benchmarks and load tests.
 //! - [`store`]: the one redb file: the durable outbox, dead letters and saved engine state.
 //! - [`checkpoint`]: the versioned format of saved engine state (units) and durable Kafka offsets.
+//! - [`status`]: `mcp-alertd status`, a summary of a running daemon from its /metrics.
+//! - [`rule_tests`]: `mcp-alertd rules test`, rule test cases (events in, alerts out).
 //! - [`telemetry`]: logging setup and rate-limited per-record logging.
 #![forbid(unsafe_code)]
 
@@ -36,7 +38,9 @@ pub mod engine;
 pub mod event;
 pub mod replay;
 pub mod router;
+pub mod rule_tests;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod store;
 pub mod telemetry;

@@ -11,6 +11,7 @@ mod framing;
 mod golden;
 mod kafka;
 mod model;
+mod operator;
 mod packaging;
 mod process;
 mod routing;

@@ -1,0 +1,259 @@
+//! `mcp-alertd status`: a short human summary of a running daemon, read
+//! from its `/metrics` twice (an interval apart, for rates) and
+//! `/readyz`: sources, rates, engine, alerts, outbox, Kafka lag.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// One sample: metric name, labels, value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses the Prometheus text format (the subset the daemon writes).
+pub fn parse(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+            None => (series, BTreeMap::new()),
+        };
+        out.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, e)) = chars.next() {
+                        value.push(match e {
+                            'n' => '\n',
+                            other => other,
+                        });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        labels.insert(key.trim_start_matches(',').to_owned(), value);
+        rest = &after[end..];
+    }
+    labels
+}
+
+/// GET `path` from `addr` over HTTP/1.1; returns (status, body).
+fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot connect to the metrics endpoint {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("reading {path} from {addr}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("{addr}{path}: not an HTTP response"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{addr}{path}: no HTTP status"))?;
+    Ok((status, body.to_owned()))
+}
+
+fn sum(samples: &[Sample], name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.value)
+        .sum()
+}
+
+fn by_label(samples: &[Sample], name: &str, label: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.name == name) {
+        if let Some(v) = s.labels.get(label) {
+            *out.entry(v.clone()).or_insert(0.0) += s.value;
+        }
+    }
+    out
+}
+
+fn list(map: &BTreeMap<String, f64>) -> String {
+    map.iter()
+        .filter(|(_, v)| **v > 0.0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Renders the summary from two scrapes `secs` apart.
+pub fn summary(
+    addr: SocketAddr,
+    ready: bool,
+    before: &[Sample],
+    after: &[Sample],
+    secs: f64,
+) -> String {
+    let rate = |name: &str| (sum(after, name) - sum(before, name)).max(0.0) / secs.max(1e-3);
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!(
+        "mcp-alertd at {addr}: {}",
+        if ready { "ready" } else { "NOT READY" }
+    ));
+    line("sources:".to_owned());
+    let received = by_label(after, "mcp_alertd_records_received_total", "source");
+    let received_before = by_label(before, "mcp_alertd_records_received_total", "source");
+    let dropped = by_label(after, "mcp_alertd_udp_datagrams_dropped_total", "source");
+    let open = by_label(after, "mcp_alertd_connections_open", "source");
+    let lag = by_label(after, "mcp_alertd_kafka_consumer_lag_records", "source");
+    for (source, n) in &received {
+        let r = (n - received_before.get(source).copied().unwrap_or(0.0)).max(0.0) / secs;
+        let rejected: BTreeMap<String, f64> = after
+            .iter()
+            .filter(|s| {
+                s.name == "mcp_alertd_records_rejected_total"
+                    && s.labels.get("source") == Some(source)
+            })
+            .filter_map(|s| Some((s.labels.get("reason")?.clone(), s.value)))
+            .collect();
+        let mut extra = String::new();
+        if let Some(d) = dropped.get(source).filter(|d| **d > 0.0) {
+            extra.push_str(&format!(", {d} dropped (queue full)"));
+        }
+        if let Some(c) = open.get(source) {
+            extra.push_str(&format!(", {c} connections"));
+        }
+        if let Some(l) = lag.get(source) {
+            extra.push_str(&format!(", Kafka lag {l} records"));
+        }
+        let rej = list(&rejected);
+        line(format!(
+            "  {source:<20} {n} records ({r:.0}/s){}{extra}",
+            if rej.is_empty() {
+                String::new()
+            } else {
+                format!(", rejected: {rej}")
+            }
+        ));
+    }
+    let live: f64 = sum(after, "mcp_alertd_live_keys");
+    line(format!(
+        "engine: {} events ({:.0}/s), {} late, {} live keys, {} evicted, clock {:.1} s behind the wall clock, {} input partitions",
+        sum(after, "mcp_alertd_events_total"),
+        rate("mcp_alertd_events_total"),
+        sum(after, "mcp_alertd_late_events_total"),
+        live,
+        sum(after, "mcp_alertd_evicted_keys_total"),
+        sum(after, "mcp_alertd_engine_lag_seconds"),
+        sum(after, "mcp_alertd_input_partitions"),
+    ));
+    let alerts = by_label(after, "mcp_alertd_alerts_total", "rule");
+    line(format!(
+        "alerts: {} ({:.1}/s){}; {} suppressed, {} grouped",
+        sum(after, "mcp_alertd_alerts_total"),
+        rate("mcp_alertd_alerts_total"),
+        if alerts.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", list(&alerts))
+        },
+        sum(after, "mcp_alertd_alerts_suppressed_total"),
+        sum(after, "mcp_alertd_alerts_grouped_total"),
+    ));
+    let sent = by_label(after, "mcp_alertd_alerts_sent_total", "sink");
+    let errors = by_label(after, "mcp_alertd_alert_send_errors_total", "sink");
+    line(format!(
+        "outbox: {} pending, {} dead letters; sent: {}{}",
+        sum(after, "mcp_alertd_outbox_pending_deliveries"),
+        sum(after, "mcp_alertd_outbox_dead_letters"),
+        if sent.is_empty() {
+            "none".to_owned()
+        } else {
+            list(&sent)
+        },
+        if errors.values().any(|v| *v > 0.0) {
+            format!("; failed attempts: {}", list(&errors))
+        } else {
+            String::new()
+        }
+    ));
+    let q = |quantile: &str| {
+        after
+            .iter()
+            .find(|s| {
+                s.name == "mcp_alertd_ingest_to_alert_latency_seconds"
+                    && s.labels.get("quantile").map(String::as_str) == Some(quantile)
+            })
+            .map(|s| s.value * 1000.0)
+    };
+    if let (Some(p50), Some(p99)) = (q("0.5"), q("0.99")) {
+        line(format!("latency: p50 {p50:.2} ms, p99 {p99:.2} ms"));
+    }
+    line(format!(
+        "state: last save {:.1} kB in {:.1} ms",
+        sum(after, "mcp_alertd_state_snapshot_bytes") / 1000.0,
+        sum(after, "mcp_alertd_state_snapshot_seconds") * 1000.0
+    ));
+    out
+}
+
+/// Scrapes the daemon at `addr` twice, `interval` apart, and prints the
+/// summary. Exit code 0 when ready, 1 when not (or unreachable).
+pub fn run(addr: SocketAddr, interval: Duration, out: &mut dyn Write) -> Result<u8> {
+    let timeout = Duration::from_secs(5);
+    let (_, first) = get(addr, "/metrics", timeout)?;
+    std::thread::sleep(interval);
+    let started = std::time::Instant::now();
+    let (_, second) = get(addr, "/metrics", timeout)?;
+    let secs = interval.as_secs_f64() + started.elapsed().as_secs_f64();
+    let (ready, _) = get(addr, "/readyz", timeout)?;
+    let ready = ready == 200;
+    write!(
+        out,
+        "{}",
+        summary(addr, ready, &parse(&first), &parse(&second), secs)
+    )?;
+    Ok(if ready { 0 } else { 1 })
+}
