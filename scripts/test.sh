@@ -14,6 +14,9 @@ missing=()
 command -v logger >/dev/null 2>&1 || missing+=(bsdutils)
 [ -x /usr/sbin/rsyslogd ] || [ -x /sbin/rsyslogd ] || missing+=(rsyslog)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
+# systemd-analyze and systemd-socket-activate for the unit and activation tests.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -32,6 +35,13 @@ tansu="$tools/tansu-0.6.0/bin/tansu"
 if [ ! -x "$tansu" ]; then
   echo "== installing tansu 0.6.0 into $tools (once; a cold build takes ~25 minutes)"
   cargo install --quiet tansu --version 0.6.0 --locked --features libsql --root "$tools/tansu-0.6.0"
+fi
+
+# cargo-deb for the package test, installed once beside the broker.
+cargo_deb="$tools/cargo-deb/bin/cargo-deb"
+if [ ! -x "$cargo_deb" ]; then
+  echo "== installing cargo-deb into $tools (once)"
+  cargo install --quiet cargo-deb --version 3.8.0 --locked --root "$tools/cargo-deb"
 fi
 
 if command -v rustup >/dev/null 2>&1; then
@@ -63,3 +73,9 @@ for _ in $(seq 1 100); do
 done
 echo "== cargo test (real broker: tansu on 127.0.0.1:$port)"
 MCP_ALERTD_KAFKA_BROKER="127.0.0.1:$port" cargo test --locked --test it -- --ignored kafka::
+
+# The Debian package, built and installed into a throwaway root.
+echo "== packaging/build-deb.sh"
+deb="$(CARGO_DEB="$cargo_deb" packaging/build-deb.sh)"
+echo "== cargo test (the package: $deb)"
+MCP_ALERTD_DEB="$PWD/$deb" cargo test --locked --test it -- --ignored packaging::

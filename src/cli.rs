@@ -85,6 +85,18 @@ pub enum Command {
     /// per Kafka partition (`kafka/<source>/<topic>/<partition>`, with the
     /// next offset) and `router` (repeat suppression).
     State(StateArgs),
+    /// Write the manual page (roff) to stdout, or the pages of every
+    /// command into a directory.
+    Man {
+        /// Write mcp-alertd.1 and mcp-alertd-<command>.1 here instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Write shell completions to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Load-test a running daemon over TCP or UDP and report throughput,
     /// loss, alerts and latency (read from its /metrics).
     BenchLoad(crate::bench_load::BenchLoadArgs),
@@ -301,6 +313,13 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::BenchLoad(args) => crate::bench_load::run(args),
         Command::Outbox(args) => outbox_cmd(args),
         Command::State(args) => state_cmd(args),
+        Command::Man { dir } => man_cmd(dir.as_deref()),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "mcp-alertd", &mut io::stdout().lock());
+            Ok(0)
+        }
         Command::Status(args) => {
             let addr = match (args.metrics, &args.config) {
                 (Some(a), _) => a,
@@ -480,6 +499,23 @@ fn generate_cmd(args: GenerateArgs) -> Result<u8> {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("cannot write to stdout"),
         _ => Ok(0),
     }
+}
+
+fn man_cmd(dir: Option<&Path>) -> Result<u8> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("cannot write manual pages to {}", dir.display()))?;
+        }
+        None => clap_mangen::Man::new(cmd)
+            .render(&mut io::stdout().lock())
+            .context("cannot write the manual page")?,
+    }
+    Ok(0)
 }
 
 /// Opens the store of `--state-dir`, else of the configuration.

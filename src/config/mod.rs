@@ -262,6 +262,16 @@ impl Config {
         })?;
         let mut config = Config::parse(&text).map_err(|errors| ConfigError { file, errors })?;
         config.path = Some(path.to_owned());
+        {
+            // Whoever can write the configuration decides where alerts go
+            // and which secret files are read.
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o022 != 0
+            {
+                tracing::warn!(path = %path.display(), "configuration file is writable by group or others; chmod 640 it");
+            }
+        }
         Ok(config)
     }
 

@@ -10,3 +10,110 @@ fn the_sample_config_is_valid_and_matches_the_builtin_defaults() {
     sample.path = None;
     assert_eq!(sample, Config::builtin());
 }
+
+/// The package `packaging/build-deb.sh` built (scripts/test.sh sets this).
+fn built_deb() -> std::path::PathBuf {
+    match std::env::var_os("MCP_ALERTD_DEB") {
+        Some(p) => p.into(),
+        None => panic!("set MCP_ALERTD_DEB to a .deb built by packaging/build-deb.sh"),
+    }
+}
+
+#[test]
+#[ignore = "needs the .deb from packaging/build-deb.sh in MCP_ALERTD_DEB; scripts/test.sh builds it"]
+fn the_debian_package_installs_a_working_daemon() {
+    use std::process::Command;
+    let deb = built_deb();
+    let list = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    let list = String::from_utf8_lossy(&list.stdout);
+    for path in [
+        "./usr/bin/mcp-alertd",
+        "./etc/mcp-alertd/config.toml",
+        "./etc/mcp-alertd/rules/auth.toml",
+        "./etc/mcp-alertd/rules/tasks.toml",
+        "./lib/systemd/system/mcp-alertd.service",
+        "./lib/systemd/system/mcp-alertd-syslog-udp.socket",
+        "./lib/systemd/system/mcp-alertd-syslog-tls.socket",
+        "./usr/share/man/man1/mcp-alertd.1",
+        "./usr/share/man/man1/mcp-alertd-run.1",
+        "./usr/share/bash-completion/completions/mcp-alertd",
+        "./usr/share/zsh/vendor-completions/_mcp-alertd",
+        "./usr/share/fish/vendor_completions.d/mcp-alertd.fish",
+        "./usr/share/doc/mcp-alertd/README.md",
+    ] {
+        assert!(
+            list.lines()
+                .any(|l| l.ends_with(path) || l.contains(&format!("{path} "))),
+            "{path} missing from:\n{list}"
+        );
+    }
+    // The configuration is a conffile; the maintainer scripts create the
+    // user and directories.
+    let control = tempfile::tempdir().unwrap();
+    assert!(
+        Command::new("dpkg-deb")
+            .arg("-e")
+            .arg(&deb)
+            .arg(control.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let conffiles = std::fs::read_to_string(control.path().join("conffiles")).unwrap();
+    assert!(
+        conffiles.contains("/etc/mcp-alertd/config.toml"),
+        "{conffiles}"
+    );
+    let postinst = std::fs::read_to_string(control.path().join("postinst")).unwrap();
+    assert!(postinst.contains("adduser --system"), "{postinst}");
+
+    // Installed in a throwaway root, the binary checks the installed
+    // configuration and rules, and the shipped rule tests pass.
+    let root = tempfile::tempdir().unwrap();
+    assert!(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(root.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let bin = root.path().join("usr/bin/mcp-alertd");
+    let etc = root.path().join("etc/mcp-alertd");
+    let check = Command::new(&bin)
+        .args(["check", "--config"])
+        .arg(etc.join("config.toml"))
+        .args(["--rules"])
+        .arg(etc.join("rules"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("auth_failure_burst"));
+    let tests = Command::new(&bin)
+        .args(["rules", "test", "--rules"])
+        .arg(etc.join("rules"))
+        .arg(root.path().join("usr/share/doc/mcp-alertd/rule-tests"))
+        .output()
+        .unwrap();
+    assert!(
+        tests.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tests.stdout)
+    );
+    let man = std::fs::read_to_string(root.path().join("usr/share/man/man1/mcp-alertd.1")).unwrap();
+    assert!(
+        man.contains(".TH mcp-alertd 1"),
+        "{}",
+        &man[..200.min(man.len())]
+    );
+}

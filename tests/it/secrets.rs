@@ -69,3 +69,182 @@ fn the_decoder_drops_secret_fields_at_any_depth_and_keeps_the_rest() {
     );
     assert!(ev.extra("api_key").is_none());
 }
+
+#[test]
+fn every_listener_defaults_to_loopback() {
+    use mcp_alertd::config::{Config, Listen, SourceKind};
+    let minimal = Config::parse(
+        "[[sources]]\ntype = \"syslog_udp\"\n[[sources]]\ntype = \"syslog_tcp\"\n[metrics]\nenabled = true\n",
+    )
+    .unwrap();
+    for config in [Config::builtin(), minimal] {
+        assert!(config.metrics.unwrap().ip().is_loopback());
+        for s in &config.sources {
+            match &s.kind {
+                SourceKind::SyslogUdp { address, .. } | SourceKind::SyslogTcp { address, .. } => {
+                    match address {
+                        Listen::Addr(a) => assert!(a.ip().is_loopback(), "{}: {a}", s.name),
+                        other => panic!("{other}"),
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn secrets_never_reach_logs_metrics_alerts_or_check_and_unsafe_files_are_reported() {
+    use std::io::{Read, Write as _};
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    const KEY: &str = "whsec_c2VjcmV0LWtleS1ETy1OT1QtTEVBSy03Nzc3";
+    const SMTP: &str = "smtp-pass-DO-NOT-LEAK-8888";
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("webhook.key");
+    std::fs::write(&key, format!("{KEY}\n")).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let smtp = dir.path().join("smtp.pass");
+    std::fs::write(&smtp, SMTP).unwrap();
+    std::fs::set_permissions(&smtp, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let alerts = dir.path().join("alerts.jsonl");
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"state_dir = "{}"
+[metrics]
+address = "127.0.0.1:{metrics_port}"
+[[sources]]
+name = "tcp"
+type = "syslog_tcp"
+address = "127.0.0.1:{port}"
+[[sinks]]
+name = "archive"
+type = "file"
+path = "{}"
+[[sinks]]
+name = "hook"
+type = "webhook"
+url = "http://127.0.0.1:9/never"
+signing_key_file = "{}"
+[[sinks]]
+name = "mail"
+type = "email"
+host = "127.0.0.1"
+port = 9
+tls = "none"
+username = "alertd"
+password_file = "{}"
+from = "a@example.com"
+to = ["b@example.com"]
+"#,
+            dir.path().display(),
+            alerts.display(),
+            key.display(),
+            smtp.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    // `check` reads every secret, reports the unsafe modes, prints none.
+    let check = std::process::Command::new(assert_cmd::cargo::cargo_bin("mcp-alertd"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let check_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "{check_text}");
+    assert!(
+        check_text.contains("secret file is readable by group or others"),
+        "{check_text}"
+    );
+    assert!(
+        check_text.contains("configuration file is writable by group or others"),
+        "{check_text}"
+    );
+
+    // The daemon, at trace level, with events that carry secrets.
+    let log = dir.path().join("daemon.log");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("mcp-alertd"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&cfg)
+        .env("MCP_ALERTD_LOG", "trace")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut conn = None;
+    for _ in 0..500 {
+        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            conn = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut conn = conn.expect("the daemon listens");
+    let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+    for i in 0..6 {
+        writeln!(
+            conn,
+            r#"{{"ts":{},"event":"auth.failure","tenant":"t","agent_id":"a","access_token":"{SECRET}","ctx":{{"password":"{SECRET}"}}}}"#,
+            base + i * 1000
+        )
+        .unwrap();
+    }
+    writeln!(
+        conn,
+        r#"{{"ts":"bad","event":"auth.failure","token":"{SECRET}"}}"#
+    )
+    .unwrap();
+    conn.flush().unwrap();
+    for _ in 0..1500 {
+        if std::fs::read_to_string(&alerts).is_ok_and(|a| !a.is_empty()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut scrape = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut metrics = String::new();
+    scrape.read_to_string(&mut metrics).unwrap();
+    drop(conn);
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let alert_text = std::fs::read_to_string(&alerts).unwrap();
+    assert!(alert_text.contains("auth_failure_burst"), "{alert_text}");
+    assert!(metrics.contains("mcp_alertd_alerts_total"), "{metrics}");
+    assert!(logs.contains("readable by group or others"), "{logs}");
+    for (what, text) in [
+        ("check", &check_text),
+        ("logs", &logs),
+        ("metrics", &metrics),
+        ("alerts", &alert_text),
+    ] {
+        for secret in [SECRET, KEY, SMTP, "c2VjcmV0LWtleS1ETy1OT1QtTEVBSy03Nzc3"] {
+            assert!(!text.contains(secret), "{secret} in {what}:\n{text}");
+        }
+    }
+}
