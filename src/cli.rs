@@ -21,9 +21,10 @@ pub const EXIT_CONFIG: u8 = 78;
 /// Streaming security alerts for MCP server audit logs.
 ///
 /// mcp-alertd reads the audit events of MCP servers (authentication,
-/// sessions, tool calls, credentials), applies detection rules with sliding
-/// windows and deadlines, and delivers alerts through a durable outbox to
-/// stdout, files, webhooks, email and SIEMs.
+/// sessions, tool calls, credentials) from syslog, files or Kafka, applies
+/// detection rules with sliding windows and deadlines (state saved across
+/// restarts), and delivers alerts through a durable outbox to stdout,
+/// files, webhooks, email, SIEMs and Kafka.
 #[derive(Debug, Parser)]
 #[command(name = "mcp-alertd", version, propagate_version = true)]
 #[command(after_help = "Examples:\n  \
@@ -53,9 +54,14 @@ pub enum Command {
     /// Without --config it listens for syslog on 127.0.0.1:5514 (UDP and
     /// TCP), uses the built-in rules, writes alerts as JSON lines to stdout
     /// and serves /metrics, /healthz and /readyz on 127.0.0.1:9464.
+    /// Engine state is saved in the state directory every few seconds with
+    /// the source positions it covers, and restored at start. Under systemd
+    /// it sends READY, STATUS, WATCHDOG and STOPPING notifications and takes
+    /// sockets passed by socket activation (address = "systemd:NAME").
     /// SIGHUP reloads the configuration's rules and engine settings (an
     /// invalid new set is refused and the running one stays); SIGTERM or
-    /// SIGINT stops the sources, drains what was accepted and exits.
+    /// SIGINT stops the sources, drains what was accepted, saves the state
+    /// and exits.
     Run(RunArgs),
     /// Run audit logs through the rules once and print the alerts.
     ///
@@ -74,8 +80,11 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Show and manage the outbox: pending deliveries and dead letters.
     Outbox(OutboxArgs),
-    /// Summarize a running daemon from its /metrics: sources and rates,
-    /// engine, alerts, outbox, Kafka lag. Exits 1 when it is not ready.
+    /// Summarize a running daemon from its /metrics.
+    ///
+    /// Sources and their rates, the engine, alerts by rule, the outbox and
+    /// deliveries, Kafka lag. Exits 1 when the daemon is not ready or not
+    /// reachable.
     Status(StatusArgs),
     /// Work with rules: run rule test cases.
     Rules(RulesCmdArgs),
@@ -85,8 +94,9 @@ pub enum Command {
     /// per Kafka partition (`kafka/<source>/<topic>/<partition>`, with the
     /// next offset) and `router` (repeat suppression).
     State(StateArgs),
-    /// Write the manual page (roff) to stdout, or the pages of every
-    /// command into a directory.
+    /// Write the manual pages (roff).
+    ///
+    /// To stdout (the main page), or every command's page into a directory.
     Man {
         /// Write mcp-alertd.1 and mcp-alertd-<command>.1 here instead.
         #[arg(long, value_name = "DIR")]

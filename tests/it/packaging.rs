@@ -45,6 +45,7 @@ fn the_debian_package_installs_a_working_daemon() {
         "./usr/share/zsh/vendor-completions/_mcp-alertd",
         "./usr/share/fish/vendor_completions.d/mcp-alertd.fish",
         "./usr/share/doc/mcp-alertd/README.md",
+        "./usr/share/doc/mcp-alertd/examples/audit.jsonl",
     ] {
         assert!(
             list.lines()
