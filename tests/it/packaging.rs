@@ -39,8 +39,8 @@ fn the_debian_package_installs_a_working_daemon() {
         "./lib/systemd/system/mcp-alertd.service",
         "./lib/systemd/system/mcp-alertd-syslog-udp.socket",
         "./lib/systemd/system/mcp-alertd-syslog-tls.socket",
-        "./usr/share/man/man1/mcp-alertd.1",
-        "./usr/share/man/man1/mcp-alertd-run.1",
+        "./usr/share/man/man1/mcp-alertd.1.gz",
+        "./usr/share/man/man1/mcp-alertd-run.1.gz",
         "./usr/share/bash-completion/completions/mcp-alertd",
         "./usr/share/zsh/vendor-completions/_mcp-alertd",
         "./usr/share/fish/vendor_completions.d/mcp-alertd.fish",
@@ -111,7 +111,12 @@ fn the_debian_package_installs_a_working_daemon() {
         "{}",
         String::from_utf8_lossy(&tests.stdout)
     );
-    let man = std::fs::read_to_string(root.path().join("usr/share/man/man1/mcp-alertd.1")).unwrap();
+    let man = Command::new("gzip")
+        .arg("-dc")
+        .arg(root.path().join("usr/share/man/man1/mcp-alertd.1.gz"))
+        .output()
+        .unwrap();
+    let man = String::from_utf8_lossy(&man.stdout);
     assert!(
         man.contains(".TH mcp-alertd 1"),
         "{}",
