@@ -167,6 +167,10 @@ impl Framer {
             return Ok(input);
         }
         if self.mode == Mode::Unknown {
+            // Whitespace before the first frame is dropped, however the
+            // reads split it (found by fuzzing: it used to be kept when it
+            // arrived with the first record and dropped when it arrived
+            // alone).
             match input.iter().position(|b| !b.is_ascii_whitespace()) {
                 None => return Ok(&[]),
                 Some(i) => {
@@ -175,6 +179,7 @@ impl Framer {
                     } else {
                         Mode::NewLine
                     };
+                    return Ok(&input[i..]);
                 }
             }
         }

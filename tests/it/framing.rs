@@ -138,3 +138,25 @@ fn a_frame_whose_body_starts_with_spaces_after_a_split_header_is_kept() {
         assert_eq!(got, msgs, "cut at {cut}");
     }
 }
+
+#[test]
+fn whitespace_before_the_first_frame_is_dropped_however_it_is_split() {
+    // Found by the `framing` fuzz target: leading whitespace was kept when
+    // it arrived with the first record and dropped when it arrived alone.
+    for stream in [&b"\x0c x{\"a\":1}\nyz\n"[..], &b"\n\t5 hello3 abc"[..]] {
+        let whole = frame_all(&[stream], 100);
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(frame_all(&bytes, 100), whole);
+        assert!(
+            !whole.0[0].starts_with(|c: char| c.is_whitespace()),
+            "{whole:?}"
+        );
+    }
+    assert_eq!(
+        frame_all(&[b"\n\t5 hello3 abc"], 100),
+        (
+            vec!["hello".to_owned(), "abc".to_owned()],
+            Mode::OctetCounting
+        )
+    );
+}
