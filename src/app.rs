@@ -1319,6 +1319,7 @@ impl Outbox {
                     let states = state.as_ref().map_or(&[][..], |s| &s.states[..]);
                     self.put(&rows, states, metrics);
                     if let Some(s) = state {
+                        metrics.state_saves.inc();
                         self.durable.raise(&s.offsets);
                         if let Some(done) = s.done {
                             let _ = done.send(());

@@ -98,6 +98,7 @@ pub struct Metrics {
     pub alerts_suppressed: Counter,
     pub alerts_grouped: Counter,
     pub snapshot_bytes: Gauge,
+    pub state_saves: Counter,
     pub snapshot_seconds: FloatGauge,
     pub kafka_lag: Family<PartitionLabels, Gauge>,
     pub kafka_rebalances: Family<SourceLabel, Counter>,
@@ -137,6 +138,7 @@ impl Metrics {
             alerts_suppressed: Counter::default(),
             alerts_grouped: Counter::default(),
             snapshot_bytes: Gauge::default(),
+            state_saves: Counter::default(),
             snapshot_seconds: FloatGauge::default(),
             kafka_lag: Family::default(),
             kafka_rebalances: Family::default(),
@@ -235,6 +237,11 @@ impl Metrics {
             "state_snapshot_bytes",
             "Size of the engine state last saved (units that changed)",
             m.snapshot_bytes.clone(),
+        );
+        registry.register(
+            "state_saves",
+            "Engine state saves committed to the store (with the positions they cover)",
+            m.state_saves.clone(),
         );
         registry.register(
             "state_snapshot_seconds",
