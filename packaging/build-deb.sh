@@ -14,5 +14,5 @@ mkdir -p target/assets/completions
 "$bin" completions bash > target/assets/completions/mcp-alertd.bash
 "$bin" completions zsh > target/assets/completions/_mcp-alertd
 "$bin" completions fish > target/assets/completions/mcp-alertd.fish
-"${CARGO_DEB:-cargo-deb}" --no-build --output target/debian/ >&2
+"${CARGO_DEB:-cargo-deb}" --no-build --strip --output target/debian/ >&2
 ls -t target/debian/*.deb | head -1
