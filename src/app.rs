@@ -653,6 +653,8 @@ struct Pipeline {
     epoch: Instant,
     positions: BTreeMap<String, SavedPosition>,
     last_checkpoint: Instant,
+    /// The router state as last saved (saved again only when it changes).
+    saved_router: Vec<u8>,
     events: [Counter; EventKind::KNOWN.len() + 1],
     rejected: HashMap<(usize, &'static str), Counter>,
     alert_counters: HashMap<String, Counter>,
@@ -687,6 +689,8 @@ impl Pipeline {
         };
         let mut routes = RouteState::new(config.router.clone());
         routes.restore_repeat_state(restored.router);
+        let saved_router = checkpoint::encode(ROUTER_UNIT, &Saved::Router(routes.repeat_state()))
+            .unwrap_or_default();
         Pipeline {
             main,
             kafka: HashMap::new(),
@@ -718,6 +722,7 @@ impl Pipeline {
             epoch,
             positions,
             last_checkpoint: epoch,
+            saved_router,
             events,
             rejected: HashMap::new(),
             alert_counters: HashMap::new(),
@@ -908,11 +913,15 @@ impl Pipeline {
             }
         }
         self.kafka = kafka;
-        let router = Saved::Router(self.routes.repeat_state());
-        states.push((
-            ROUTER_UNIT.to_owned(),
-            checkpoint::encode(ROUTER_UNIT, &router)?,
-        ));
+        let router = checkpoint::encode(ROUTER_UNIT, &Saved::Router(self.routes.repeat_state()))?;
+        if all || router != self.saved_router {
+            self.saved_router = router.clone();
+            states.push((ROUTER_UNIT.to_owned(), router));
+        }
+        if states.is_empty() && done.is_none() {
+            // Nothing changed: no transaction (and no fsync) while idle.
+            return Ok(());
+        }
         let bytes: usize = states.iter().map(|(_, b)| b.len()).sum();
         self.metrics.snapshot_bytes.set(bytes as i64);
         self.metrics

@@ -139,6 +139,28 @@ pub fn replay_ids(lines: &[String]) -> Vec<String> {
     ids
 }
 
+/// A loopback port that was free a moment ago (for a child process that
+/// must be told its port before it binds).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Connects to a loopback port, retrying for at most 10 s while the
+/// listener comes up.
+pub fn connect_retry(port: u16) -> std::net::TcpStream {
+    for _ in 0..500 {
+        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on 127.0.0.1:{port}");
+}
+
 pub async fn scrape(addr: SocketAddr) -> String {
     use tokio::io::AsyncReadExt;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -108,16 +108,8 @@ fn secrets_never_reach_logs_metrics_alerts_or_check_and_unsafe_files_are_reporte
     let smtp = dir.path().join("smtp.pass");
     std::fs::write(&smtp, SMTP).unwrap();
     std::fs::set_permissions(&smtp, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::daemon::free_port();
+    let metrics_port = crate::daemon::free_port();
     let alerts = dir.path().join("alerts.jsonl");
     let cfg = dir.path().join("config.toml");
     std::fs::write(
@@ -190,15 +182,7 @@ to = ["b@example.com"]
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut conn = None;
-    for _ in 0..500 {
-        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            conn = Some(c);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut conn = conn.expect("the daemon listens");
+    let mut conn = crate::daemon::connect_retry(port);
     let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
     for i in 0..6 {
         writeln!(

@@ -93,11 +93,7 @@ fn the_daemon_notifies_ready_after_binding_pings_the_watchdog_and_says_stopping(
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     // A fixed free port, so the test can connect as soon as READY arrives.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::daemon::free_port();
     let cfg = dir.path().join("config.toml");
     std::fs::write(
         &cfg,
@@ -145,11 +141,7 @@ fn the_daemon_notifies_ready_after_binding_pings_the_watchdog_and_says_stopping(
 #[test]
 fn sockets_passed_by_systemd_are_used_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::daemon::free_port();
     let cfg = dir.path().join("config.toml");
     std::fs::write(
         &cfg,
@@ -171,15 +163,7 @@ fn sockets_passed_by_systemd_are_used_by_name() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("systemd-socket-activate (Debian package systemd)");
-    let mut conn = None;
-    for _ in 0..500 {
-        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            conn = Some(c);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut conn = conn.expect("the activation socket listens");
+    let mut conn = crate::daemon::connect_retry(port);
     let lines = scenario("activated");
     for l in &lines {
         writeln!(conn, "{l}").unwrap();
