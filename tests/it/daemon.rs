@@ -666,29 +666,8 @@ tls = {{ cert_file = "{}", key_file = "{}", client_ca_file = "{}" }}
 async fn a_followed_file_survives_rotation_and_truncation_and_resumes_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
-    let cfg = format!(
-        r#"[engine]
-idle_after = "1h"
-[metrics]
-enabled = false
-[[sources]]
-name = "audit"
-type = "file"
-path = "{}"
-poll_interval = "20ms"
-"#,
-        log.display()
-    );
-    let append = |lines: &[String]| {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        for l in lines {
-            writeln!(f, "{l}").unwrap();
-        }
-    };
+    let cfg = crate::state::file_config(&log);
+    let append = |lines: &[String]| crate::state::append(&log, lines);
     let first = scenario("first");
     append(&first[..3]);
     let (daemon, out) = start(&cfg, dir.path()).await;

@@ -13,7 +13,7 @@ use crate::daemon::{Capture, start, wait_for};
 
 const DAY_MS: i64 = 86_400_000;
 
-fn file_config(log: &Path) -> String {
+pub fn file_config(log: &Path) -> String {
     format!(
         r#"[engine]
 idle_after = "1h"
@@ -29,7 +29,7 @@ poll_interval = "20ms"
     )
 }
 
-fn append(log: &Path, lines: &[String]) {
+pub fn append(log: &Path, lines: &[String]) {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -38,6 +38,16 @@ fn append(log: &Path, lines: &[String]) {
     for l in lines {
         writeln!(f, "{l}").unwrap();
     }
+}
+
+/// Waits until the daemon has decoded `n` events of type `kind`.
+async fn wait_events(daemon: &Daemon, kind: &str, n: u64) {
+    let m = daemon.metrics().clone();
+    let sample = format!("mcp_alertd_events_total{{type=\"{kind}\"}} {n}\n");
+    wait_for(&format!("{n} {kind} events"), || {
+        m.render().contains(&sample)
+    })
+    .await;
 }
 
 fn rules_of(out: &Capture) -> Vec<String> {
@@ -64,12 +74,7 @@ async fn a_credential_deadline_survives_restarts_and_fires_once() {
         )],
     );
     let (daemon, out) = start(&cfg, dir.path()).await;
-    let m = daemon.metrics().clone();
-    wait_for("the issue event read", || {
-        m.render()
-            .contains("mcp_alertd_events_total{type=\"credential.issued\"} 1")
-    })
-    .await;
+    wait_events(&daemon, "credential.issued", 1).await;
     daemon.shutdown().await.unwrap();
     assert!(out.alerts().is_empty());
 
@@ -99,12 +104,7 @@ async fn a_credential_deadline_survives_restarts_and_fires_once() {
             issued + 17 * DAY_MS
         )],
     );
-    let m = daemon.metrics().clone();
-    wait_for("the later event read", || {
-        m.render()
-            .contains("mcp_alertd_events_total{type=\"auth.success\"} 1")
-    })
-    .await;
+    wait_events(&daemon, "auth.success", 1).await;
     daemon.shutdown().await.unwrap();
     assert!(out.alerts().is_empty(), "{:?}", out.alerts());
 }
@@ -125,12 +125,7 @@ async fn a_window_spans_a_restart() {
     // raises the burst, as without the restart.
     append(&log, &(0..3).map(failure).collect::<Vec<_>>());
     let (daemon, _) = start(&cfg, dir.path()).await;
-    let m = daemon.metrics().clone();
-    wait_for("three failures read", || {
-        m.render()
-            .contains("mcp_alertd_events_total{type=\"auth.failure\"} 3")
-    })
-    .await;
+    wait_events(&daemon, "auth.failure", 3).await;
     daemon.shutdown().await.unwrap();
     let (daemon, out) = start(&cfg, dir.path()).await;
     append(&log, &(3..5).map(failure).collect::<Vec<_>>());
@@ -194,12 +189,7 @@ async fn state_list_and_reset_show_and_drop_saved_units() {
         )],
     );
     let (daemon, _) = start(&file_config(&log), dir.path()).await;
-    let m = daemon.metrics().clone();
-    wait_for("the event read", || {
-        m.render()
-            .contains("mcp_alertd_events_total{type=\"credential.issued\"} 1")
-    })
-    .await;
+    wait_events(&daemon, "credential.issued", 1).await;
     daemon.shutdown().await.unwrap();
 
     let bin = assert_cmd::cargo::cargo_bin("mcp-alertd");
