@@ -6,6 +6,8 @@
 //! redb, snapshots every 5 s). Prints events/s of both. `MCP_ALERTD_BENCH_EVENTS`
 //! sets N (default 1,000,000).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Dates the generated events from the wall clock, as a producer would.
+#![allow(clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 
@@ -124,7 +126,7 @@ brokers = "{broker}"
         jiff::Timestamp::now().as_millisecond()
     );
     let config = Config::parse(&text).unwrap();
-    let rules = mcp_alertd::app::load_rules(&config).unwrap();
+    let rules = config.load_rules().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

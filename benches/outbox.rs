@@ -113,7 +113,7 @@ fn webhook(c: &mut Criterion) {
                     let reopen = Arc::new(std::sync::atomic::AtomicU64::new(0));
                     let s = Sink::build(&config.sinks[0], &writer, &reopen).unwrap();
                     let cancel = tokio_util::sync::CancellationToken::new();
-                    let task = tokio::spawn(sink::dispatch(
+                    let task = tokio::spawn(mcp_alertd::outbox::dispatch::dispatch(
                         s,
                         store.clone(),
                         OutboxSettings::default(),

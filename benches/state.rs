@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mcp_alertd::checkpoint::{self, EngineUnit, MAIN_UNIT, Saved};
 use mcp_alertd::decode::Decoder;
 use mcp_alertd::engine::{Engine, EngineConfig, RuleSet};
 use mcp_alertd::store::Store;
+use mcp_alertd::store::state::{self as checkpoint, EngineUnit, MAIN_UNIT, Saved};
 
 const KEYS: usize = 1_000_000;
 

@@ -6,7 +6,9 @@
 # (util-linux `logger`, rsyslog, the aiosmtpd SMTP server, the Standard
 # Webhooks reference verifier from PyPI, and the tansu Kafka-protocol
 # broker from crates.io, built once into $MCP_ALERTD_TOOLS, default
-# /opt/mcp-alertd-tools, outside the clone: ~25 minutes the first time).
+# /opt/mcp-alertd-tools, outside the clone). The broker and cargo-deb are
+# built without optimizations (`--debug`): the tests need them correct,
+# not fast, and an unoptimized build takes a fraction of the time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,15 +35,15 @@ fi
 tools="${MCP_ALERTD_TOOLS:-/opt/mcp-alertd-tools}"
 tansu="$tools/tansu-0.6.0/bin/tansu"
 if [ ! -x "$tansu" ]; then
-  echo "== installing tansu 0.6.0 into $tools (once; a cold build takes ~25 minutes)"
-  cargo install --quiet tansu --version 0.6.0 --locked --features libsql --root "$tools/tansu-0.6.0"
+  echo "== installing tansu 0.6.0 into $tools (once, unoptimized)"
+  cargo install --quiet --debug tansu --version 0.6.0 --locked --features libsql --root "$tools/tansu-0.6.0"
 fi
 
 # cargo-deb for the package test, installed once beside the broker.
 cargo_deb="$tools/cargo-deb/bin/cargo-deb"
 if [ ! -x "$cargo_deb" ]; then
   echo "== installing cargo-deb into $tools (once)"
-  cargo install --quiet cargo-deb --version 3.8.0 --locked --root "$tools/cargo-deb"
+  cargo install --quiet --debug cargo-deb --version 3.8.0 --locked --root "$tools/cargo-deb"
 fi
 
 if command -v rustup >/dev/null 2>&1; then
@@ -53,6 +55,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 echo "== cargo bench --no-run"
 cargo bench --locked --no-run
 echo "== cargo test"

@@ -107,9 +107,7 @@ async fn bench(args: BenchLoadArgs) -> Result<u8> {
     let n = args.connections;
     // Event times end a minute in the past: on time, never in the future.
     let spacing = args.spacing;
-    let start_ms = jiff::Timestamp::now().as_millisecond()
-        - (args.events as i64 * spacing) / n as i64
-        - 60_000;
+    let start_ms = crate::clock::now_ms() - (args.events as i64 * spacing) / n as i64 - 60_000;
     eprintln!("bench-load: rendering {} events ...", args.events);
     let shares: Vec<Vec<Vec<u8>>> = (0..n)
         .map(|i| {

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::corpus::{Corpus, CorpusConfig};
 use crate::decode::{DEFAULT_MAX_RECORD_BYTES, Decoder, Format};
 use crate::duration;
-use crate::engine::{EngineConfig, RuleSet};
+use crate::engine::EngineConfig;
 use crate::replay::{self, Input, ReplayOptions};
 
 /// Exit code for invalid configuration or rules (`EX_CONFIG`).
@@ -98,7 +98,7 @@ pub enum Command {
     ///
     /// To stdout (the main page), or every command's page into a directory.
     Man {
-        /// Write mcp-alertd.1 and mcp-alertd-<command>.1 here instead.
+        /// Write mcp-alertd.1 and mcp-alertd-COMMAND.1 here instead.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
@@ -305,18 +305,12 @@ pub enum GenFormat {
     Syslog,
 }
 
-/// Loads the rule set a command asked for.
-pub fn load_rules(dir: Option<&Path>) -> Result<RuleSet, crate::engine::RuleSetError> {
-    match dir {
-        Some(dir) => RuleSet::load_dir(dir),
-        None => RuleSet::embedded(),
-    }
-}
-
-/// Runs a command; the returned code is the process exit code.
-pub fn run(cli: Cli) -> Result<u8> {
+/// Runs a command; the returned code is the process exit code. `daemon`
+/// runs `mcp-alertd run` (the binary passes `app::run`: the command line
+/// does not depend on the composition root).
+pub fn run(cli: Cli, daemon: impl FnOnce(Option<PathBuf>) -> Result<u8>) -> Result<u8> {
     match cli.command {
-        Command::Run(args) => crate::app::run(args.config),
+        Command::Run(args) => daemon(args.config),
         Command::Replay(args) => replay_cmd(args),
         Command::Check(args) => check_cmd(args),
         Command::Generate(args) => generate_cmd(args),
@@ -344,7 +338,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
         Command::Rules(args) => match args.action {
             RulesAction::Test { rules, files } => {
-                let set = load_rules(rules.rules.as_deref())?;
+                let set = crate::config::load_rules(rules.rules.as_deref())?;
                 crate::rule_tests::run(std::sync::Arc::new(set), &files, &mut io::stdout().lock())
             }
         },
@@ -352,7 +346,7 @@ pub fn run(cli: Cli) -> Result<u8> {
 }
 
 fn replay_cmd(args: ReplayArgs) -> Result<u8> {
-    let rules = load_rules(args.rules.rules.as_deref())?;
+    let rules = crate::config::load_rules(args.rules.rules.as_deref())?;
     let inputs: Vec<Input> = if args.files.is_empty() {
         vec![Input::Stdin]
     } else {
@@ -403,10 +397,8 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
             let built = match &s.kind {
                 // A producer would start connecting: check its settings only.
                 #[cfg(feature = "kafka")]
-                crate::config::SinkKind::Kafka { client, .. } => {
-                    crate::source::kafka::check_client(client)
-                        .map_err(|e| format!("sink `{}`: {e}", s.name))
-                }
+                crate::config::SinkKind::Kafka { client, .. } => crate::kafka::check_client(client)
+                    .map_err(|e| format!("sink `{}`: {e}", s.name)),
                 _ => crate::sink::Sink::build(s, &writer, &reopen).map(drop),
             };
             if let Err(e) = built {
@@ -416,7 +408,7 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
         #[cfg(feature = "kafka")]
         for s in &c.sources {
             if let crate::config::SourceKind::Kafka { client, .. } = &s.kind
-                && let Err(e) = crate::source::kafka::check_client(client)
+                && let Err(e) = crate::kafka::check_client(client)
             {
                 problems.push(format!("source `{}`: {e}", s.name));
             }
@@ -427,7 +419,7 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
         .rules
         .clone()
         .or_else(|| config.as_ref().and_then(|c| c.rules_dir.clone()));
-    let rules = match load_rules(rules_dir.as_deref()) {
+    let rules = match crate::config::load_rules(rules_dir.as_deref()) {
         Ok(r) => Some(r),
         Err(e) => {
             problems.push(e.to_string());
@@ -540,7 +532,7 @@ fn open_store(state_dir: Option<&Path>, config: Option<&Path>) -> Result<crate::
 }
 
 fn state_cmd(args: StateArgs) -> Result<u8> {
-    use crate::checkpoint::{self, Saved};
+    use crate::store::state::{self as checkpoint, Saved};
     let store = open_store(args.state_dir.as_deref(), args.config.as_deref())?;
     let mut out = io::stdout().lock();
     match args.action {
@@ -577,7 +569,7 @@ fn state_cmd(args: StateArgs) -> Result<u8> {
 fn outbox_cmd(args: OutboxArgs) -> Result<u8> {
     use crate::store::ListedState;
     let store = open_store(args.state_dir.as_deref(), args.config.as_deref())?;
-    let now = crate::sink::now_ms();
+    let now = crate::clock::now_ms();
     let mut out = io::stdout().lock();
     match args.action {
         OutboxAction::List { json } => {

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         tracing::error!("panic: {info}");
     }));
-    match cli::run(cli) {
+    match cli::run(cli, mcp_alertd::app::run) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             if let Some(rules) = err.downcast_ref::<RuleSetError>() {

@@ -14,6 +14,7 @@ use crate::alert::Alert;
 use crate::decode::{DecodeError, Decoder};
 use crate::engine::{Engine, EngineConfig, RuleSet};
 use crate::event::{Event, EventKind, Position};
+use crate::pipeline::step::{self, Record};
 use crate::source::lines::{Frame, LineReader};
 use crate::telemetry::RejectLog;
 
@@ -184,13 +185,44 @@ impl Replayer {
         &self.engine
     }
 
+    /// The clock after an event at `ts`: the largest `ts` so far minus the
+    /// allowed lateness.
+    fn target(max_ts: &mut Option<i64>, allowed_lateness_ms: i64, ts: i64) -> i64 {
+        let max = max_ts.map_or(ts, |m| m.max(ts));
+        *max_ts = Some(max);
+        max.saturating_sub(allowed_lateness_ms)
+    }
+
     /// Applies one event; alerts (timers first) are appended to `out`.
     pub fn on_event(&mut self, ev: &Event<'_>, pos: Option<&Position>, out: &mut Vec<Alert>) {
-        let max_ts = self.max_ts.map_or(ev.ts, |m| m.max(ev.ts));
-        self.max_ts = Some(max_ts);
-        self.engine
-            .advance_to(max_ts.saturating_sub(self.allowed_lateness_ms), out);
+        let target = Replayer::target(&mut self.max_ts, self.allowed_lateness_ms, ev.ts);
+        self.engine.advance_to(target, out);
         self.engine.on_event(ev, pos, out);
+    }
+
+    /// One framed record through the shared per-record step.
+    fn apply<'r>(
+        &mut self,
+        record: Record<'r>,
+        decoder: &Decoder,
+        pos: &Position,
+        out: &mut Vec<Alert>,
+    ) -> Result<step::Applied<'r>, DecodeError> {
+        let Replayer {
+            engine,
+            allowed_lateness_ms,
+            max_ts,
+        } = self;
+        let lateness = *allowed_lateness_ms;
+        step::apply(
+            record,
+            decoder,
+            None,
+            |ts| Replayer::target(max_ts, lateness, ts),
+            engine,
+            pos,
+            out,
+        )
     }
 
     /// Fires what is due at the final clock; timers due later stay pending.
@@ -286,34 +318,27 @@ impl Run<'_> {
         while let Some((line, frame)) = lines.next_frame()? {
             self.summary.records += 1;
             let record = match frame {
-                Frame::Record(bytes) => bytes,
-                Frame::TooLarge { len } => {
-                    let err = DecodeError::TooLarge {
-                        len,
-                        max: self.opts.decoder.max_record_bytes,
-                    };
-                    let pos = position(line);
-                    self.log.reject(err.reason(), &pos, &err);
-                    self.summary.reject(&err, &pos);
-                    continue;
-                }
+                Frame::Record(bytes) => Record::Bytes(bytes),
+                Frame::TooLarge { len } => Record::TooLarge(len),
             };
-            let ev = match self.opts.decoder.decode(record) {
-                Ok(ev) => ev,
-                Err(err) => {
-                    let pos = position(line);
-                    self.log.reject(err.reason(), &pos, &err);
-                    self.summary.reject(&err, &pos);
-                    continue;
-                }
-            };
-            self.summary.events += 1;
-            match EventKind::KNOWN.iter().position(|k| *k == ev.kind) {
-                Some(i) => self.kinds[i] += 1,
-                None => *self.other.entry(ev.event.to_string()).or_insert(0) += 1,
-            }
             let pos = position(line);
-            self.replayer.on_event(&ev, Some(&pos), &mut self.alerts);
+            let applied = self
+                .replayer
+                .apply(record, &self.opts.decoder, &pos, &mut self.alerts);
+            match applied {
+                Ok(applied) => {
+                    self.summary.events += 1;
+                    let ev = applied.event;
+                    match EventKind::KNOWN.iter().position(|k| *k == ev.kind) {
+                        Some(i) => self.kinds[i] += 1,
+                        None => *self.other.entry(ev.event.to_string()).or_insert(0) += 1,
+                    }
+                }
+                Err(err) => {
+                    self.log.reject(err.reason(), &pos, &err);
+                    self.summary.reject(&err, &pos);
+                }
+            }
             if !self.alerts.is_empty() {
                 self.emit(out)?;
             }
@@ -322,7 +347,7 @@ impl Run<'_> {
     }
 
     fn emit(&mut self, out: &mut dyn Write) -> io::Result<()> {
-        let now = jiff::Timestamp::now().as_millisecond();
+        let now = crate::clock::now_ms();
         for mut alert in self.alerts.drain(..) {
             alert.detected_at = Some(now);
             serde_json::to_writer(&mut *out, &alert)?;

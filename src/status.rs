@@ -244,6 +244,8 @@ pub fn summary(
 pub fn run(addr: SocketAddr, interval: Duration, out: &mut dyn Write) -> Result<u8> {
     let timeout = Duration::from_secs(5);
     let (_, first) = get(addr, "/metrics", timeout)?;
+    // A one-shot command on the main thread: no runtime to stall.
+    #[allow(clippy::disallowed_methods)]
     std::thread::sleep(interval);
     let started = std::time::Instant::now();
     let (_, second) = get(addr, "/metrics", timeout)?;

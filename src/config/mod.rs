@@ -11,17 +11,24 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod delivery;
-mod kafka;
+mod rules;
 
-pub use kafka::{KafkaClient, KafkaSasl, KafkaTls};
+pub use rules::{load_dir, load_rules};
 
-pub use delivery::{
-    OutboxSettings, SecretRef, SinkConfig, SinkKind, SmtpTls, SyslogMessage, SyslogProtocol,
-};
+use crate::kafka;
+pub use crate::kafka::{KafkaClient, KafkaSasl, KafkaTls};
+use crate::options::{count, dur, ms_duration};
 
-use crate::decode::{DEFAULT_MAX_RECORD_BYTES, Format};
-use crate::duration;
-use crate::engine::DEFAULT_MAX_KEYS_PER_RULE;
+pub use crate::kafka::StartFrom;
+pub use crate::options::SecretRef;
+pub use crate::outbox::OutboxSettings;
+pub use crate::pipeline::EngineSettings;
+pub use crate::sink::{SinkConfig, SinkKind, SmtpTls, SyslogMessage, SyslogProtocol};
+pub use crate::source::Listen;
+pub use crate::source::file::ReadFrom;
+pub use crate::source::syslog_tcp::TlsSettings;
+
+use crate::decode::Format;
 use crate::router::Router;
 
 /// Default syslog listen address (UDP and TCP): loopback, unprivileged.
@@ -52,82 +59,6 @@ impl std::fmt::Display for ConfigError {
             write!(f, "\n  {e}")?;
         }
         Ok(())
-    }
-}
-
-/// Engine and pipeline settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EngineSettings {
-    pub allowed_lateness_ms: i64,
-    pub idle_after: Duration,
-    pub max_future_skew_ms: i64,
-    pub max_keys_per_rule: usize,
-    pub max_record_bytes: usize,
-    /// Batches buffered between the sources and the engine.
-    pub queue_capacity: usize,
-    pub shutdown_grace: Duration,
-    /// How often engine state is saved to the store (with the source
-    /// positions it covers); also saved at shutdown.
-    pub snapshot_interval: Duration,
-}
-
-impl Default for EngineSettings {
-    fn default() -> Self {
-        EngineSettings {
-            allowed_lateness_ms: 5_000,
-            idle_after: Duration::from_secs(10),
-            max_future_skew_ms: 5 * 60_000,
-            max_keys_per_rule: DEFAULT_MAX_KEYS_PER_RULE,
-            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
-            queue_capacity: 1024,
-            shutdown_grace: Duration::from_secs(10),
-            snapshot_interval: Duration::from_secs(5),
-        }
-    }
-}
-
-/// TLS (RFC 5425) on a TCP source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    /// When set, clients must present a certificate signed by this CA.
-    pub client_ca_file: Option<PathBuf>,
-}
-
-/// Where a file source starts when it has no saved position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReadFrom {
-    Beginning,
-    End,
-}
-
-/// Where a Kafka consumer group starts reading a partition it has no
-/// committed offset for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartFrom {
-    Earliest,
-    Latest,
-}
-
-/// Where a syslog source listens: an address it binds, or a socket
-/// systemd passes (socket activation, `address = "systemd:NAME"` with the
-/// socket unit's `FileDescriptorName=`), so the daemon needs no privilege
-/// for ports below 1024.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Listen {
-    Addr(SocketAddr),
-    Systemd(String),
-}
-
-impl std::fmt::Display for Listen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Listen::Addr(a) => write!(f, "{a}"),
-            Listen::Systemd(name) => write!(f, "systemd:{name}"),
-        }
     }
 }
 
@@ -253,6 +184,28 @@ impl Config {
         }
     }
 
+    /// The engine thread's settings.
+    pub fn pipeline(&self) -> crate::pipeline::PipelineConfig {
+        crate::pipeline::PipelineConfig {
+            engine: self.engine.clone(),
+            sources: self
+                .sources
+                .iter()
+                .map(|s| crate::pipeline::SourceInfo {
+                    name: s.name.clone(),
+                    format: s.format,
+                    follows_file: matches!(s.kind, SourceKind::File { .. }),
+                })
+                .collect(),
+            router: self.router.clone(),
+        }
+    }
+
+    /// The rules this configuration names (its `rules_dir`, else embedded).
+    pub fn load_rules(&self) -> Result<crate::engine::RuleSet, crate::engine::RuleSetError> {
+        load_rules(self.rules_dir.as_deref())
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
@@ -366,51 +319,6 @@ struct RawEngine {
     queue_capacity: Option<u64>,
     shutdown_grace: Option<String>,
     snapshot_interval: Option<String>,
-}
-
-fn dur(
-    errors: &mut Vec<String>,
-    name: &str,
-    value: Option<&str>,
-    default_ms: i64,
-    min_ms: i64,
-) -> i64 {
-    let Some(text) = value else { return default_ms };
-    match duration::parse_ms(text) {
-        Ok(ms) if ms >= min_ms => ms,
-        Ok(_) => {
-            errors.push(format!(
-                "{name}: must be at least {}",
-                duration::display_ms(min_ms)
-            ));
-            default_ms
-        }
-        Err(e) => {
-            errors.push(format!("{name}: {e}"));
-            default_ms
-        }
-    }
-}
-
-fn count(
-    errors: &mut Vec<String>,
-    name: &str,
-    value: Option<u64>,
-    default: usize,
-    range: (u64, u64),
-) -> usize {
-    match value {
-        None => default,
-        Some(v) if v >= range.0 && v <= range.1 => usize::try_from(v).unwrap_or(default),
-        Some(v) => {
-            errors.push(format!("{name}: {v} is outside {}..={}", range.0, range.1));
-            default
-        }
-    }
-}
-
-fn ms_duration(ms: i64) -> Duration {
-    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 impl RawEngine {

@@ -12,8 +12,7 @@
 
 use std::collections::HashMap;
 
-/// Identifies an input partition (a connection, a UDP sender, a file).
-pub type PartitionId = u64;
+pub use crate::event::PartitionId;
 
 #[derive(Debug, Clone, Copy)]
 struct Partition {

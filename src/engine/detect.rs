@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::condition::FieldRef;
-use super::rules::{DeadlineSpec, Rule, RuleKind, RuleSet, Severity};
+use super::rules::{DeadlineSpec, Rule, RuleKind, RuleSet};
 use super::{KEY_SEP, STATE_PRESSURE_RULE};
+use crate::alert::Severity;
 use crate::alert::{self, Alert, EventRef, Fingerprint, format_ts};
 use crate::duration::display_ms;
 use crate::event::{Event, Position, UNKNOWN_AGENT};

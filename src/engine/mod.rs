@@ -19,9 +19,7 @@ use std::sync::Arc;
 
 pub use condition::{Cond, FieldRef};
 pub use detect::{DEFAULT_MAX_KEYS_PER_RULE, EngineConfig, SnapshotError};
-pub use rules::{
-    CountCondition, CountOp, Rule, RuleError, RuleKind, RuleSet, RuleSetError, Severity,
-};
+pub use rules::{CountCondition, CountOp, Rule, RuleError, RuleKind, RuleSet, RuleSetError};
 
 pub use detect::Engine;
 

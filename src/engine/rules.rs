@@ -7,12 +7,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 
 use serde::Deserialize;
 
 use super::condition::{Cond, FieldRef};
+use crate::alert::Severity;
 use crate::duration::{self, display_ms};
 
 /// Default life of a lifetime-threshold key after its last event.
@@ -31,29 +31,6 @@ pub const EMBEDDED: [(&str, &str); 5] = [
     ("sessions.toml", include_str!("../../rules/sessions.toml")),
     (TASKS_FILE, include_str!("../../rules/tasks.toml")),
 ];
-
-/// Alert severity, in increasing order.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub fn name(self) -> &'static str {
-        match self {
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-}
 
 /// `gt` or `gte` against a count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,48 +236,6 @@ impl RuleSet {
             .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
             .collect();
         RuleSet::from_files(files, "embedded")
-    }
-
-    /// Every `*.toml` rule file of `dir`, with `tasks.toml` as task table.
-    pub fn load_dir(dir: &Path) -> Result<RuleSet, RuleSetError> {
-        let origin = dir.display().to_string();
-        let fail = |message: String| RuleSetError {
-            errors: vec![RuleError {
-                file: origin.clone(),
-                rule: None,
-                message,
-            }],
-        };
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| fail(format!("cannot read rules directory: {e}")))?;
-        let mut files = Vec::new();
-        let mut errors = Vec::new();
-        for entry in entries {
-            let path = match entry {
-                Ok(entry) => entry.path(),
-                Err(e) => return Err(fail(format!("cannot list rules directory: {e}"))),
-            };
-            if path.extension().is_none_or(|e| e != "toml") || !path.is_file() {
-                continue;
-            }
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            match std::fs::read_to_string(&path) {
-                Ok(text) => files.push((name, text)),
-                Err(e) => errors.push(RuleError {
-                    file: path.display().to_string(),
-                    rule: None,
-                    message: format!("cannot read: {e}"),
-                }),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(RuleSetError { errors });
-        }
-        files.sort();
-        RuleSet::from_files(files, &origin)
     }
 
     /// Compiles named file texts; `tasks.toml` (if present) is the task table.

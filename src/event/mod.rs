@@ -9,6 +9,10 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+/// Identifies an input partition (a connection, a UDP sender, a file):
+/// the unit of the engine clock's watermarks.
+pub type PartitionId = u64;
+
 /// The tenant used when an event carries none (absent, null or empty).
 pub const DEFAULT_TENANT: &str = "default";
 /// The identity read for an `auth.failure` that claims none.

@@ -259,7 +259,7 @@ fn digest(g: Group) -> Alert {
             id: String::new(),
             rule: String::new(),
             title: String::new(),
-            severity: crate::engine::Severity::Low,
+            severity: crate::alert::Severity::Low,
             tenant: String::new(),
             key: BTreeMap::new(),
             ts: g.opened_ms,

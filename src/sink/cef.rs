@@ -2,7 +2,7 @@
 //! and `|`; extension values escape `\`, `=` and line breaks.
 
 use crate::alert::Alert;
-use crate::engine::Severity;
+use crate::alert::Severity;
 
 fn header(s: &str) -> String {
     s.replace('\\', "\\\\")

@@ -9,8 +9,8 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::SendError;
+use super::{SinkConfig, SinkKind, SmtpTls};
 use crate::alert::{Alert, format_ts};
-use crate::config::{SinkConfig, SinkKind, SmtpTls};
 
 pub struct Email {
     transport: AsyncSmtpTransport<Tokio1Executor>,

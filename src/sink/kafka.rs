@@ -12,7 +12,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::SendError;
-use crate::config::{SinkConfig, SinkKind};
+use super::{SinkConfig, SinkKind};
 
 pub struct Kafka {
     producer: FutureProducer,
@@ -25,7 +25,7 @@ impl Kafka {
         let SinkKind::Kafka { client, topic } = &cfg.kind else {
             return Err("not a kafka sink".to_owned());
         };
-        let mut config = crate::source::kafka::client_config(client)?;
+        let mut config = crate::kafka::client_config(client)?;
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")

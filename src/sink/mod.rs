@@ -1,10 +1,8 @@
-//! Alert delivery. Every alert is in the outbox (the store) before any sink
-//! sees it; one dispatcher task per sink takes its due deliveries, waits for
-//! its rate limit (over-limit alerts wait in the outbox, never dropped),
-//! sends, and acknowledges. Failures are classified: retryable ones are
-//! retried with exponential backoff and jitter (honouring `Retry-After`)
-//! until `max_age`, then become dead letters, loudly; permanent ones become
-//! dead letters at once.
+//! Sinks: one file per kind (stdout and file here), each building itself
+//! from its settings (secrets, TLS roots) and sending one alert at a time.
+//! A sink says whether a failure is worth retrying ([`SendError`]); what to
+//! do about it (backoff, dead letters, rate limits) is the outbox
+//! dispatcher's ([`crate::outbox::dispatch`]).
 
 pub mod cef;
 mod email;
@@ -17,44 +15,105 @@ pub use email::{body as email_body, subject as email_subject};
 pub use webhook::{decode_key as decode_webhook_key, sign as webhook_signature};
 
 use std::io::Write;
-use std::num::NonZeroU32;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
-
 use crate::alert::Alert;
-use crate::config::{OutboxSettings, SinkConfig, SinkKind};
-use crate::store::{DeadLetter, Delivery, Store};
-use crate::telemetry::metrics::Metrics;
+use crate::options::SecretRef;
+pub use crate::outbox::SendError;
 
-/// Why a delivery failed, and whether trying again may help.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct SendError {
-    pub retryable: bool,
-    pub retry_after: Option<Duration>,
-    pub message: String,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    Starttls,
+    Implicit,
+    None,
 }
 
-impl SendError {
-    pub fn retry(message: impl Into<String>) -> SendError {
-        SendError {
-            retryable: true,
-            retry_after: None,
-            message: message.into(),
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogProtocol {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogMessage {
+    Cef,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkKind {
+    Stdout,
+    File {
+        path: PathBuf,
+    },
+    Webhook {
+        url: String,
+        headers: Vec<(String, String)>,
+        signing_key: Option<SecretRef>,
+        ca_file: Option<PathBuf>,
+    },
+    Email {
+        host: String,
+        port: u16,
+        tls: SmtpTls,
+        username: Option<String>,
+        password: Option<SecretRef>,
+        from: String,
+        to: Vec<String>,
+        ca_file: Option<PathBuf>,
+    },
+    Syslog {
+        address: SocketAddr,
+        protocol: SyslogProtocol,
+        message: SyslogMessage,
+        /// For TLS: the server name to verify (default: the IP).
+        server_name: Option<String>,
+        ca_file: Option<PathBuf>,
+        facility: u8,
+    },
+    /// Alerts produced to a Kafka topic (key `tenant/rule`).
+    Kafka {
+        client: crate::kafka::KafkaClient,
+        topic: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkConfig {
+    pub name: String,
+    pub kind: SinkKind,
+    /// Deliveries per second (and burst); over the limit alerts wait in the
+    /// outbox.
+    pub rate_limit: Option<(u32, u32)>,
+    pub timeout: Duration,
+}
+
+impl SinkConfig {
+    pub fn stdout() -> SinkConfig {
+        SinkConfig {
+            name: "stdout".to_owned(),
+            kind: SinkKind::Stdout,
+            rate_limit: None,
+            timeout: Duration::from_secs(10),
         }
     }
 
-    pub fn permanent(message: impl Into<String>) -> SendError {
-        SendError {
-            retryable: false,
-            retry_after: None,
-            message: message.into(),
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            SinkKind::Stdout => "stdout",
+            SinkKind::File { .. } => "file",
+            SinkKind::Webhook { .. } => "webhook",
+            SinkKind::Email { .. } => "email",
+            SinkKind::Syslog { .. } => "syslog",
+            SinkKind::Kafka { .. } => "kafka",
         }
     }
 }
@@ -182,150 +241,12 @@ impl Sink {
     }
 }
 
-/// Wall-clock milliseconds.
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
-/// The delay before attempt `attempts + 1`: exponential from `initial`,
-/// capped at `max`, with ±20% jitter so that many alerts do not retry in
-/// lockstep.
-pub fn backoff(attempts: u32, initial: Duration, max: Duration) -> Duration {
-    let exp = initial.saturating_mul(1u32 << attempts.min(20));
-    let base = exp.min(max);
-    let jitter = rand::random_range(0.8..1.2);
-    base.mul_f64(jitter)
-}
-
-/// Runs one sink's deliveries until `cancel`.
-pub async fn dispatch(
-    mut sink: Sink,
-    store: Arc<Store>,
-    settings: OutboxSettings,
-    limiter: Option<DefaultDirectRateLimiter>,
-    wake: Arc<Notify>,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) {
-    let label = crate::telemetry::metrics::SinkLabel {
-        sink: sink.name.clone(),
-    };
-    let sent = metrics.alerts_sent.get_or_create(&label).clone();
-    let failed = metrics.alert_send_errors.get_or_create(&label).clone();
-    let dead = metrics.alerts_dead.get_or_create(&label).clone();
-    loop {
-        if cancel.is_cancelled() {
-            break;
-        }
-        let st = store.clone();
-        let name = sink.name.clone();
-        let batch = tokio::task::spawn_blocking(move || st.due(&name, now_ms(), 512)).await;
-        let (due, next) = match batch {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                tracing::error!(sink = %sink.name, "outbox read failed: {e}");
-                (Vec::new(), Some(now_ms() + 1000))
-            }
-            Err(e) => {
-                tracing::error!(sink = %sink.name, "outbox task failed: {e}");
-                break;
-            }
-        };
-        if due.is_empty() {
-            let wait = next.map_or(Duration::from_secs(1), |n| {
-                Duration::from_millis((n - now_ms()).clamp(1, 1000) as u64)
-            });
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-            continue;
-        }
-        let mut acks = Vec::new();
-        for d in due {
-            if let Some(l) = &limiter {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = l.until_ready() => {}
-                }
-            }
-            if cancel.is_cancelled() {
-                break;
-            }
-            match sink.send(&d.id, &d.alert).await {
-                Ok(()) => {
-                    sent.inc();
-                    acks.push((d.id.clone(), d.delivery.next_ms, d.delivery.seq));
-                }
-                Err(err) => {
-                    failed.inc();
-                    let now = now_ms();
-                    let attempts = d.delivery.attempts + 1;
-                    let too_old =
-                        now - d.delivery.enqueued_ms >= settings.max_age.as_millis() as i64;
-                    if !err.retryable || too_old {
-                        let why = if err.retryable {
-                            "max_age reached"
-                        } else {
-                            "permanent failure"
-                        };
-                        tracing::error!(sink = %sink.name, alert = %d.id, attempts, "{why}; alert moved to dead letters: {err}");
-                        let letter = DeadLetter {
-                            attempts,
-                            enqueued_ms: d.delivery.enqueued_ms,
-                            died_ms: now,
-                            error: err.message.clone(),
-                        };
-                        if let Err(e) = store.kill(&sink.name, &d.id, &d.delivery, &letter) {
-                            tracing::error!(sink = %sink.name, "outbox write failed: {e}");
-                        }
-                        dead.inc();
-                    } else {
-                        let delay = err.retry_after.unwrap_or_else(|| {
-                            backoff(
-                                d.delivery.attempts,
-                                settings.retry_initial,
-                                settings.retry_max,
-                            )
-                        });
-                        tracing::warn!(sink = %sink.name, alert = %d.id, attempts, retry_in = ?delay, "delivery failed, will retry: {err}");
-                        let next = Delivery {
-                            seq: d.delivery.seq,
-                            attempts,
-                            enqueued_ms: d.delivery.enqueued_ms,
-                            next_ms: now + delay.as_millis() as i64,
-                            last_error: err.message,
-                        };
-                        if let Err(e) =
-                            store.retry_later(&sink.name, &d.id, d.delivery.next_ms, &next)
-                        {
-                            tracing::error!(sink = %sink.name, "outbox write failed: {e}");
-                        }
-                    }
-                }
-            }
-        }
-        if !acks.is_empty() {
-            let st = store.clone();
-            let name = sink.name.clone();
-            match tokio::task::spawn_blocking(move || st.ack(&name, &acks, now_ms())).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(sink = %sink.name, "outbox ack failed (the alerts will be sent again): {e}")
-                }
-                Err(e) => tracing::error!(sink = %sink.name, "outbox ack task failed: {e}"),
-            }
-        }
+impl crate::outbox::dispatch::Deliver for Sink {
+    fn name(&self) -> &str {
+        &self.name
     }
-}
 
-/// The rate limiter of a sink, if it has one.
-pub fn limiter(cfg: &SinkConfig) -> Option<DefaultDirectRateLimiter> {
-    let (rate, burst) = cfg.rate_limit?;
-    let rate = NonZeroU32::new(rate)?;
-    let burst = NonZeroU32::new(burst)?;
-    Some(RateLimiter::direct(
-        Quota::per_second(rate).allow_burst(burst),
-    ))
+    async fn send(&mut self, id: &str, json: &[u8]) -> Result<(), SendError> {
+        Sink::send(self, id, json).await
+    }
 }

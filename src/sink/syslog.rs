@@ -9,9 +9,9 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 use super::SendError;
+use super::{SinkConfig, SinkKind, SyslogMessage, SyslogProtocol};
+use crate::alert::Severity;
 use crate::alert::{Alert, format_ts};
-use crate::config::{SinkConfig, SinkKind, SyslogMessage, SyslogProtocol};
-use crate::engine::Severity;
 
 /// Our private enterprise-number-style SD-ID.
 const SD_ID: &str = "mcp-alertd@32473";
@@ -78,7 +78,7 @@ pub fn render(
     sd.push(']');
     let mut out = format!(
         "<{pri}>1 {} {hostname} mcp-alertd {} alert {sd} ",
-        format_ts(jiff::Timestamp::now().as_millisecond()),
+        format_ts(crate::clock::now_ms()),
         std::process::id()
     )
     .into_bytes();

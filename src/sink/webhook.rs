@@ -12,7 +12,7 @@ use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 
 use super::SendError;
-use crate::config::{SinkConfig, SinkKind};
+use super::{SinkConfig, SinkKind};
 
 pub struct Webhook {
     client: reqwest::Client,
@@ -118,7 +118,7 @@ impl Webhook {
             req = req.header(k, v);
         }
         if let Some(key) = &self.key {
-            let ts = jiff::Timestamp::now().as_second();
+            let ts = crate::clock::now_secs();
             req = req
                 .header("webhook-timestamp", ts.to_string())
                 .header("webhook-signature", sign(key, id, ts, body));

@@ -15,7 +15,14 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::framing::{Framer, Frames};
 use super::{Batch, FileMark, SourceCtx, SourceMsg, next_partition};
-use crate::config::ReadFrom;
+
+/// Where a file source starts when it has no saved position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    Beginning,
+    End,
+}
 
 /// A saved read position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-/// One framed record inside a [`Batch`].
+/// One framed record inside a [`Batch`](super::Batch).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameRef {
     /// Bytes of `Batch::data`.

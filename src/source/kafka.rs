@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -37,9 +37,8 @@ use rdkafka::types::RDKafkaRespErr;
 
 use super::framing::{FrameRef, Frames};
 use super::{Batch, KafkaMark, SourceCtx, SourceMsg};
-use crate::checkpoint::{self, DurableOffsets, Saved};
-use crate::config::{KafkaClient, StartFrom};
-use crate::store::Store;
+use super::{DurableOffsets, SavedOffset};
+use crate::kafka::{KafkaClient, StartFrom, client_config};
 use crate::telemetry::metrics::PartitionLabels;
 
 /// Records taken from the consumer before they are handed on.
@@ -48,46 +47,6 @@ const MAX_POLL_RECORDS: usize = 2048;
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timeout of the broker requests made while assigning partitions.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// librdkafka settings of a client (source or sink): brokers, TLS, SASL
-/// (the password read from its file now), then the extra options.
-pub fn client_config(c: &KafkaClient) -> Result<ClientConfig, String> {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &c.brokers)
-        .set("security.protocol", c.security_protocol())
-        .set_log_level(RDKafkaLogLevel::Warning);
-    if let Some(tls) = &c.tls {
-        for (key, file) in [
-            ("ssl.ca.location", &tls.ca_file),
-            ("ssl.certificate.location", &tls.cert_file),
-            ("ssl.key.location", &tls.key_file),
-        ] {
-            if let Some(f) = file {
-                cfg.set(key, f.display().to_string());
-            }
-        }
-    }
-    if let Some(sasl) = &c.sasl {
-        let password = sasl.password.read()?;
-        cfg.set("sasl.mechanism", &sasl.mechanism)
-            .set("sasl.username", &sasl.username)
-            .set("sasl.password", password);
-    }
-    for (k, v) in &c.options {
-        cfg.set(k, v);
-    }
-    Ok(cfg)
-}
-
-/// Checks a client's settings as librdkafka would take them (the SASL
-/// password read from its file, every property known and valid) without
-/// creating a client or contacting a broker.
-pub fn check_client(c: &KafkaClient) -> Result<(), String> {
-    client_config(c)?
-        .create_native_config()
-        .map(drop)
-        .map_err(|e| format!("kafka: {e}"))
-}
 
 /// A consumer with this source's callbacks.
 pub type KafkaConsumer = BaseConsumer<Context>;
@@ -100,14 +59,16 @@ pub struct KafkaSource {
     pub group_instance_id: Option<String>,
     pub start_from: StartFrom,
     pub rebuild_window: Duration,
-    pub store: Arc<Store>,
+    /// Where a partition's saved state ends (its next offset), if this
+    /// daemon has it.
+    pub saved_offset: SavedOffset,
     pub durable: Arc<DurableOffsets>,
 }
 
 /// The consumer's callbacks: rebalances (with the engine) and statistics.
 pub struct Context {
     ctx: SourceCtx,
-    store: Arc<Store>,
+    saved_offset: SavedOffset,
     durable: Arc<DurableOffsets>,
     rebuild_window: Duration,
     assigned: Mutex<BTreeSet<(Arc<str>, i32)>>,
@@ -217,12 +178,7 @@ impl Context {
 
     /// The saved next offset of a partition, if this daemon has its state.
     fn saved_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        let unit = checkpoint::kafka_unit(&self.ctx.name, topic, partition);
-        let bytes = self.store.state(&unit).ok()??;
-        match checkpoint::decode(&unit, &bytes).ok()? {
-            Saved::Engine(e) => e.next_offset,
-            Saved::Router(_) => None,
-        }
+        (self.saved_offset)(topic, partition)
     }
 
     /// Decides where each assigned partition starts, and has the engine
@@ -290,7 +246,7 @@ impl Context {
         fresh: &[(Arc<str>, i32)],
         start: &mut TopicPartitionList,
     ) {
-        let since = jiff::Timestamp::now().as_millisecond()
+        let since = crate::clock::now_ms()
             - i64::try_from(self.rebuild_window.as_millis()).unwrap_or(i64::MAX);
         let mut query = TopicPartitionList::new();
         let mut committed_q = TopicPartitionList::new();
@@ -446,7 +402,7 @@ pub fn connect(ctx: &SourceCtx, src: &KafkaSource) -> Result<KafkaConsumer, Stri
     }
     let context = Context {
         ctx: ctx.clone(),
-        store: src.store.clone(),
+        saved_offset: src.saved_offset.clone(),
         durable: src.durable.clone(),
         rebuild_window: src.rebuild_window,
         assigned: Mutex::new(BTreeSet::new()),

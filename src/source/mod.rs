@@ -13,17 +13,37 @@ pub mod lines;
 pub mod syslog_tcp;
 pub mod syslog_udp;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::clock::PartitionId;
+use crate::event::PartitionId;
 use crate::telemetry::metrics::{Metrics, SourceLabel};
 use framing::Frames;
+
+/// Where a syslog source listens: an address it binds, or a socket
+/// systemd passes (socket activation, `address = "systemd:NAME"` with the
+/// socket unit's `FileDescriptorName=`), so the daemon needs no privilege
+/// for ports below 1024.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Addr(SocketAddr),
+    Systemd(String),
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Addr(a) => write!(f, "{a}"),
+            Listen::Systemd(name) => write!(f, "systemd:{name}"),
+        }
+    }
+}
 
 /// Where a file batch ends, for saving the resume position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +97,55 @@ pub enum SourceMsg {
         done: std::sync::mpsc::SyncSender<()>,
     },
 }
+
+/// A Kafka partition as the pipeline names it: (source index, topic,
+/// partition).
+pub type KafkaPartition = (usize, Arc<str>, i32);
+
+/// Offsets whose records are durably covered by saved state (the next
+/// offset to read, per partition). The outbox writer raises them after a
+/// state commit; Kafka sources store and commit them, so Kafka commits
+/// always follow the snapshot.
+#[derive(Debug, Default)]
+pub struct DurableOffsets {
+    inner: Mutex<HashMap<KafkaPartition, i64>>,
+}
+
+impl DurableOffsets {
+    pub fn raise(&self, partitions: &[(KafkaPartition, i64)]) {
+        if let Ok(mut map) = self.inner.lock() {
+            for (p, next) in partitions {
+                let e = map.entry(p.clone()).or_insert(*next);
+                *e = (*e).max(*next);
+            }
+        }
+    }
+
+    /// The durable offsets of a source's partitions.
+    pub fn of_source(&self, source: usize) -> Vec<(Arc<str>, i32, i64)> {
+        self.inner.lock().map_or_else(
+            |_| Vec::new(),
+            |map| {
+                map.iter()
+                    .filter(|((s, _, _), _)| *s == source)
+                    .map(|((_, t, p), o)| (t.clone(), *p, *o))
+                    .collect()
+            },
+        )
+    }
+
+    /// Forgets a partition (it was released).
+    pub fn forget(&self, partition: &KafkaPartition) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.remove(partition);
+        }
+    }
+}
+
+/// The saved next offset of a Kafka partition (topic, partition) of this
+/// source, if the daemon has its state: handed to the source by the
+/// composition root, which reads the store.
+pub type SavedOffset = Arc<dyn Fn(&str, i32) -> Option<i64> + Send + Sync>;
 
 /// What every source task gets.
 #[derive(Clone)]

@@ -5,7 +5,7 @@
 //! is full, so a slow engine slows senders instead of growing memory.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,15 @@ use tracing::Instrument;
 
 use super::framing::{Framer, Frames};
 use super::{Batch, SourceCtx, SourceMsg, next_partition};
-use crate::config::TlsSettings;
+
+/// TLS (RFC 5425) on a TCP source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca_file: Option<PathBuf>,
+}
 
 /// Why a TLS setup failed.
 #[derive(Debug, thiserror::Error)]

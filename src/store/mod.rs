@@ -16,13 +16,15 @@
 //! - `dead`:      (sink, alert id) → [`DeadLetter`] (postcard).
 //! - `state`:     unit name → engine state of one unit (the syslog/file
 //!   engine, one Kafka partition, the router) with the source positions it
-//!   covers; opaque here, versioned by `crate::checkpoint`. Written in the
+//!   covers; opaque here, versioned by `crate::store::state`. Written in the
 //!   same transaction as the alerts it raised last, so a restart resumes
 //!   exactly where the state left off.
 //!
 //! Invariants: a `pending` row has exactly one `schedule` row; an alert row
 //! exists iff `refs > 0`. Every change is one ACID transaction, durable on
 //! commit (fsync), so an alert enqueued before a crash is there after it.
+
+pub mod state;
 
 use std::path::{Path, PathBuf};
 

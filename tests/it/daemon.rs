@@ -84,7 +84,7 @@ idle_timeout = "2s"
 pub async fn start(config_text: &str, state: &Path) -> (Daemon, Capture) {
     let text = format!("state_dir = \"{}\"\n{config_text}", state.display());
     let config = Config::parse(&text).unwrap();
-    let rules = mcp_alertd::app::load_rules(&config).unwrap();
+    let rules = config.load_rules().unwrap();
     let out = Capture::default();
     let daemon = Daemon::start(config, rules, Box::new(out.clone()))
         .await
@@ -541,10 +541,7 @@ async fn reload_keeps_the_state_of_unchanged_rules_and_resets_changed_ones() {
     let config =
         Config::parse(&format!("state_dir = \"{}\"\n{cfg}", dir.path().display())).unwrap();
     let kept = daemon
-        .reload(
-            config.clone(),
-            mcp_alertd::app::load_rules(&config).unwrap(),
-        )
+        .reload(config.clone(), config.load_rules().unwrap())
         .await
         .unwrap();
     assert_eq!(kept, 1);
@@ -695,11 +692,11 @@ async fn a_followed_file_survives_rotation_and_truncation_and_resumes_after_rest
     // The file's position is saved with the engine state it covers.
     let store = mcp_alertd::store::Store::open(dir.path()).unwrap();
     let main = store
-        .state(mcp_alertd::checkpoint::MAIN_UNIT)
+        .state(mcp_alertd::store::state::MAIN_UNIT)
         .unwrap()
         .unwrap();
-    match mcp_alertd::checkpoint::decode("main", &main).unwrap() {
-        mcp_alertd::checkpoint::Saved::Engine(u) => {
+    match mcp_alertd::store::state::decode("main", &main).unwrap() {
+        mcp_alertd::store::state::Saved::Engine(u) => {
             assert!(u.files.contains_key("audit"), "{u:?}")
         }
         other => panic!("{other:?}"),

@@ -903,7 +903,7 @@ path = "{}"
         dir.path().display()
     ))
     .unwrap();
-    let rules = mcp_alertd::app::load_rules(&config).unwrap();
+    let rules = config.load_rules().unwrap();
     daemon.reload(config, rules).await.unwrap();
     send_lines(daemon.local_addr("tcp").unwrap(), &scenario("after")).await;
     wait_for("alerts in the new file", || count(&path) >= ALERTS).await;

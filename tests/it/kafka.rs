@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use mcp_alertd::checkpoint::{self, Saved};
 use mcp_alertd::store::Store;
+use mcp_alertd::store::state::{self as checkpoint, Saved};
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};

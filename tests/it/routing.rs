@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use mcp_alertd::alert::Alert;
-use mcp_alertd::engine::Severity;
+use mcp_alertd::alert::Severity;
 use mcp_alertd::router::{Route, RouteState, Routed, Router};
 
 fn alert(rule: &str, sev: Severity, tenant: &str, agent: &str, ts: i64) -> Alert {

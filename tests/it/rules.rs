@@ -221,10 +221,10 @@ fn a_rules_directory_replaces_the_embedded_set() {
     )
     .unwrap();
     std::fs::write(dir.path().join("notes.txt"), "not a rule file").unwrap();
-    let set = RuleSet::load_dir(dir.path()).unwrap();
+    let set = mcp_alertd::config::load_dir(dir.path()).unwrap();
     let ids: Vec<&str> = set.rules().iter().map(|r| &*r.id).collect();
     assert_eq!(ids, vec!["only_rule"]);
-    let err = RuleSet::load_dir(&dir.path().join("nope")).unwrap_err();
+    let err = mcp_alertd::config::load_dir(&dir.path().join("nope")).unwrap_err();
     assert!(err.to_string().contains("cannot read rules directory"));
 }
 
@@ -253,7 +253,7 @@ fn a_disabled_rule_is_validated_but_not_run() {
 #[test]
 fn the_shipped_rules_directory_equals_the_embedded_set() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-    let from_dir = RuleSet::load_dir(&dir).unwrap();
+    let from_dir = mcp_alertd::config::load_dir(&dir).unwrap();
     let embedded = RuleSet::embedded().unwrap();
     let describe = |s: &RuleSet| {
         s.rules()

@@ -5,9 +5,9 @@ use std::io::Write as _;
 use std::path::Path;
 
 use mcp_alertd::app::Daemon;
-use mcp_alertd::checkpoint::{self, EngineUnit, MAIN_UNIT, Saved};
 use mcp_alertd::config::Config;
 use mcp_alertd::store::Store;
+use mcp_alertd::store::state::{self as checkpoint, EngineUnit, MAIN_UNIT, Saved};
 
 use crate::daemon::{Capture, start, wait_for};
 
@@ -164,7 +164,7 @@ async fn saved_state_of_another_format_version_is_refused_by_name() {
         dir.path().display()
     );
     let config = Config::parse(&text).unwrap();
-    let rules = mcp_alertd::app::load_rules(&config).unwrap();
+    let rules = config.load_rules().unwrap();
     let err = match Daemon::start(config, rules, Box::new(Capture::default())).await {
         Ok(_) => panic!("started on state it cannot read"),
         Err(e) => format!("{e:#}"),

@@ -1,13 +1,25 @@
-//! Kafka client settings shared by the Kafka source and sink: brokers,
-//! TLS, SASL (secrets from files or systemd credentials) and extra
-//! librdkafka properties.
+//! Kafka client settings shared by the Kafka source and sink (a leaf both
+//! import): brokers, TLS, SASL (secrets from files or systemd credentials)
+//! and extra librdkafka properties, validated, and the librdkafka client
+//! configuration made from them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+#[cfg(feature = "kafka")]
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use serde::Deserialize;
 
-use super::SecretRef;
+use crate::options::SecretRef;
+
+/// Where a Kafka consumer group starts reading a partition it has no
+/// committed offset for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
 
 /// SASL mechanisms librdkafka supports without extra system libraries.
 pub const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
@@ -68,7 +80,7 @@ impl KafkaClient {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawKafkaTls {
+pub struct RawKafkaTls {
     ca_file: Option<PathBuf>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
@@ -76,7 +88,7 @@ pub(super) struct RawKafkaTls {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawKafkaSasl {
+pub struct RawKafkaSasl {
     mechanism: String,
     username: String,
     password_file: Option<PathBuf>,
@@ -85,7 +97,7 @@ pub(super) struct RawKafkaSasl {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawKafka {
+pub struct RawKafka {
     brokers: String,
     tls: Option<RawKafkaTls>,
     sasl: Option<RawKafkaSasl>,
@@ -94,7 +106,7 @@ pub(super) struct RawKafka {
 }
 
 impl RawKafka {
-    pub(super) fn validate(self, at: &str, errors: &mut Vec<String>) -> KafkaClient {
+    pub fn validate(self, at: &str, errors: &mut Vec<String>) -> KafkaClient {
         if self.brokers.trim().is_empty() {
             errors.push(format!("{at}: kafka.brokers is empty"));
         }
@@ -159,4 +171,46 @@ impl RawKafka {
             options: self.options,
         }
     }
+}
+
+/// librdkafka settings of a client (source or sink): brokers, TLS, SASL
+/// (the password read from its file now), then the extra options.
+#[cfg(feature = "kafka")]
+pub fn client_config(c: &KafkaClient) -> Result<ClientConfig, String> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &c.brokers)
+        .set("security.protocol", c.security_protocol())
+        .set_log_level(RDKafkaLogLevel::Warning);
+    if let Some(tls) = &c.tls {
+        for (key, file) in [
+            ("ssl.ca.location", &tls.ca_file),
+            ("ssl.certificate.location", &tls.cert_file),
+            ("ssl.key.location", &tls.key_file),
+        ] {
+            if let Some(f) = file {
+                cfg.set(key, f.display().to_string());
+            }
+        }
+    }
+    if let Some(sasl) = &c.sasl {
+        let password = sasl.password.read()?;
+        cfg.set("sasl.mechanism", &sasl.mechanism)
+            .set("sasl.username", &sasl.username)
+            .set("sasl.password", password);
+    }
+    for (k, v) in &c.options {
+        cfg.set(k, v);
+    }
+    Ok(cfg)
+}
+
+/// Checks a client's settings as librdkafka would take them (the SASL
+/// password read from its file, every property known and valid) without
+/// creating a client or contacting a broker.
+#[cfg(feature = "kafka")]
+pub fn check_client(c: &KafkaClient) -> Result<(), String> {
+    client_config(c)?
+        .create_native_config()
+        .map(drop)
+        .map_err(|e| format!("kafka: {e}"))
 }

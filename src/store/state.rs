@@ -13,12 +13,12 @@
 //! carry the engine snapshot version. A unit of another version is refused
 //! with a message that names it; it is never silently dropped.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::source::file::SavedPosition;
+pub use crate::source::{DurableOffsets, KafkaPartition};
 
 /// The unit format this build reads and writes.
 pub const STATE_VERSION: u32 = 1;
@@ -90,46 +90,14 @@ pub fn decode(unit: &str, bytes: &[u8]) -> Result<Saved, CheckpointError> {
     Ok(saved)
 }
 
-/// A Kafka partition as the pipeline names it: (source index, topic,
-/// partition).
-pub type KafkaPartition = (usize, Arc<str>, i32);
-
-/// Offsets whose records are durably covered by saved state (the next
-/// offset to read, per partition). The outbox writer raises them after a
-/// state commit; Kafka sources store and commit them, so Kafka commits
-/// always follow the snapshot.
-#[derive(Debug, Default)]
-pub struct DurableOffsets {
-    inner: Mutex<HashMap<KafkaPartition, i64>>,
-}
-
-impl DurableOffsets {
-    pub fn raise(&self, partitions: &[(KafkaPartition, i64)]) {
-        if let Ok(mut map) = self.inner.lock() {
-            for (p, next) in partitions {
-                let e = map.entry(p.clone()).or_insert(*next);
-                *e = (*e).max(*next);
-            }
-        }
-    }
-
-    /// The durable offsets of a source's partitions.
-    pub fn of_source(&self, source: usize) -> Vec<(Arc<str>, i32, i64)> {
-        self.inner.lock().map_or_else(
-            |_| Vec::new(),
-            |map| {
-                map.iter()
-                    .filter(|((s, _, _), _)| *s == source)
-                    .map(|((_, t, p), o)| (t.clone(), *p, *o))
-                    .collect()
-            },
-        )
-    }
-
-    /// Forgets a partition (it was released).
-    pub fn forget(&self, partition: &KafkaPartition) {
-        if let Ok(mut map) = self.inner.lock() {
-            map.remove(partition);
+impl super::Store {
+    /// The next offset a saved Kafka partition unit covers up to, if the
+    /// store has the unit and can read it.
+    pub fn saved_next_offset(&self, unit: &str) -> Option<i64> {
+        let bytes = self.state(unit).ok()??;
+        match decode(unit, &bytes).ok()? {
+            Saved::Engine(e) => e.next_offset,
+            Saved::Router(_) => None,
         }
     }
 }
