@@ -22,14 +22,13 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Listen, SourceKind};
+use crate::config::Config;
 use crate::engine::RuleSet;
 use crate::outbox::writer;
 use crate::pipeline::{self, Control, Pipeline, PipelineError};
 use crate::sink::{SharedWriter, Sink};
-use crate::source::file::FileSource;
-use crate::source::syslog_tcp::TcpLimits;
-use crate::source::{DurableOffsets, SourceCtx, SourceMsg, file, syslog_tcp, syslog_udp};
+use crate::source::activation::Activated;
+use crate::source::{BindEnv, DurableOffsets, SourceCtx, SourceMsg};
 use crate::store::Store;
 use crate::store::state as checkpoint;
 use crate::telemetry::metrics::Metrics;
@@ -71,11 +70,10 @@ impl Daemon {
         let store = Arc::new(Store::open(&config.state_dir).context("cannot open the store")?);
         let rules = Arc::new(rules);
         let restored = pipeline::restore(&store, &rules, &settings)?;
-        let saved = restored.file_positions();
         if let Some(clock) = restored.main_clock() {
             tracing::info!(
                 clock = ?clock.map(crate::alert::format_ts),
-                files = saved.len(),
+                files = restored.file_positions().len(),
                 "restored saved engine state"
             );
         }
@@ -94,8 +92,22 @@ impl Daemon {
         let cancel_delivery = CancellationToken::new();
         let delivery = TaskTracker::new();
         let mut addrs = Vec::new();
-        let mut activated = crate::source::activation::Activated::from_env();
-        let mut starters: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        let mut env = BindEnv {
+            activated: Activated::from_env(),
+            file_positions: restored.file_positions(),
+            saved_offset: {
+                let store = store.clone();
+                Box::new(move |source: &str| {
+                    let (store, source) = (store.clone(), source.to_owned());
+                    Arc::new(move |topic: &str, partition: i32| {
+                        store.saved_next_offset(&checkpoint::kafka_unit(&source, topic, partition))
+                    })
+                })
+            },
+            durable: durable.clone(),
+            tracker: tracker.clone(),
+        };
+        let mut starters = Vec::new();
         for (index, source) in config.sources.iter().enumerate() {
             let ctx = SourceCtx {
                 index,
@@ -106,116 +118,15 @@ impl Daemon {
                 metrics: metrics.clone(),
                 cancel: cancel_sources.clone(),
             };
-            let what = format!("source `{}` ({})", source.name, source.type_name());
-            match &source.kind {
-                SourceKind::SyslogUdp {
-                    address,
-                    receive_buffer_bytes,
-                } => {
-                    let socket = match address {
-                        Listen::Addr(a) => syslog_udp::bind(*a, *receive_buffer_bytes),
-                        Listen::Systemd(name) => activated
-                            .udp(name)
-                            .and_then(tokio::net::UdpSocket::from_std),
-                    }
-                    .with_context(|| format!("{what}: cannot listen on udp {address}"))?;
-                    let local = socket.local_addr()?;
-                    addrs.push((source.name.clone(), local));
-                    tracing::info!(source = %source.name, address = %local, "listening (syslog over UDP)");
-                    let t = tracker.clone();
-                    starters.push(Box::new(move || {
-                        t.spawn(syslog_udp::run(ctx, socket));
-                    }));
-                }
-                SourceKind::SyslogTcp {
-                    address,
-                    max_connections,
-                    idle_timeout,
-                    tls,
-                } => {
-                    let acceptor = match tls {
-                        Some(t) => Some(
-                            syslog_tcp::tls_acceptor(t).with_context(|| format!("{what}: TLS"))?,
-                        ),
-                        None => None,
-                    };
-                    let listener = match address {
-                        Listen::Addr(a) => tokio::net::TcpListener::bind(a).await,
-                        Listen::Systemd(name) => activated
-                            .tcp(name)
-                            .and_then(tokio::net::TcpListener::from_std),
-                    }
-                    .with_context(|| format!("{what}: cannot listen on tcp {address}"))?;
-                    let local = listener.local_addr()?;
-                    addrs.push((source.name.clone(), local));
-                    tracing::info!(source = %source.name, address = %local, tls = acceptor.is_some(), "listening (syslog over TCP)");
-                    let limits = TcpLimits {
-                        max_connections: *max_connections,
-                        idle_timeout: *idle_timeout,
-                    };
-                    let t = tracker.clone();
-                    starters.push(Box::new(move || {
-                        let inner = t.clone();
-                        t.spawn(syslog_tcp::run(ctx, listener, limits, acceptor, inner));
-                    }));
-                }
-                SourceKind::File {
-                    path,
-                    read_from,
-                    poll_interval,
-                } => {
-                    let src = FileSource {
-                        path: path.clone(),
-                        read_from: *read_from,
-                        poll_interval: *poll_interval,
-                        saved: saved.get(&source.name).copied(),
-                    };
-                    tracing::info!(source = %source.name, path = %path.display(), "following file");
-                    let t = tracker.clone();
-                    starters.push(Box::new(move || {
-                        t.spawn(file::run(ctx, src));
-                    }));
-                }
-                #[cfg(feature = "kafka")]
-                SourceKind::Kafka {
-                    client,
-                    topics,
-                    group_id,
-                    group_instance_id,
-                    start_from,
-                    rebuild_window,
-                } => {
-                    use crate::source::kafka;
-                    let src = kafka::KafkaSource {
-                        client: client.clone(),
-                        topics: topics.clone(),
-                        group_id: group_id.clone(),
-                        group_instance_id: group_instance_id.clone(),
-                        start_from: *start_from,
-                        rebuild_window: *rebuild_window,
-                        saved_offset: {
-                            let (store, name) = (store.clone(), source.name.clone());
-                            Arc::new(move |topic, partition| {
-                                store.saved_next_offset(&checkpoint::kafka_unit(
-                                    &name, topic, partition,
-                                ))
-                            })
-                        },
-                        durable: durable.clone(),
-                    };
-                    let consumer =
-                        kafka::connect(&ctx, &src).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
-                    tracing::info!(source = %source.name, brokers = %client.brokers, topics = ?topics, group = %group_id, "consuming (Kafka)");
-                    let t = tracker.clone();
-                    starters.push(Box::new(move || {
-                        t.spawn_blocking(move || kafka::run(ctx, consumer));
-                    }));
-                }
-                #[cfg(not(feature = "kafka"))]
-                SourceKind::Kafka { .. } => {
-                    anyhow::bail!("{what}: this build has no Kafka support");
-                }
+            let bound = source
+                .kind
+                .bind(ctx, &mut env)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            if let Some(local) = bound.local {
+                addrs.push((source.name.clone(), local));
             }
+            starters.push(bound.start);
         }
         let metrics_addr = match config.metrics {
             Some(addr) => {

@@ -397,7 +397,7 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
             let built = match &s.kind {
                 // A producer would start connecting: check its settings only.
                 #[cfg(feature = "kafka")]
-                crate::config::SinkKind::Kafka { client, .. } => crate::kafka::check_client(client)
+                crate::config::SinkKind::Kafka(k) => crate::kafka::check_client(&k.client)
                     .map_err(|e| format!("sink `{}`: {e}", s.name)),
                 _ => crate::sink::Sink::build(s, &writer, &reopen).map(drop),
             };
@@ -407,8 +407,8 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
         }
         #[cfg(feature = "kafka")]
         for s in &c.sources {
-            if let crate::config::SourceKind::Kafka { client, .. } = &s.kind
-                && let Err(e) = crate::kafka::check_client(client)
+            if let crate::config::SourceKind::Kafka(k) = &s.kind
+                && let Err(e) = crate::kafka::check_client(&k.client)
             {
                 problems.push(format!("source `{}`: {e}", s.name));
             }

@@ -2,15 +2,14 @@
 //! `[routing]`. Secrets (SMTP password, webhook signing key) come from
 //! files or systemd credentials, never from the configuration itself.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{OutboxSettings, SinkConfig, SinkKind, SmtpTls, SyslogMessage, SyslogProtocol};
-use crate::options::SecretRef;
+use super::section::{self, Empty, fields_of};
+use super::{OutboxSettings, SinkConfig, SinkKind};
 use crate::router::{Route, Router};
+use crate::sink::{email, file, kafka, syslog, webhook};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,257 +65,97 @@ impl RawOutbox {
     }
 }
 
+/// The keys every `[[sinks]]` entry has.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawSink {
+struct RawSinkCommon {
     name: String,
     #[serde(rename = "type")]
     kind: String,
     rate_limit: Option<u32>,
     burst: Option<u32>,
     timeout: Option<String>,
-    path: Option<PathBuf>,
-    url: Option<String>,
-    #[serde(default)]
-    headers: std::collections::BTreeMap<String, String>,
-    signing_key_file: Option<PathBuf>,
-    signing_key_credential: Option<String>,
-    ca_file: Option<PathBuf>,
-    host: Option<String>,
-    port: Option<u16>,
-    tls: Option<SmtpTls>,
-    username: Option<String>,
-    password_file: Option<PathBuf>,
-    password_credential: Option<String>,
-    from: Option<String>,
-    to: Option<Vec<String>>,
-    address: Option<String>,
-    protocol: Option<SyslogProtocol>,
-    message: Option<SyslogMessage>,
-    server_name: Option<String>,
-    facility: Option<u8>,
-    topic: Option<String>,
-    kafka: Option<super::kafka::RawKafka>,
 }
 
-fn is_loopback_host(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// The keys of every sink kind (for "does not apply to type").
+fn sink_fields() -> [&'static [&'static str]; 6] {
+    [
+        fields_of::<Empty>(),
+        fields_of::<file::Raw>(),
+        fields_of::<webhook::Raw>(),
+        fields_of::<email::Raw>(),
+        fields_of::<syslog::Raw>(),
+        fields_of::<kafka::Raw>(),
+    ]
 }
 
-impl RawSink {
-    pub(super) fn validate(self, errors: &mut Vec<String>) -> Option<SinkConfig> {
-        let at = format!("sinks ({})", self.name);
-        let before = errors.len();
-        if self.name.is_empty() {
-            errors.push("sinks: `name` must not be empty".to_owned());
-        }
-        let need = |field: &str, present: bool, errors: &mut Vec<String>| {
-            if !present {
-                errors.push(format!(
-                    "{at}: `{field}` is required for type `{}`",
-                    self.kind
-                ));
-            }
-        };
-        let kind = match self.kind.as_str() {
-            "stdout" => SinkKind::Stdout,
-            "file" => {
-                need("path", self.path.is_some(), errors);
-                SinkKind::File {
-                    path: self.path.clone().unwrap_or_default(),
-                }
-            }
-            "webhook" => {
-                need("url", self.url.is_some(), errors);
-                let url = self.url.clone().unwrap_or_default();
-                if !(url.starts_with("https://") || url.starts_with("http://"))
-                    && self.url.is_some()
-                {
-                    errors.push(format!("{at}: `url` must be http:// or https://"));
-                }
-                SinkKind::Webhook {
-                    url,
-                    headers: self.headers.clone().into_iter().collect(),
-                    signing_key: SecretRef::from(
-                        self.signing_key_file.clone(),
-                        self.signing_key_credential.clone(),
-                        &at,
-                        errors,
-                    ),
-                    ca_file: self.ca_file.clone(),
-                }
-            }
-            "email" => {
-                need("host", self.host.is_some(), errors);
-                need("from", self.from.is_some(), errors);
-                need(
-                    "to",
-                    self.to.as_ref().is_some_and(|t| !t.is_empty()),
-                    errors,
-                );
-                let tls = self.tls.unwrap_or(SmtpTls::Starttls);
-                let host = self.host.clone().unwrap_or_default();
-                if tls == SmtpTls::None && !is_loopback_host(&host) {
-                    errors.push(format!(
-                        "{at}: `tls = \"none\"` is allowed only for a loopback SMTP host"
-                    ));
-                }
-                let password = SecretRef::from(
-                    self.password_file.clone(),
-                    self.password_credential.clone(),
-                    &at,
-                    errors,
-                );
-                if password.is_some() != self.username.is_some() {
-                    errors.push(format!("{at}: `username` and a password (`password_file` or `password_credential`) go together"));
-                }
-                SinkKind::Email {
-                    port: self.port.unwrap_or(match tls {
-                        SmtpTls::Implicit => 465,
-                        SmtpTls::Starttls => 587,
-                        SmtpTls::None => 25,
-                    }),
-                    host,
-                    tls,
-                    username: self.username.clone(),
-                    password,
-                    from: self.from.clone().unwrap_or_default(),
-                    to: self.to.clone().unwrap_or_default(),
-                    ca_file: self.ca_file.clone(),
-                }
-            }
-            "syslog" => {
-                need("address", self.address.is_some(), errors);
-                let address = match self.address.as_deref().map(str::parse::<SocketAddr>) {
-                    Some(Ok(a)) => a,
-                    Some(Err(e)) => {
-                        errors.push(format!("{at}: address: {e}"));
-                        SocketAddr::from(([127, 0, 0, 1], 514))
-                    }
-                    None => SocketAddr::from(([127, 0, 0, 1], 514)),
-                };
-                if self.facility.is_some_and(|f| f > 23) {
-                    errors.push(format!("{at}: facility must be 0..=23"));
-                }
-                SinkKind::Syslog {
-                    address,
-                    protocol: self.protocol.unwrap_or(SyslogProtocol::Tcp),
-                    message: self.message.unwrap_or(SyslogMessage::Cef),
-                    server_name: self.server_name.clone(),
-                    ca_file: self.ca_file.clone(),
-                    facility: self.facility.unwrap_or(13),
-                }
-            }
-            "kafka" => {
-                if !cfg!(feature = "kafka") {
-                    errors.push(format!(
-                        "{at}: this build has no Kafka support (built without the `kafka` feature)"
-                    ));
-                }
-                need("topic", self.topic.is_some(), errors);
-                let topic = self.topic.clone().unwrap_or_default();
-                if self.topic.is_some() && topic.trim().is_empty() {
-                    errors.push(format!("{at}: `topic` is empty"));
-                }
-                let Some(raw) = self.kafka else {
-                    errors.push(format!(
-                        "{at}: `kafka` (at least kafka.brokers) is required for type `kafka`"
-                    ));
-                    return None;
-                };
-                SinkKind::Kafka {
-                    client: raw.validate(&at, errors),
-                    topic,
-                }
-            }
-            other => {
-                errors.push(format!(
-                    "{at}: unknown type `{other}` (stdout, file, webhook, email, syslog, kafka)"
-                ));
-                return None;
-            }
-        };
-        // Keys that do not belong to this type are errors, not ignored.
-        let t = self.kind.as_str();
-        let applies: [(&str, bool, &[&str]); 19] = [
-            ("topic", self.topic.is_some(), &["kafka"]),
-            ("path", self.path.is_some(), &["file"]),
-            ("url", self.url.is_some(), &["webhook"]),
-            ("headers", !self.headers.is_empty(), &["webhook"]),
-            (
-                "signing_key_file",
-                self.signing_key_file.is_some(),
-                &["webhook"],
-            ),
-            (
-                "signing_key_credential",
-                self.signing_key_credential.is_some(),
-                &["webhook"],
-            ),
-            (
-                "ca_file",
-                self.ca_file.is_some(),
-                &["webhook", "email", "syslog"],
-            ),
-            ("host", self.host.is_some(), &["email"]),
-            ("port", self.port.is_some(), &["email"]),
-            ("tls", self.tls.is_some(), &["email"]),
-            ("username", self.username.is_some(), &["email"]),
-            ("password_file", self.password_file.is_some(), &["email"]),
-            (
-                "password_credential",
-                self.password_credential.is_some(),
-                &["email"],
-            ),
-            ("from", self.from.is_some(), &["email"]),
-            ("to", self.to.is_some(), &["email"]),
-            ("address", self.address.is_some(), &["syslog"]),
-            ("protocol", self.protocol.is_some(), &["syslog"]),
-            ("message", self.message.is_some(), &["syslog"]),
-            ("server_name", self.server_name.is_some(), &["syslog"]),
-        ];
-        for (field, present, types) in applies {
-            if present && !types.contains(&t) {
-                errors.push(format!("{at}: `{field}` does not apply to type `{t}`"));
-            }
-        }
-        if self.facility.is_some() && t != "syslog" {
-            errors.push(format!("{at}: `facility` does not apply to type `{t}`"));
-        }
-        let timeout = match self.timeout.as_deref().map(crate::duration::parse_ms) {
-            None => Duration::from_secs(10),
-            Some(Ok(ms)) if ms > 0 => Duration::from_millis(ms as u64),
-            Some(Ok(_)) => {
-                errors.push(format!("{at}: timeout must be positive"));
-                Duration::from_secs(10)
-            }
-            Some(Err(e)) => {
-                errors.push(format!("{at}: timeout: {e}"));
-                Duration::from_secs(10)
-            }
-        };
-        let rate_limit = match (self.rate_limit, self.burst) {
-            (Some(0), _) | (_, Some(0)) => {
-                errors.push(format!("{at}: rate_limit and burst must be at least 1"));
-                None
-            }
-            (Some(r), b) => Some((r, b.unwrap_or(r))),
-            (None, Some(_)) => {
-                errors.push(format!("{at}: `burst` needs `rate_limit`"));
-                None
-            }
-            (None, None) => None,
-        };
-        (errors.len() == before).then_some(SinkConfig {
-            name: self.name,
-            kind,
-            rate_limit,
-            timeout,
-        })
+/// One `[[sinks]]` entry: its common keys here, the rest to its kind.
+fn validate_sink(
+    index: usize,
+    mut table: toml::Table,
+    errors: &mut Vec<String>,
+) -> Option<SinkConfig> {
+    let before = errors.len();
+    let common: RawSinkCommon =
+        section::common(&mut table, &format!("sinks[{}]", index + 1), errors)?;
+    let at = format!("sinks ({})", common.name);
+    if common.name.is_empty() {
+        errors.push("sinks: `name` must not be empty".to_owned());
     }
+    let t = common.kind.as_str();
+    let kinds = sink_fields();
+    let kind = match t {
+        "stdout" => section::kind::<Empty>(table, &at, t, &kinds, errors).map(|_| SinkKind::Stdout),
+        "file" => section::kind::<file::Raw>(table, &at, t, &kinds, errors)
+            .map(|r| SinkKind::File(r.validate(&at, errors))),
+        "webhook" => section::kind::<webhook::Raw>(table, &at, t, &kinds, errors)
+            .map(|r| SinkKind::Webhook(r.validate(&at, errors))),
+        "email" => section::kind::<email::Raw>(table, &at, t, &kinds, errors)
+            .map(|r| SinkKind::Email(r.validate(&at, errors))),
+        "syslog" => section::kind::<syslog::Raw>(table, &at, t, &kinds, errors)
+            .map(|r| SinkKind::Syslog(r.validate(&at, errors))),
+        "kafka" => section::kind::<kafka::Raw>(table, &at, t, &kinds, errors)
+            .and_then(|r| r.validate(&at, errors))
+            .map(SinkKind::Kafka),
+        other => {
+            errors.push(format!(
+                "{at}: unknown type `{other}` ({})",
+                SinkKind::TYPES
+            ));
+            None
+        }
+    };
+    let timeout = match common.timeout.as_deref().map(crate::duration::parse_ms) {
+        None => Duration::from_secs(10),
+        Some(Ok(ms)) if ms > 0 => Duration::from_millis(ms as u64),
+        Some(Ok(_)) => {
+            errors.push(format!("{at}: timeout must be positive"));
+            Duration::from_secs(10)
+        }
+        Some(Err(e)) => {
+            errors.push(format!("{at}: timeout: {e}"));
+            Duration::from_secs(10)
+        }
+    };
+    let rate_limit = match (common.rate_limit, common.burst) {
+        (Some(0), _) | (_, Some(0)) => {
+            errors.push(format!("{at}: rate_limit and burst must be at least 1"));
+            None
+        }
+        (Some(r), b) => Some((r, b.unwrap_or(r))),
+        (None, Some(_)) => {
+            errors.push(format!("{at}: `burst` needs `rate_limit`"));
+            None
+        }
+        (None, None) => None,
+    };
+    let kind = kind?;
+    (errors.len() == before).then_some(SinkConfig {
+        name: common.name,
+        kind,
+        rate_limit,
+        timeout,
+    })
 }
 
 #[derive(Deserialize)]
@@ -343,7 +182,7 @@ pub(super) struct RawRouting {
 
 /// Validates sinks, routes and the default route together.
 pub(super) fn validate_delivery(
-    sinks: Option<Vec<RawSink>>,
+    sinks: Option<Vec<toml::Table>>,
     routes: Option<Vec<RawRoute>>,
     routing: Option<RawRouting>,
     errors: &mut Vec<String>,
@@ -352,7 +191,8 @@ pub(super) fn validate_delivery(
         None => vec![SinkConfig::stdout()],
         Some(list) => list
             .into_iter()
-            .filter_map(|s| s.validate(errors))
+            .enumerate()
+            .filter_map(|(i, s)| validate_sink(i, s, errors))
             .collect(),
     };
     for (i, s) in sinks.iter().enumerate() {

@@ -12,10 +12,10 @@ use serde::Deserialize;
 
 mod delivery;
 mod rules;
+mod section;
 
 pub use rules::{load_dir, load_rules};
 
-use crate::kafka;
 pub use crate::kafka::{KafkaClient, KafkaSasl, KafkaTls};
 use crate::options::{count, dur, ms_duration};
 
@@ -24,18 +24,18 @@ pub use crate::options::SecretRef;
 pub use crate::outbox::OutboxSettings;
 pub use crate::pipeline::EngineSettings;
 pub use crate::sink::{SinkConfig, SinkKind, SmtpTls, SyslogMessage, SyslogProtocol};
-pub use crate::source::Listen;
+pub use crate::source::{Listen, SourceKind};
+use crate::source::{file, kafka, syslog_tcp, syslog_udp};
+
 pub use crate::source::file::ReadFrom;
 pub use crate::source::syslog_tcp::TlsSettings;
+use section::fields_of;
 
 use crate::decode::Format;
 use crate::router::Router;
 
-/// Default syslog listen address (UDP and TCP): loopback, unprivileged.
-pub const DEFAULT_SYSLOG_ADDRESS: &str = "127.0.0.1:5514";
-/// Default UDP receive buffer requested (the kernel caps it at
-/// `net.core.rmem_max`): bursts queue in the kernel instead of being lost.
-pub const DEFAULT_UDP_RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+pub use crate::source::DEFAULT_SYSLOG_ADDRESS;
+pub use crate::source::syslog_udp::DEFAULT_RECEIVE_BUFFER_BYTES as DEFAULT_UDP_RECEIVE_BUFFER_BYTES;
 /// Default metrics and health address.
 pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9464";
 
@@ -62,37 +62,8 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum SourceKind {
-    SyslogUdp {
-        address: Listen,
-        receive_buffer_bytes: Option<usize>,
-    },
-    SyslogTcp {
-        address: Listen,
-        max_connections: usize,
-        idle_timeout: Duration,
-        tls: Option<TlsSettings>,
-    },
-    File {
-        path: PathBuf,
-        read_from: ReadFrom,
-        poll_interval: Duration,
-    },
-    Kafka {
-        client: KafkaClient,
-        topics: Vec<String>,
-        group_id: String,
-        /// Static group membership (`group.instance.id`).
-        group_instance_id: Option<String>,
-        start_from: StartFrom,
-        /// Taking over a partition without saved state: replay records of
-        /// this much time before the committed offset to rebuild windows
-        /// and timers (0: start at the committed offset, state empty).
-        rebuild_window: Duration,
-    },
-}
-
+/// One configured source: its name, the format its records are decoded
+/// with, and its kind's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub name: String,
@@ -102,13 +73,7 @@ pub struct SourceConfig {
 
 impl SourceConfig {
     pub fn type_name(&self) -> &'static str {
-        match self.kind {
-            SourceKind::SyslogUdp { .. } => "syslog_udp",
-            SourceKind::SyslogTcp { tls: None, .. } => "syslog_tcp",
-            SourceKind::SyslogTcp { tls: Some(_), .. } => "syslog_tls",
-            SourceKind::File { .. } => "file",
-            SourceKind::Kafka { .. } => "kafka",
-        }
+        self.kind.type_name()
     }
 }
 
@@ -159,20 +124,20 @@ impl Config {
                 SourceConfig {
                     name: "syslog_udp".to_owned(),
                     format: Format::Auto,
-                    kind: SourceKind::SyslogUdp {
+                    kind: SourceKind::SyslogUdp(syslog_udp::Settings {
                         address: Listen::Addr(syslog),
                         receive_buffer_bytes: Some(DEFAULT_UDP_RECEIVE_BUFFER_BYTES),
-                    },
+                    }),
                 },
                 SourceConfig {
                     name: "syslog_tcp".to_owned(),
                     format: Format::Auto,
-                    kind: SourceKind::SyslogTcp {
+                    kind: SourceKind::SyslogTcp(syslog_tcp::Settings {
                         address: Listen::Addr(syslog),
                         max_connections: 256,
                         idle_timeout: Duration::from_secs(300),
                         tls: None,
-                    },
+                    }),
                 },
             ],
             outbox: OutboxSettings::default(),
@@ -194,7 +159,7 @@ impl Config {
                 .map(|s| crate::pipeline::SourceInfo {
                     name: s.name.clone(),
                     format: s.format,
-                    follows_file: matches!(s.kind, SourceKind::File { .. }),
+                    follows_file: matches!(s.kind, SourceKind::File(_)),
                 })
                 .collect(),
             router: self.router.clone(),
@@ -260,7 +225,7 @@ impl Config {
             Some(list) => {
                 let mut out = Vec::new();
                 for (i, s) in list.into_iter().enumerate() {
-                    if let Some(s) = s.validate(i, &mut errors) {
+                    if let Some(s) = validate_source(i, s, &mut errors) {
                         out.push(s);
                     }
                 }
@@ -301,9 +266,9 @@ struct RawConfig {
     rules_dir: Option<PathBuf>,
     engine: Option<RawEngine>,
     metrics: Option<RawMetrics>,
-    sources: Option<Vec<RawSource>>,
+    sources: Option<Vec<toml::Table>>,
     outbox: Option<delivery::RawOutbox>,
-    sinks: Option<Vec<delivery::RawSink>>,
+    sinks: Option<Vec<toml::Table>>,
     routes: Option<Vec<delivery::RawRoute>>,
     routing: Option<delivery::RawRouting>,
 }
@@ -392,229 +357,66 @@ struct RawMetrics {
     address: Option<String>,
 }
 
+/// The keys every `[[sources]]` entry has.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTls {
-    cert_file: PathBuf,
-    key_file: PathBuf,
-    client_ca_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSource {
+struct RawSourceCommon {
     name: Option<String>,
     #[serde(rename = "type")]
     kind: String,
     format: Option<String>,
-    address: Option<String>,
-    receive_buffer_bytes: Option<u64>,
-    max_connections: Option<u64>,
-    idle_timeout: Option<String>,
-    tls: Option<RawTls>,
-    path: Option<PathBuf>,
-    read_from: Option<ReadFrom>,
-    poll_interval: Option<String>,
-    kafka: Option<kafka::RawKafka>,
-    topics: Option<Vec<String>>,
-    group_id: Option<String>,
-    group_instance_id: Option<String>,
-    start_from: Option<StartFrom>,
-    rebuild_window: Option<String>,
 }
 
-impl RawSource {
-    fn validate(self, index: usize, errors: &mut Vec<String>) -> Option<SourceConfig> {
-        let name = self
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("{}_{}", self.kind, index + 1));
-        let at = format!("sources[{}] ({name})", index + 1);
-        let before = errors.len();
-        let format = match self.format.as_deref().map(str::parse::<Format>) {
-            None => Format::Auto,
-            Some(Ok(f)) => f,
-            Some(Err(e)) => {
-                errors.push(format!("{at}: format: {e}"));
-                Format::Auto
-            }
-        };
-        let address = |errors: &mut Vec<String>| -> Listen {
-            let text = self.address.as_deref().unwrap_or(DEFAULT_SYSLOG_ADDRESS);
-            if let Some(name) = text.strip_prefix("systemd:") {
-                if name.is_empty() || name.contains(':') {
-                    errors.push(format!(
-                        "{at}: address: `systemd:` needs the socket's FileDescriptorName (e.g. \"systemd:syslog-udp\")"
-                    ));
-                }
-                return Listen::Systemd(name.to_owned());
-            }
-            match text.parse::<SocketAddr>() {
-                Ok(a) => Listen::Addr(a),
-                Err(e) => {
-                    errors.push(format!(
-                        "{at}: address: {e} (write e.g. \"127.0.0.1:5514\", \"[::1]:5514\" or \"systemd:NAME\")"
-                    ));
-                    Listen::Addr(loopback(DEFAULT_SYSLOG_ADDRESS))
-                }
-            }
-        };
-        // Which keys each type takes (bits: udp, tcp, file, kafka).
-        const U: u8 = 1;
-        const T: u8 = 2;
-        const F: u8 = 4;
-        const K: u8 = 8;
-        let applies = [
-            ("address", self.address.is_some(), U | T),
-            (
-                "receive_buffer_bytes",
-                self.receive_buffer_bytes.is_some(),
-                U,
-            ),
-            ("max_connections", self.max_connections.is_some(), T),
-            ("idle_timeout", self.idle_timeout.is_some(), T),
-            ("tls", self.tls.is_some(), T),
-            ("path", self.path.is_some(), F),
-            ("read_from", self.read_from.is_some(), F),
-            ("poll_interval", self.poll_interval.is_some(), F),
-            ("kafka", self.kafka.is_some(), K),
-            ("topics", self.topics.is_some(), K),
-            ("group_id", self.group_id.is_some(), K),
-            ("group_instance_id", self.group_instance_id.is_some(), K),
-            ("start_from", self.start_from.is_some(), K),
-            ("rebuild_window", self.rebuild_window.is_some(), K),
-        ];
-        let type_bit = match self.kind.as_str() {
-            "syslog_udp" => U,
-            "syslog_tcp" => T,
-            "file" => F,
-            "kafka" => K,
-            _ => U | T | F | K, // reported below as an unknown type
-        };
-        for (field, present, types) in applies {
-            if present && types & type_bit == 0 {
-                errors.push(format!(
-                    "{at}: `{field}` does not apply to type `{}`",
-                    self.kind
-                ));
-            }
+/// The keys of every source kind (for "does not apply to type").
+fn source_fields() -> [&'static [&'static str]; 4] {
+    [
+        fields_of::<syslog_udp::Raw>(),
+        fields_of::<syslog_tcp::Raw>(),
+        fields_of::<file::Raw>(),
+        fields_of::<kafka::Raw>(),
+    ]
+}
+
+/// One `[[sources]]` entry: its common keys here, the rest to its kind.
+fn validate_source(
+    index: usize,
+    mut table: toml::Table,
+    errors: &mut Vec<String>,
+) -> Option<SourceConfig> {
+    let common: RawSourceCommon =
+        section::common(&mut table, &format!("sources[{}]", index + 1), errors)?;
+    let name = common
+        .name
+        .unwrap_or_else(|| format!("{}_{}", common.kind, index + 1));
+    let at = format!("sources[{}] ({name})", index + 1);
+    let before = errors.len();
+    let format = match common.format.as_deref().map(str::parse::<Format>) {
+        None => Format::Auto,
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            errors.push(format!("{at}: format: {e}"));
+            Format::Auto
         }
-        let kind = match self.kind.as_str() {
-            "syslog_udp" => SourceKind::SyslogUdp {
-                address: address(errors),
-                receive_buffer_bytes: self.receive_buffer_bytes.map(|b| {
-                    count(
-                        errors,
-                        &format!("{at}: receive_buffer_bytes"),
-                        Some(b),
-                        0,
-                        (4096, 1 << 30),
-                    )
-                }),
-            },
-            "syslog_tcp" => {
-                let tls = self.tls.map(|t| {
-                    for (what, file) in [
-                        ("cert_file", Some(&t.cert_file)),
-                        ("key_file", Some(&t.key_file)),
-                        ("client_ca_file", t.client_ca_file.as_ref()),
-                    ] {
-                        if let Some(file) = file
-                            && let Err(e) = std::fs::metadata(file)
-                        {
-                            errors.push(format!("{at}: tls.{what} {}: {e}", file.display()));
-                        }
-                    }
-                    TlsSettings {
-                        cert_file: t.cert_file,
-                        key_file: t.key_file,
-                        client_ca_file: t.client_ca_file,
-                    }
-                });
-                SourceKind::SyslogTcp {
-                    address: address(errors),
-                    max_connections: count(
-                        errors,
-                        &format!("{at}: max_connections"),
-                        self.max_connections,
-                        256,
-                        (1, 65_536),
-                    ),
-                    idle_timeout: ms_duration(dur(
-                        errors,
-                        &format!("{at}: idle_timeout"),
-                        self.idle_timeout.as_deref(),
-                        300_000,
-                        1_000,
-                    )),
-                    tls,
-                }
-            }
-            "file" => {
-                let path = match self.path {
-                    Some(p) => p,
-                    None => {
-                        errors.push(format!("{at}: `path` is required for type `file`"));
-                        PathBuf::new()
-                    }
-                };
-                SourceKind::File {
-                    path,
-                    read_from: self.read_from.unwrap_or(ReadFrom::Beginning),
-                    poll_interval: ms_duration(dur(
-                        errors,
-                        &format!("{at}: poll_interval"),
-                        self.poll_interval.as_deref(),
-                        250,
-                        10,
-                    )),
-                }
-            }
-            "kafka" => {
-                if !cfg!(feature = "kafka") {
-                    errors.push(format!(
-                        "{at}: this build has no Kafka support (built without the `kafka` feature)"
-                    ));
-                }
-                let client = match self.kafka {
-                    Some(k) => k.validate(&at, errors),
-                    None => {
-                        errors.push(format!(
-                            "{at}: `kafka` (at least kafka.brokers) is required for type `kafka`"
-                        ));
-                        return None;
-                    }
-                };
-                let topics = self.topics.unwrap_or_default();
-                if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
-                    errors.push(format!("{at}: `topics` must name at least one topic"));
-                }
-                let group_id = self.group_id.unwrap_or_else(|| "mcp-alertd".to_owned());
-                if group_id.trim().is_empty() {
-                    errors.push(format!("{at}: `group_id` is empty"));
-                }
-                SourceKind::Kafka {
-                    client,
-                    topics,
-                    group_id,
-                    group_instance_id: self.group_instance_id,
-                    start_from: self.start_from.unwrap_or(StartFrom::Earliest),
-                    rebuild_window: ms_duration(dur(
-                        errors,
-                        &format!("{at}: rebuild_window"),
-                        self.rebuild_window.as_deref(),
-                        0,
-                        0,
-                    )),
-                }
-            }
-            other => {
-                errors.push(format!(
-                    "{at}: unknown type `{other}` (syslog_udp, syslog_tcp, file, kafka)"
-                ));
-                return None;
-            }
-        };
-        (errors.len() == before).then_some(SourceConfig { name, format, kind })
-    }
+    };
+    let t = common.kind.as_str();
+    let kinds = source_fields();
+    let kind = match t {
+        "syslog_udp" => section::kind::<syslog_udp::Raw>(table, &at, t, &kinds, errors)
+            .map(|r| SourceKind::SyslogUdp(r.validate(&at, errors))),
+        "syslog_tcp" => section::kind::<syslog_tcp::Raw>(table, &at, t, &kinds, errors)
+            .map(|r| SourceKind::SyslogTcp(r.validate(&at, errors))),
+        "file" => section::kind::<file::Raw>(table, &at, t, &kinds, errors)
+            .map(|r| SourceKind::File(r.validate(&at, errors))),
+        "kafka" => section::kind::<kafka::Raw>(table, &at, t, &kinds, errors)
+            .and_then(|r| r.validate(&at, errors))
+            .map(SourceKind::Kafka),
+        other => {
+            errors.push(format!(
+                "{at}: unknown type `{other}` ({})",
+                SourceKind::TYPES
+            ));
+            None
+        }
+    }?;
+    (errors.len() == before).then_some(SourceConfig { name, format, kind })
 }

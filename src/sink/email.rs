@@ -9,8 +9,96 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::SendError;
-use super::{SinkConfig, SinkKind, SmtpTls};
+use std::path::PathBuf;
+
 use crate::alert::{Alert, format_ts};
+use crate::options::SecretRef;
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    Starttls,
+    Implicit,
+    None,
+}
+
+/// `type = "email"`: the section as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    host: Option<String>,
+    port: Option<u16>,
+    tls: Option<SmtpTls>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_credential: Option<String>,
+    from: Option<String>,
+    to: Option<Vec<String>>,
+    ca_file: Option<PathBuf>,
+}
+
+/// An email sink's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<SecretRef>,
+    pub from: String,
+    pub to: Vec<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Raw {
+    pub fn validate(self, at: &str, errors: &mut Vec<String>) -> Settings {
+        let need = |field: &str, present: bool, errors: &mut Vec<String>| {
+            if !present {
+                errors.push(format!("{at}: `{field}` is required for type `email`"));
+            }
+        };
+        need("host", self.host.is_some(), errors);
+        need("from", self.from.is_some(), errors);
+        need(
+            "to",
+            self.to.as_ref().is_some_and(|t| !t.is_empty()),
+            errors,
+        );
+        let tls = self.tls.unwrap_or(SmtpTls::Starttls);
+        let host = self.host.unwrap_or_default();
+        if tls == SmtpTls::None && !is_loopback_host(&host) {
+            errors.push(format!(
+                "{at}: `tls = \"none\"` is allowed only for a loopback SMTP host"
+            ));
+        }
+        let password = SecretRef::from(self.password_file, self.password_credential, at, errors);
+        if password.is_some() != self.username.is_some() {
+            errors.push(format!("{at}: `username` and a password (`password_file` or `password_credential`) go together"));
+        }
+        Settings {
+            port: self.port.unwrap_or(match tls {
+                SmtpTls::Implicit => 465,
+                SmtpTls::Starttls => 587,
+                SmtpTls::None => 25,
+            }),
+            host,
+            tls,
+            username: self.username,
+            password,
+            from: self.from.unwrap_or_default(),
+            to: self.to.unwrap_or_default(),
+            ca_file: self.ca_file,
+        }
+    }
+}
 
 pub struct Email {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -99,8 +187,8 @@ pub fn body(alert: &Alert) -> String {
 }
 
 impl Email {
-    pub fn build(cfg: &SinkConfig) -> Result<Email, String> {
-        let SinkKind::Email {
+    pub fn build(settings: &Settings, timeout: std::time::Duration) -> Result<Email, String> {
+        let Settings {
             host,
             port,
             tls,
@@ -109,10 +197,7 @@ impl Email {
             from,
             to,
             ca_file,
-        } = &cfg.kind
-        else {
-            return Err("not an email sink".to_owned());
-        };
+        } = settings;
         let params = || -> Result<TlsParameters, String> {
             let mut b = TlsParameters::builder(host.clone());
             if let Some(ca) = ca_file {
@@ -125,7 +210,7 @@ impl Email {
         };
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
             .port(*port)
-            .timeout(Some(cfg.timeout));
+            .timeout(Some(timeout));
         builder = match tls {
             SmtpTls::Starttls => builder.tls(Tls::Required(params()?)),
             SmtpTls::Implicit => builder.tls(Tls::Wrapper(params()?)),

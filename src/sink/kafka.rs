@@ -5,26 +5,77 @@
 //! has it. Consumers drop redeliveries by `alert-id` (the same id after a
 //! retry or a restart).
 
+#[cfg(feature = "kafka")]
 use std::time::Duration;
 
+#[cfg(feature = "kafka")]
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+#[cfg(feature = "kafka")]
 use rdkafka::message::{Header, OwnedHeaders};
+#[cfg(feature = "kafka")]
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+#[cfg(feature = "kafka")]
 use super::SendError;
-use super::{SinkConfig, SinkKind};
+use crate::kafka::{KafkaClient, RawKafka};
 
+/// `type = "kafka"`: the section as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    topic: Option<String>,
+    kafka: Option<RawKafka>,
+}
+
+/// A Kafka sink's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub client: KafkaClient,
+    pub topic: String,
+}
+
+impl Raw {
+    pub fn validate(self, at: &str, errors: &mut Vec<String>) -> Option<Settings> {
+        if !cfg!(feature = "kafka") {
+            errors.push(format!(
+                "{at}: this build has no Kafka support (built without the `kafka` feature)"
+            ));
+        }
+        let topic = match self.topic {
+            Some(t) if t.trim().is_empty() => {
+                errors.push(format!("{at}: `topic` is empty"));
+                t
+            }
+            Some(t) => t,
+            None => {
+                errors.push(format!("{at}: `topic` is required for type `kafka`"));
+                String::new()
+            }
+        };
+        let Some(raw) = self.kafka else {
+            errors.push(format!(
+                "{at}: `kafka` (at least kafka.brokers) is required for type `kafka`"
+            ));
+            return None;
+        };
+        Some(Settings {
+            client: raw.validate(at, errors),
+            topic,
+        })
+    }
+}
+
+#[cfg(feature = "kafka")]
 pub struct Kafka {
     producer: FutureProducer,
     topic: String,
     timeout: Duration,
 }
 
+#[cfg(feature = "kafka")]
 impl Kafka {
-    pub fn build(cfg: &SinkConfig) -> Result<Kafka, String> {
-        let SinkKind::Kafka { client, topic } = &cfg.kind else {
-            return Err("not a kafka sink".to_owned());
-        };
+    pub fn build(settings: &Settings, timeout: Duration) -> Result<Kafka, String> {
+        let Settings { client, topic } = settings;
         let mut config = crate::kafka::client_config(client)?;
         config
             .set("enable.idempotence", "true")
@@ -32,7 +83,7 @@ impl Kafka {
             .set("compression.type", "lz4")
             .set(
                 "message.timeout.ms",
-                cfg.timeout.as_millis().max(1000).to_string(),
+                timeout.as_millis().max(1000).to_string(),
             );
         for (k, v) in &client.options {
             config.set(k, v);
@@ -43,7 +94,7 @@ impl Kafka {
         Ok(Kafka {
             producer,
             topic: topic.clone(),
-            timeout: cfg.timeout,
+            timeout,
         })
     }
 
@@ -69,6 +120,7 @@ impl Kafka {
     }
 }
 
+#[cfg(feature = "kafka")]
 fn classify(topic: &str, e: KafkaError) -> SendError {
     let message = format!("kafka topic {topic}: {e}");
     match e.rdkafka_error_code() {

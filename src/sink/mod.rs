@@ -1,89 +1,56 @@
-//! Sinks: one file per kind (stdout and file here), each building itself
-//! from its settings (secrets, TLS roots) and sending one alert at a time.
-//! A sink says whether a failure is worth retrying ([`SendError`]); what to
-//! do about it (backoff, dead letters, rate limits) is the outbox
+//! Sinks: one file per kind, each owning its settings section (`Raw`,
+//! validated into `Settings`), its build (secrets, TLS roots, clients) and
+//! its send. This module holds the one list of kinds and delegates to
+//! them. A sink says whether a failure is worth retrying ([`SendError`]);
+//! what to do about it (backoff, dead letters, rate limits) is the outbox
 //! dispatcher's ([`crate::outbox::dispatch`]).
 
 pub mod cef;
-mod email;
-#[cfg(feature = "kafka")]
-mod kafka;
-mod syslog;
-mod webhook;
+pub mod email;
+pub mod file;
+pub mod kafka;
+pub mod stdout;
+pub mod syslog;
+pub mod webhook;
 
-pub use email::{body as email_body, subject as email_subject};
+pub use email::{SmtpTls, body as email_body, subject as email_subject};
+pub use stdout::SharedWriter;
+pub use syslog::{SyslogMessage, SyslogProtocol};
 pub use webhook::{decode_key as decode_webhook_key, sign as webhook_signature};
 
-use std::io::Write;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use crate::alert::Alert;
-use crate::options::SecretRef;
 pub use crate::outbox::SendError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpTls {
-    Starttls,
-    Implicit,
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyslogProtocol {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyslogMessage {
-    Cef,
-    Json,
-}
-
+/// The kinds of sink, each with its settings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SinkKind {
     Stdout,
-    File {
-        path: PathBuf,
-    },
-    Webhook {
-        url: String,
-        headers: Vec<(String, String)>,
-        signing_key: Option<SecretRef>,
-        ca_file: Option<PathBuf>,
-    },
-    Email {
-        host: String,
-        port: u16,
-        tls: SmtpTls,
-        username: Option<String>,
-        password: Option<SecretRef>,
-        from: String,
-        to: Vec<String>,
-        ca_file: Option<PathBuf>,
-    },
-    Syslog {
-        address: SocketAddr,
-        protocol: SyslogProtocol,
-        message: SyslogMessage,
-        /// For TLS: the server name to verify (default: the IP).
-        server_name: Option<String>,
-        ca_file: Option<PathBuf>,
-        facility: u8,
-    },
+    File(file::Settings),
+    Webhook(webhook::Settings),
+    Email(email::Settings),
+    Syslog(syslog::Settings),
     /// Alerts produced to a Kafka topic (key `tenant/rule`).
-    Kafka {
-        client: crate::kafka::KafkaClient,
-        topic: String,
-    },
+    Kafka(kafka::Settings),
+}
+
+impl SinkKind {
+    /// Every `type` a sink may have.
+    pub const TYPES: &str = "stdout, file, webhook, email, syslog, kafka";
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::Stdout => "stdout",
+            SinkKind::File(_) => "file",
+            SinkKind::Webhook(_) => "webhook",
+            SinkKind::Email(_) => "email",
+            SinkKind::Syslog(_) => "syslog",
+            SinkKind::Kafka(_) => "kafka",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -107,28 +74,13 @@ impl SinkConfig {
     }
 
     pub fn type_name(&self) -> &'static str {
-        match self.kind {
-            SinkKind::Stdout => "stdout",
-            SinkKind::File { .. } => "file",
-            SinkKind::Webhook { .. } => "webhook",
-            SinkKind::Email { .. } => "email",
-            SinkKind::Syslog { .. } => "syslog",
-            SinkKind::Kafka { .. } => "kafka",
-        }
+        self.kind.type_name()
     }
 }
 
-/// The shared writer of the stdout sink (a test may pass its own).
-pub type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
-
 enum Kind {
-    Stdout(SharedWriter),
-    File {
-        path: PathBuf,
-        file: Option<std::fs::File>,
-        generation: u64,
-        reopen: Arc<AtomicU64>,
-    },
+    Stdout(stdout::Stdout),
+    File(file::File),
     Webhook(webhook::Webhook),
     Email(email::Email),
     Syslog(syslog::Syslog),
@@ -152,20 +104,17 @@ impl Sink {
     ) -> Result<Sink, String> {
         let at = |e: String| format!("sink `{}`: {e}", cfg.name);
         let kind = match &cfg.kind {
-            SinkKind::Stdout => Kind::Stdout(stdout.clone()),
-            SinkKind::File { path } => Kind::File {
-                path: path.clone(),
-                file: None,
-                generation: reopen.load(Ordering::Relaxed),
-                reopen: reopen.clone(),
-            },
-            SinkKind::Webhook { .. } => Kind::Webhook(webhook::Webhook::build(cfg).map_err(at)?),
-            SinkKind::Email { .. } => Kind::Email(email::Email::build(cfg).map_err(at)?),
-            SinkKind::Syslog { .. } => Kind::Syslog(syslog::Syslog::build(cfg).map_err(at)?),
+            SinkKind::Stdout => Kind::Stdout(stdout::Stdout::build(stdout)),
+            SinkKind::File(s) => Kind::File(file::File::build(s, reopen)),
+            SinkKind::Webhook(s) => {
+                Kind::Webhook(webhook::Webhook::build(s, cfg.timeout).map_err(at)?)
+            }
+            SinkKind::Email(s) => Kind::Email(email::Email::build(s, cfg.timeout).map_err(at)?),
+            SinkKind::Syslog(s) => Kind::Syslog(syslog::Syslog::build(s).map_err(at)?),
             #[cfg(feature = "kafka")]
-            SinkKind::Kafka { .. } => Kind::Kafka(kafka::Kafka::build(cfg).map_err(at)?),
+            SinkKind::Kafka(s) => Kind::Kafka(kafka::Kafka::build(s, cfg.timeout).map_err(at)?),
             #[cfg(not(feature = "kafka"))]
-            SinkKind::Kafka { .. } => return Err(at("this build has no Kafka support".into())),
+            SinkKind::Kafka(_) => return Err(at("this build has no Kafka support".into())),
         };
         Ok(Sink {
             name: cfg.name.clone(),
@@ -184,46 +133,8 @@ impl Sink {
         let timeout = self.timeout;
         let fut = async {
             match &mut self.kind {
-                Kind::Stdout(w) => {
-                    let mut w = w
-                        .lock()
-                        .map_err(|_| SendError::permanent("stdout writer poisoned"))?;
-                    w.write_all(json)
-                        .and_then(|()| w.write_all(b"\n"))
-                        .and_then(|()| w.flush())
-                        .map_err(|e| SendError::retry(format!("stdout: {e}")))
-                }
-                Kind::File {
-                    path,
-                    file,
-                    generation,
-                    reopen,
-                } => {
-                    let now = reopen.load(Ordering::Relaxed);
-                    if now != *generation {
-                        // SIGHUP: logrotate moved the file; write to a new one.
-                        *file = None;
-                        *generation = now;
-                    }
-                    if file.is_none() {
-                        *file = Some(
-                            std::fs::OpenOptions::new()
-                                .create(true)
-                                .append(true)
-                                .open(&*path)
-                                .map_err(|e| {
-                                    SendError::retry(format!("{}: {e}", path.display()))
-                                })?,
-                        );
-                    }
-                    let f = file
-                        .as_mut()
-                        .ok_or_else(|| SendError::retry("file not open"))?;
-                    let mut line = json.to_vec();
-                    line.push(b'\n');
-                    f.write_all(&line)
-                        .map_err(|e| SendError::retry(format!("{}: {e}", path.display())))
-                }
+                Kind::Stdout(s) => s.send(json),
+                Kind::File(f) => f.send(json),
                 Kind::Webhook(w) => w.send(id, json).await,
                 Kind::Email(e) => e.send(&parse()?).await,
                 Kind::Syslog(s) => s.send(&parse()?, json).await,

@@ -9,9 +9,78 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 use super::SendError;
-use super::{SinkConfig, SinkKind, SyslogMessage, SyslogProtocol};
 use crate::alert::Severity;
 use crate::alert::{Alert, format_ts};
+use std::path::PathBuf;
+
+/// The transport to the SIEM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogProtocol {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+/// What MSG carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogMessage {
+    Cef,
+    Json,
+}
+
+/// `type = "syslog"`: the section as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    address: Option<String>,
+    protocol: Option<SyslogProtocol>,
+    message: Option<SyslogMessage>,
+    server_name: Option<String>,
+    ca_file: Option<PathBuf>,
+    facility: Option<u8>,
+}
+
+/// A syslog sink's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub address: SocketAddr,
+    pub protocol: SyslogProtocol,
+    pub message: SyslogMessage,
+    /// For TLS: the server name to verify (default: the IP).
+    pub server_name: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub facility: u8,
+}
+
+impl Raw {
+    pub fn validate(self, at: &str, errors: &mut Vec<String>) -> Settings {
+        let fallback = SocketAddr::from(([127, 0, 0, 1], 514));
+        let address = match self.address.as_deref().map(str::parse::<SocketAddr>) {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => {
+                errors.push(format!("{at}: address: {e}"));
+                fallback
+            }
+            None => {
+                errors.push(format!("{at}: `address` is required for type `syslog`"));
+                fallback
+            }
+        };
+        if self.facility.is_some_and(|f| f > 23) {
+            errors.push(format!("{at}: facility must be 0..=23"));
+        }
+        Settings {
+            address,
+            protocol: self.protocol.unwrap_or(SyslogProtocol::Tcp),
+            message: self.message.unwrap_or(SyslogMessage::Cef),
+            server_name: self.server_name,
+            ca_file: self.ca_file,
+            facility: self.facility.unwrap_or(13),
+        }
+    }
+}
 
 /// Our private enterprise-number-style SD-ID.
 const SD_ID: &str = "mcp-alertd@32473";
@@ -92,18 +161,15 @@ pub fn render(
 }
 
 impl Syslog {
-    pub fn build(cfg: &SinkConfig) -> Result<Syslog, String> {
-        let SinkKind::Syslog {
+    pub fn build(settings: &Settings) -> Result<Syslog, String> {
+        let Settings {
             address,
             protocol,
             message,
             server_name,
             ca_file,
             facility,
-        } = &cfg.kind
-        else {
-            return Err("not a syslog sink".to_owned());
-        };
+        } = settings;
         let tls = if *protocol == SyslogProtocol::Tls {
             let config = super::webhook::client_tls(ca_file.as_deref())?;
             let name = server_name

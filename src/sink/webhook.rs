@@ -12,7 +12,9 @@ use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 
 use super::SendError;
-use super::{SinkConfig, SinkKind};
+use std::path::PathBuf;
+
+use crate::options::SecretRef;
 
 pub struct Webhook {
     client: reqwest::Client,
@@ -79,24 +81,71 @@ pub fn client_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientCon
         .with_no_client_auth())
 }
 
+/// `type = "webhook"`: the section as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    url: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    signing_key_file: Option<PathBuf>,
+    signing_key_credential: Option<String>,
+    ca_file: Option<PathBuf>,
+}
+
+/// A webhook sink's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// Standard Webhooks signing key (`whsec_...`).
+    pub signing_key: Option<SecretRef>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Raw {
+    pub fn validate(self, at: &str, errors: &mut Vec<String>) -> Settings {
+        let url = match self.url {
+            Some(url) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    errors.push(format!("{at}: `url` must be http:// or https://"));
+                }
+                url
+            }
+            None => {
+                errors.push(format!("{at}: `url` is required for type `webhook`"));
+                String::new()
+            }
+        };
+        Settings {
+            url,
+            headers: self.headers.into_iter().collect(),
+            signing_key: SecretRef::from(
+                self.signing_key_file,
+                self.signing_key_credential,
+                at,
+                errors,
+            ),
+            ca_file: self.ca_file,
+        }
+    }
+}
+
 impl Webhook {
-    pub fn build(cfg: &SinkConfig) -> Result<Webhook, String> {
-        let SinkKind::Webhook {
+    pub fn build(settings: &Settings, timeout: Duration) -> Result<Webhook, String> {
+        let Settings {
             url,
             headers,
             signing_key,
             ca_file,
-        } = &cfg.kind
-        else {
-            return Err("not a webhook sink".to_owned());
-        };
+        } = settings;
         let key = match signing_key {
             Some(r) => Some(decode_key(&r.read()?)?),
             None => None,
         };
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(client_tls(ca_file.as_deref())?)
-            .timeout(cfg.timeout)
+            .timeout(timeout)
             .user_agent(concat!("mcp-alertd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::framing::{Framer, Frames};
-use super::{Batch, FileMark, SourceCtx, SourceMsg, next_partition};
+use super::{Batch, BindEnv, Bound, FileMark, SourceCtx, SourceMsg, next_partition};
+use crate::options::{dur, ms_duration};
 
 /// Where a file source starts when it has no saved position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -30,6 +31,64 @@ pub struct SavedPosition {
     pub dev: u64,
     pub ino: u64,
     pub offset: u64,
+}
+
+/// `type = "file"`: the section as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    path: Option<PathBuf>,
+    read_from: Option<ReadFrom>,
+    poll_interval: Option<String>,
+}
+
+/// A followed file's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub path: PathBuf,
+    pub read_from: ReadFrom,
+    pub poll_interval: Duration,
+}
+
+impl Raw {
+    pub fn validate(self, at: &str, errors: &mut Vec<String>) -> Settings {
+        let path = match self.path {
+            Some(p) => p,
+            None => {
+                errors.push(format!("{at}: `path` is required for type `file`"));
+                PathBuf::new()
+            }
+        };
+        Settings {
+            path,
+            read_from: self.read_from.unwrap_or(ReadFrom::Beginning),
+            poll_interval: ms_duration(dur(
+                errors,
+                &format!("{at}: poll_interval"),
+                self.poll_interval.as_deref(),
+                250,
+                10,
+            )),
+        }
+    }
+}
+
+/// Follows the file from its saved position (if the state has one).
+pub fn bind_source(settings: &Settings, ctx: SourceCtx, env: &mut BindEnv) -> Bound {
+    let src = FileSource {
+        path: settings.path.clone(),
+        read_from: settings.read_from,
+        poll_interval: settings.poll_interval,
+        saved: env.file_positions.get(&*ctx.name).copied(),
+    };
+    tracing::info!(source = %ctx.name, path = %settings.path.display(), "following file");
+    let tracker = env.tracker.clone();
+    Bound {
+        local: None,
+        start: Box::new(move || {
+            tracker.spawn(run(ctx, src));
+        }),
+    }
 }
 
 pub struct FileSource {

@@ -7,13 +7,12 @@
 pub mod activation;
 pub mod file;
 pub mod framing;
-#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod lines;
 pub mod syslog_tcp;
 pub mod syslog_udp;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +20,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::event::PartitionId;
 use crate::telemetry::metrics::{Metrics, SourceLabel};
@@ -34,6 +34,33 @@ use framing::Frames;
 pub enum Listen {
     Addr(SocketAddr),
     Systemd(String),
+}
+
+/// Default syslog listen address (UDP and TCP): loopback, unprivileged.
+pub const DEFAULT_SYSLOG_ADDRESS: &str = "127.0.0.1:5514";
+
+impl Listen {
+    /// `address` of a syslog source (default [`DEFAULT_SYSLOG_ADDRESS`]).
+    pub fn parse(text: Option<&str>, at: &str, errors: &mut Vec<String>) -> Listen {
+        let text = text.unwrap_or(DEFAULT_SYSLOG_ADDRESS);
+        if let Some(name) = text.strip_prefix("systemd:") {
+            if name.is_empty() || name.contains(':') {
+                errors.push(format!(
+                    "{at}: address: `systemd:` needs the socket's FileDescriptorName (e.g. \"systemd:syslog-udp\")"
+                ));
+            }
+            return Listen::Systemd(name.to_owned());
+        }
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Listen::Addr(a),
+            Err(e) => {
+                errors.push(format!(
+                    "{at}: address: {e} (write e.g. \"127.0.0.1:5514\", \"[::1]:5514\" or \"systemd:NAME\")"
+                ));
+                Listen::Addr(SocketAddr::from(([127, 0, 0, 1], 5514)))
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for Listen {
@@ -146,6 +173,63 @@ impl DurableOffsets {
 /// source, if the daemon has its state: handed to the source by the
 /// composition root, which reads the store.
 pub type SavedOffset = Arc<dyn Fn(&str, i32) -> Option<i64> + Send + Sync>;
+
+/// The kinds of source, each with its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKind {
+    SyslogUdp(syslog_udp::Settings),
+    SyslogTcp(syslog_tcp::Settings),
+    File(file::Settings),
+    Kafka(kafka::Settings),
+}
+
+impl SourceKind {
+    /// Every `type` a source may have.
+    pub const TYPES: &str = "syslog_udp, syslog_tcp, file, kafka";
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceKind::SyslogUdp(_) => "syslog_udp",
+            SourceKind::SyslogTcp(s) if s.tls.is_some() => "syslog_tls",
+            SourceKind::SyslogTcp(_) => "syslog_tcp",
+            SourceKind::File(_) => "file",
+            SourceKind::Kafka(_) => "kafka",
+        }
+    }
+
+    /// Binds the source (sockets, consumer) without reading yet: the
+    /// daemon binds everything before it reports ready, then starts.
+    pub async fn bind(&self, ctx: SourceCtx, env: &mut BindEnv) -> Result<Bound, String> {
+        let what = format!("source `{}` ({})", ctx.name, self.type_name());
+        match self {
+            SourceKind::SyslogUdp(s) => syslog_udp::bind_source(s, ctx, env),
+            SourceKind::SyslogTcp(s) => syslog_tcp::bind_source(s, ctx, env).await,
+            SourceKind::File(s) => Ok(file::bind_source(s, ctx, env)),
+            SourceKind::Kafka(s) => kafka::bind_source(s, ctx, env),
+        }
+        .map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+/// What sources take from the daemon when they bind.
+pub struct BindEnv {
+    /// Sockets systemd passed (socket activation).
+    pub activated: activation::Activated,
+    /// Where each file source resumes (by source name), from saved state.
+    pub file_positions: BTreeMap<String, file::SavedPosition>,
+    /// A Kafka source's saved offsets, given its name.
+    pub saved_offset: Box<dyn Fn(&str) -> SavedOffset + Send>,
+    /// Offsets durably covered by saved state (Kafka commits follow them).
+    pub durable: Arc<DurableOffsets>,
+    /// Source tasks are spawned here.
+    pub tracker: TaskTracker,
+}
+
+/// A bound source: its local address (for listeners) and what starts it.
+pub struct Bound {
+    pub local: Option<SocketAddr>,
+    pub start: Box<dyn FnOnce() + Send>,
+}
 
 /// What every source task gets.
 #[derive(Clone)]

@@ -19,7 +19,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::framing::{Framer, Frames};
-use super::{Batch, SourceCtx, SourceMsg, next_partition};
+use super::{Batch, BindEnv, Bound, Listen, SourceCtx, SourceMsg, next_partition};
+use crate::options::{count, dur, ms_duration};
 
 /// TLS (RFC 5425) on a TCP source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +84,107 @@ pub fn tls_acceptor(tls: &TlsSettings) -> Result<TlsAcceptor, TlsError> {
 }
 
 /// Connection limits of a TCP source.
-#[derive(Clone)]
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client_ca_file: Option<PathBuf>,
+}
+
+/// `type = "syslog_tcp"`: the section as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    address: Option<String>,
+    max_connections: Option<u64>,
+    idle_timeout: Option<String>,
+    tls: Option<RawTls>,
+}
+
+/// A TCP (or TLS) syslog source's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub address: Listen,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub tls: Option<TlsSettings>,
+}
+
+impl Raw {
+    pub fn validate(self, at: &str, errors: &mut Vec<String>) -> Settings {
+        let tls = self.tls.map(|t| {
+            for (what, file) in [
+                ("cert_file", Some(&t.cert_file)),
+                ("key_file", Some(&t.key_file)),
+                ("client_ca_file", t.client_ca_file.as_ref()),
+            ] {
+                if let Some(file) = file
+                    && let Err(e) = std::fs::metadata(file)
+                {
+                    errors.push(format!("{at}: tls.{what} {}: {e}", file.display()));
+                }
+            }
+            TlsSettings {
+                cert_file: t.cert_file,
+                key_file: t.key_file,
+                client_ca_file: t.client_ca_file,
+            }
+        });
+        Settings {
+            address: Listen::parse(self.address.as_deref(), at, errors),
+            max_connections: count(
+                errors,
+                &format!("{at}: max_connections"),
+                self.max_connections,
+                256,
+                (1, 65_536),
+            ),
+            idle_timeout: ms_duration(dur(
+                errors,
+                &format!("{at}: idle_timeout"),
+                self.idle_timeout.as_deref(),
+                300_000,
+                1_000,
+            )),
+            tls,
+        }
+    }
+}
+
+/// Binds the listener (or takes the one systemd passed) and loads the TLS
+/// certificate, if any.
+pub async fn bind_source(
+    settings: &Settings,
+    ctx: SourceCtx,
+    env: &mut BindEnv,
+) -> Result<Bound, String> {
+    let acceptor = match &settings.tls {
+        Some(t) => Some(tls_acceptor(t).map_err(|e| format!("TLS: {e}"))?),
+        None => None,
+    };
+    let listener = match &settings.address {
+        Listen::Addr(a) => TcpListener::bind(a).await,
+        Listen::Systemd(name) => env.activated.tcp(name).and_then(TcpListener::from_std),
+    }
+    .map_err(|e| format!("cannot listen on tcp {}: {e}", settings.address))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(source = %ctx.name, address = %local, tls = acceptor.is_some(), "listening (syslog over TCP)");
+    let limits = TcpLimits {
+        max_connections: settings.max_connections,
+        idle_timeout: settings.idle_timeout,
+    };
+    let tracker = env.tracker.clone();
+    Ok(Bound {
+        local: Some(local),
+        start: Box::new(move || {
+            let inner = tracker.clone();
+            tracker.spawn(run(ctx, listener, limits, acceptor, inner));
+        }),
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
 pub struct TcpLimits {
     pub max_connections: usize,
     pub idle_timeout: Duration,
@@ -124,7 +225,6 @@ pub async fn run(
         let span = tracing::info_span!("connection", source = %ctx.name, %peer);
         let ctx = ctx.clone();
         let tls = tls.clone();
-        let limits = limits.clone();
         tracker.spawn(
             async move {
                 connection(ctx, stream, peer, tls, limits).await;

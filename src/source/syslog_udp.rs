@@ -9,10 +9,69 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::framing::{FrameRef, Frames};
-use super::{Batch, SourceCtx, SourceMsg, udp_partition};
+use super::{Batch, BindEnv, Bound, Listen, SourceCtx, SourceMsg, udp_partition};
+use crate::options::count;
 
 /// Binds the socket (with an optional receive buffer size) before the
 /// daemon reports ready.
+/// Default UDP receive buffer requested (the kernel caps it at
+/// `net.core.rmem_max`): bursts queue in the kernel instead of being lost.
+pub const DEFAULT_RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// `type = "syslog_udp"`: the section as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    address: Option<String>,
+    receive_buffer_bytes: Option<u64>,
+}
+
+/// A UDP syslog source's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub address: Listen,
+    pub receive_buffer_bytes: Option<usize>,
+}
+
+impl Raw {
+    pub fn validate(self, at: &str, errors: &mut Vec<String>) -> Settings {
+        Settings {
+            address: Listen::parse(self.address.as_deref(), at, errors),
+            receive_buffer_bytes: self.receive_buffer_bytes.map(|b| {
+                count(
+                    errors,
+                    &format!("{at}: receive_buffer_bytes"),
+                    Some(b),
+                    0,
+                    (4096, 1 << 30),
+                )
+            }),
+        }
+    }
+}
+
+/// Binds the socket (or takes the one systemd passed).
+pub fn bind_source(
+    settings: &Settings,
+    ctx: SourceCtx,
+    env: &mut BindEnv,
+) -> Result<Bound, String> {
+    let socket = match &settings.address {
+        Listen::Addr(a) => bind(*a, settings.receive_buffer_bytes),
+        Listen::Systemd(name) => env.activated.udp(name).and_then(UdpSocket::from_std),
+    }
+    .map_err(|e| format!("cannot listen on udp {}: {e}", settings.address))?;
+    let local = socket.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(source = %ctx.name, address = %local, "listening (syslog over UDP)");
+    let tracker = env.tracker.clone();
+    Ok(Bound {
+        local: Some(local),
+        start: Box::new(move || {
+            tracker.spawn(run(ctx, socket));
+        }),
+    })
+}
+
 pub fn bind(addr: SocketAddr, receive_buffer_bytes: Option<usize>) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;

@@ -4,183 +4,19 @@
 //! bounded polls; nothing asserts on timing.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_alertd::app::Daemon;
 use mcp_alertd::config::Config;
 use mcp_alertd::engine::RuleSet;
 use mcp_alertd::replay::{Input, ReplayOptions, replay};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-/// Collects the daemon's alert output.
-#[derive(Clone, Default)]
-pub struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    pub fn alerts(&self) -> Vec<Value> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    pub fn ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .alerts()
-            .iter()
-            .map(|a| a["id"].as_str().unwrap().to_owned())
-            .collect();
-        ids.sort();
-        ids
-    }
-}
-
-/// Polls `cond` every 20 ms for at most 30 s.
-pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1500 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-pub const SOURCES: &str = r#"
-[engine]
-idle_after = "1h"           # tests drive the clock with event time only
-
-[metrics]
-address = "127.0.0.1:0"
-
-[[sources]]
-name = "udp"
-type = "syslog_udp"
-address = "127.0.0.1:0"
-
-[[sources]]
-name = "tcp"
-type = "syslog_tcp"
-address = "127.0.0.1:0"
-idle_timeout = "2s"
-"#;
-
-pub async fn start(config_text: &str, state: &Path) -> (Daemon, Capture) {
-    let text = format!("state_dir = \"{}\"\n{config_text}", state.display());
-    let config = Config::parse(&text).unwrap();
-    let rules = config.load_rules().unwrap();
-    let out = Capture::default();
-    let daemon = Daemon::start(config, rules, Box::new(out.clone()))
-        .await
-        .unwrap();
-    (daemon, out)
-}
-
-/// Events an hour old (well within max_future_skew) that raise threshold
-/// and match alerts: 5 failures of one agent, 6 denials in one session.
-pub fn scenario(tag: &str) -> Vec<String> {
-    let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
-    let mut lines = Vec::new();
-    for i in 0..5 {
-        lines.push(format!(
-            r#"{{"ts":{},"event":"auth.failure","tenant":"{tag}","agent_id":"intruder","reason":"invalid_token","n":{i}}}"#,
-            base + i * 1000
-        ));
-    }
-    for i in 0..6 {
-        lines.push(format!(
-            r#"{{"ts":{},"event":"tool.denied","tenant":"{tag}","agent_id":"bot","session_id":"s1","tool":"shell_exec","reason":"not_in_allowlist","n":{i}}}"#,
-            base + 10_000 + i * 1000
-        ));
-    }
-    lines
-}
-
-/// Alert ids that `replay` gives for the same events.
-pub fn replay_ids(lines: &[String]) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("events.jsonl");
-    std::fs::write(&path, lines.join("\n")).unwrap();
-    let mut out = Vec::new();
-    replay(
-        &[Input::File(path)],
-        Arc::new(RuleSet::embedded().unwrap()),
-        &ReplayOptions::default(),
-        &mut out,
-    )
-    .unwrap();
-    let mut ids: Vec<String> = String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    ids.sort();
-    ids
-}
-
-/// A loopback port that was free a moment ago (for a child process that
-/// must be told its port before it binds).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Connects to a loopback port, retrying for at most 10 s while the
-/// listener comes up.
-pub fn connect_retry(port: u16) -> std::net::TcpStream {
-    for _ in 0..500 {
-        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            return c;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing listens on 127.0.0.1:{port}");
-}
-
-pub async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
-}
-
-/// The value of one sample line of a scrape (`name{labels}`), 0 if absent.
-pub fn metric(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
+use crate::support::{
+    SOURCES, metric, replay_ids, scenario, scrape, scrape_blocking, start, wait_for,
+};
 
 const EXPECTED_ALERTS: usize = 8; // 1 burst + 6 denials + 1 incident
 
@@ -276,7 +112,7 @@ async fn oversize_frames_and_garbage_are_rejected_and_counted_and_the_rest_is_re
     let m = daemon.metrics_addr().unwrap();
     let mut text = String::new();
     wait_for("rejection counters", || {
-        text = futures_lite_scrape(m);
+        text = scrape_blocking(m);
         metric(
             &text,
             "mcp_alertd_records_rejected_total{source=\"tcp\",reason=\"not_utf8\"}",
@@ -297,16 +133,6 @@ async fn oversize_frames_and_garbage_are_rejected_and_counted_and_the_rest_is_re
 }
 
 /// A blocking scrape for use inside synchronous polling closures.
-pub fn futures_lite_scrape(addr: SocketAddr) -> String {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_octet_counted_frame_over_the_bound_is_skipped_and_a_bad_header_closes_the_connection() {
     let dir = tempfile::tempdir().unwrap();
@@ -332,12 +158,12 @@ async fn an_octet_counted_frame_over_the_bound_is_skipped_and_a_bad_header_close
     let m = daemon.metrics_addr().unwrap();
     wait_for("bad framing counted", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_records_rejected_total{source=\"tcp\",reason=\"bad_framing\"}",
         ) == 1.0
     })
     .await;
-    let text = futures_lite_scrape(m);
+    let text = scrape_blocking(m);
     assert_eq!(
         metric(
             &text,
@@ -365,7 +191,7 @@ async fn idle_and_half_open_connections_are_closed_and_the_connection_cap_holds(
     let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
     wait_for("two open connections", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_connections_open{source=\"tcp\"}",
         ) == 2.0
     })
@@ -373,14 +199,14 @@ async fn idle_and_half_open_connections_are_closed_and_the_connection_cap_holds(
     let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
     wait_for("the third refused", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_connections_refused_total{source=\"tcp\"}",
         ) == 1.0
     })
     .await;
     wait_for("idle connections closed", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_connections_open{source=\"tcp\"}",
         ) == 0.0
     })
@@ -411,7 +237,7 @@ async fn a_full_queue_slows_tcp_senders_and_loses_nothing() {
     let m = daemon.metrics_addr().unwrap();
     wait_for("every event processed", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_events_total{type=\"tool.invoke\"}",
         ) == f64::from(n)
     })
@@ -530,7 +356,7 @@ async fn reload_keeps_the_state_of_unchanged_rules_and_resets_changed_ones() {
     let m = daemon.metrics_addr().unwrap();
     wait_for("4 events", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_events_total{type=\"auth.failure\"}",
         ) == 3.0
     })
@@ -629,7 +455,7 @@ tls = {{ cert_file = "{}", key_file = "{}", client_ca_file = "{}" }}
     let m = daemon.metrics_addr().unwrap();
     wait_for("the rogue client refused", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_connections_refused_total{source=\"tls\"}",
         ) == 1.0
     })
@@ -663,8 +489,8 @@ tls = {{ cert_file = "{}", key_file = "{}", client_ca_file = "{}" }}
 async fn a_followed_file_survives_rotation_and_truncation_and_resumes_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
-    let cfg = crate::state::file_config(&log);
-    let append = |lines: &[String]| crate::state::append(&log, lines);
+    let cfg = crate::support::file_config(&log);
+    let append = |lines: &[String]| crate::support::append(&log, lines);
     let first = scenario("first");
     append(&first[..3]);
     let (daemon, out) = start(&cfg, dir.path()).await;
@@ -749,7 +575,7 @@ async fn metrics_and_health_endpoints_serve_what_operators_need() {
     let m = daemon.metrics_addr().unwrap();
     let mut text = String::new();
     wait_for("latency exported", || {
-        text = futures_lite_scrape(m);
+        text = scrape_blocking(m);
         text.contains("mcp_alertd_ingest_to_alert_latency_seconds{quantile=\"0.99\"}")
     })
     .await;
@@ -860,12 +686,12 @@ address = "[::1]:0"
     let m = daemon.metrics_addr().unwrap();
     wait_for("the UDP datagram", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_records_received_total{source=\"udp6\"}",
         ) == 1.0
     })
     .await;
-    let text = futures_lite_scrape(m);
+    let text = scrape_blocking(m);
     assert_eq!(
         metric(
             &text,

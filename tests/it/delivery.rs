@@ -15,7 +15,7 @@ use mcp_alertd::sink::webhook_signature;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use crate::daemon::{futures_lite_scrape, metric, replay_ids, scenario, start, wait_for};
+use crate::support::{metric, replay_ids, scenario, scrape_blocking, start, wait_for};
 
 /// Requests the test webhook accepted: headers and body.
 pub type Received = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
@@ -32,20 +32,14 @@ pub struct Hook {
 
 impl Hook {
     pub fn ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
+        let alerts: Vec<Value> = self
             .got
             .lock()
             .unwrap()
             .iter()
-            .map(|(_, b)| {
-                serde_json::from_slice::<Value>(b).unwrap()["id"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
+            .map(|(_, b)| serde_json::from_slice(b).unwrap())
             .collect();
-        ids.sort();
-        ids
+        crate::support::sorted_ids(&alerts)
     }
 }
 
@@ -131,12 +125,12 @@ async fn webhook_deliveries_are_signed_and_retried_and_permanent_failures_go_to_
     send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
     let m = daemon.metrics_addr().unwrap();
     wait_for("deliveries and one dead letter", || {
-        let t = futures_lite_scrape(m);
+        let t = scrape_blocking(m);
         metric(&t, "mcp_alertd_alerts_sent_total{sink=\"hook\"}") == (ALERTS - 1) as f64
             && metric(&t, "mcp_alertd_alerts_dead_total{sink=\"hook\"}") == 1.0
     })
     .await;
-    let text = futures_lite_scrape(m);
+    let text = scrape_blocking(m);
     assert_eq!(
         metric(&text, "mcp_alertd_alert_send_errors_total{sink=\"hook\"}"),
         3.0
@@ -208,7 +202,7 @@ async fn an_outage_of_the_webhook_delays_but_never_loses_or_duplicates_alerts() 
     let m = daemon.metrics_addr().unwrap();
     wait_for("failed attempts while down", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_alert_send_errors_total{sink=\"hook\"}",
         ) >= 2.0 * ALERTS as f64
     })
@@ -242,7 +236,7 @@ async fn the_same_alert_is_never_delivered_twice_to_a_sink() {
     let m = daemon.metrics_addr().unwrap();
     wait_for("the events processed", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_events_total{type=\"tool.denied\"}",
         ) == 6.0
     })
@@ -440,28 +434,77 @@ sinks = ["stdout"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_100k_alerts_is_rate_limited_without_loss_and_the_outbox_stays_bounded() {
+    let n = 100_000;
+    let storm = storm(n, 20_000, 100, 2000).await;
+    assert_eq!(storm.unique, n, "every alert once");
+    assert_eq!(storm.ids, n, "no duplicates");
+    // Bounded: the engine waited for room instead of growing the outbox.
+    assert!(
+        storm.max_pending <= 2000.0,
+        "outbox grew to {}",
+        storm.max_pending
+    );
+    // The rate limit, counted: no second of arrivals holds more than the
+    // rate plus the burst.
+    assert!(
+        storm.most <= 20_000 + 100,
+        "{} deliveries within one second",
+        storm.most
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_the_sink_could_outrun_holds_deliveries_to_the_rate_plus_the_burst() {
+    // 50/s with a burst of 5: any build delivers 200 alerts to a loopback
+    // receiver in well under a second, so without the limiter one second
+    // of arrivals would hold far more than 55.
+    let n = 200;
+    let storm = storm(n, 50, 5, 1000).await;
+    assert_eq!(storm.unique, n, "every alert once");
+    assert_eq!(storm.ids, n, "no duplicates");
+    // Sends are sequential, so arrivals can only spread out; a few more in
+    // a window allow for uneven request latency.
+    assert!(
+        storm.most <= 50 + 5 + 5,
+        "{} deliveries within one second",
+        storm.most
+    );
+}
+
+/// What a storm of `n` alerts through a rate-limited webhook gave.
+struct Storm {
+    ids: usize,
+    unique: usize,
+    max_pending: f64,
+    /// The most arrivals within any one second.
+    most: usize,
+}
+
+async fn storm(n: usize, rate: u32, burst: u32, max_pending: u32) -> Storm {
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let hook = Hook::default();
     tokio::spawn(webhook_server(hook.clone(), listener));
     let mut cfg = webhook_config(dir.path(), &url);
-    cfg = cfg.replace("[outbox]\n", "[outbox]\nmax_pending = 2000\n");
-    cfg.push_str("rate_limit = 20000\nburst = 100\n");
+    cfg = cfg.replace(
+        "[outbox]\n",
+        &format!("[outbox]\nmax_pending = {max_pending}\n"),
+    );
+    cfg.push_str(&format!("rate_limit = {rate}\nburst = {burst}\n"));
     let (daemon, _out) = start(&cfg, dir.path()).await;
     let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
-    let n = 100_000;
-    let lines: Vec<String> = (0..n)
+    let lines: Vec<String> = (0..n as i64)
         .map(|i| format!(r#"{{"ts":{},"event":"tool.denied","agent_id":"a","session_id":"s{i}","tool":"t"}}"#, base + i))
         .collect();
     send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
     let m = daemon.metrics_addr().unwrap();
-    let mut max_pending = 0.0f64;
+    let mut most_pending = 0.0f64;
     // A longer bound than other waits: 100k deliveries in a debug build.
     for _ in 0..3000 {
-        let t = futures_lite_scrape(m);
-        max_pending = max_pending.max(metric(&t, "mcp_alertd_outbox_pending_deliveries"));
-        if hook.got.lock().unwrap().len() >= n as usize {
+        let t = scrape_blocking(m);
+        most_pending = most_pending.max(metric(&t, "mcp_alertd_outbox_pending_deliveries"));
+        if hook.got.lock().unwrap().len() >= n {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -470,12 +513,6 @@ async fn a_storm_of_100k_alerts_is_rate_limited_without_loss_and_the_outbox_stay
     let ids = hook.ids();
     let mut unique = ids.clone();
     unique.dedup();
-    assert_eq!(unique.len(), n as usize, "every alert once");
-    assert_eq!(ids.len(), n as usize, "no duplicates");
-    // Bounded: the engine waited for room instead of growing the outbox.
-    assert!(max_pending <= 2000.0, "outbox grew to {max_pending}");
-    // The rate limit, counted: no second of arrivals holds more than the
-    // rate plus the burst.
     let arrivals = hook.arrivals.lock().unwrap().clone();
     let mut most = 0;
     let mut j = 0;
@@ -488,7 +525,12 @@ async fn a_storm_of_100k_alerts_is_rate_limited_without_loss_and_the_outbox_stay
         }
         most = most.max(j - i);
     }
-    assert!(most <= 20_000 + 100, "{most} deliveries within one second");
+    Storm {
+        ids: ids.len(),
+        unique: unique.len(),
+        max_pending: most_pending,
+        most,
+    }
 }
 
 #[test]
@@ -823,7 +865,7 @@ async fn dead_letters_can_be_retried_and_purged_from_the_cli() {
     let m = daemon.metrics_addr().unwrap();
     wait_for("dead letters", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_alerts_dead_total{sink=\"hook\"}",
         ) == ALERTS as f64
     })
@@ -933,7 +975,7 @@ async fn email_over_starttls_refuses_an_unknown_server_certificate() {
     let m = daemon.metrics_addr().unwrap();
     wait_for("failed attempts", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_alert_send_errors_total{sink=\"mail\"}",
         ) >= 2.0
     })
@@ -959,7 +1001,7 @@ async fn max_age_turns_retries_into_dead_letters() {
     let m = daemon.metrics_addr().unwrap();
     wait_for("every alert aged out", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_alerts_dead_total{sink=\"hook\"}",
         ) == ALERTS as f64
     })
@@ -1001,7 +1043,7 @@ async fn a_retry_after_header_sets_the_next_attempt() {
     let m = daemon.metrics_addr().unwrap();
     wait_for("one attempt per alert", || {
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_alert_send_errors_total{sink=\"hook\"}",
         ) == ALERTS as f64
     })

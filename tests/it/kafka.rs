@@ -13,7 +13,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use serde_json::Value;
 
-use crate::daemon::{Capture, replay_ids, start, wait_for};
+use crate::support::{Capture, replay_ids, start, wait_for, wait_until};
 
 pub type Mock = MockCluster<'static, DefaultProducerContext>;
 
@@ -323,19 +323,9 @@ fn delivered(dir: &std::path::Path) -> BTreeSet<String> {
         .collect()
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..3000 {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[test]
 fn sigkill_mid_stream_and_restarts_deliver_the_alerts_of_an_uninterrupted_run() {
-    use crate::process::Proc;
+    use crate::support::Proc;
     let mock = mock("audit", 3);
     let bootstrap = mock.bootstrap_servers();
     let lines = examples();
@@ -372,8 +362,8 @@ fn sigkill_mid_stream_and_restarts_deliver_the_alerts_of_an_uninterrupted_run() 
                 // wherever they land.
                 let m = p.metrics_addr();
                 wait_until("a state save", || {
-                    crate::daemon::metric(
-                        &crate::daemon::futures_lite_scrape(m),
+                    crate::support::metric(
+                        &crate::support::scrape_blocking(m),
                         "mcp_alertd_state_saves_total",
                     ) >= 1.0
                 });
@@ -399,7 +389,7 @@ fn sigkill_mid_stream_and_restarts_deliver_the_alerts_of_an_uninterrupted_run() 
 
 #[test]
 fn a_survivor_takes_over_the_partitions_of_a_killed_daemon() {
-    use crate::process::Proc;
+    use crate::support::Proc;
     let mock = mock("audit", 4);
     let bootstrap = mock.bootstrap_servers();
     let lines = examples();

@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod architecture;
+mod support;
 mod cli;
 mod clock;
 mod daemon;

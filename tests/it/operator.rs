@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::process::Command;
 
-use crate::daemon::{SOURCES, scenario, start, wait_for};
+use crate::support::{SOURCES, scenario, start, wait_for};
 
 fn bin() -> std::path::PathBuf {
     assert_cmd::cargo::cargo_bin("mcp-alertd")

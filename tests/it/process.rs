@@ -5,140 +5,13 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::daemon::{futures_lite_scrape, metric, replay_ids, scenario};
-
-pub struct Proc {
-    pub child: Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Proc {
-    pub fn start(dir: &Path, config: &str) -> Proc {
-        let cfg = dir.join("config.toml");
-        std::fs::write(&cfg, format!("state_dir = \"{}\"\n{config}", dir.display())).unwrap();
-        let out = dir.join("alerts.jsonl");
-        let err = dir.join("daemon.log");
-        let child = Command::new(assert_cmd::cargo::cargo_bin("mcp-alertd"))
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&cfg)
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let p = Proc { child, out, err };
-        p.wait_log("ready");
-        p
-    }
-
-    pub fn logs(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.err)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    pub fn wait_log(&self, message: &str) -> Value {
-        for _ in 0..1500 {
-            if let Some(v) = self
-                .logs()
-                .into_iter()
-                .find(|l| l["message"].as_str().is_some_and(|m| m.contains(message)))
-            {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "no log line {message:?} in {}",
-            std::fs::read_to_string(&self.err).unwrap_or_default()
-        );
-    }
-
-    pub fn addr(&self, source: &str) -> SocketAddr {
-        self.logs()
-            .into_iter()
-            .find(|l| {
-                l["source"] == source
-                    && l["message"]
-                        .as_str()
-                        .is_some_and(|m| m.starts_with("listening"))
-            })
-            .and_then(|l| l["address"].as_str().and_then(|a| a.parse().ok()))
-            .unwrap()
-    }
-
-    pub fn metrics_addr(&self) -> SocketAddr {
-        self.wait_log("serving /metrics")["address"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-
-    pub fn alerts(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    pub fn ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .alerts()
-            .iter()
-            .map(|a| a["id"].as_str().unwrap().to_owned())
-            .collect();
-        ids.sort();
-        ids
-    }
-
-    pub fn wait_alerts(&self, n: usize) {
-        for _ in 0..1500 {
-            if self.alerts().len() >= n {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("expected {n} alerts, got {:?}", self.alerts());
-    }
-
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    pub fn stop(&mut self) -> i32 {
-        self.signal("TERM");
-        for _ in 0..1500 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        panic!("the daemon did not stop on SIGTERM");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::{Proc, metric, replay_ids, scenario, scrape_blocking};
 
 const CONFIG: &str = r#"
 [engine]
@@ -211,7 +84,7 @@ fn util_linux_logger_over_udp_and_tcp_in_every_format_gives_the_replay_alerts() 
                     * lines.len() as f64;
                 for _ in 0..500 {
                     if metric(
-                        &futures_lite_scrape(m),
+                        &scrape_blocking(m),
                         "mcp_alertd_records_received_total{source=\"udp\"}",
                     ) >= before + j as f64 + 1.0
                     {
@@ -309,7 +182,7 @@ fn sigterm_drains_and_exits_0_and_sighup_refuses_an_invalid_rule_set() {
     p.wait_log("reload refused");
     assert_eq!(
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_reloads_total{result=\"error\"}"
         ),
         1.0
@@ -328,7 +201,7 @@ fn sigterm_drains_and_exits_0_and_sighup_refuses_an_invalid_rule_set() {
     p.wait_log("reloaded");
     assert_eq!(
         metric(
-            &futures_lite_scrape(m),
+            &scrape_blocking(m),
             "mcp_alertd_reloads_total{result=\"ok\"}"
         ),
         1.0
@@ -455,7 +328,7 @@ url = "http://{hook_addr}/hook"
     s.flush().unwrap();
     let m = p.metrics_addr();
     for _ in 0..1500 {
-        let t = futures_lite_scrape(m);
+        let t = scrape_blocking(m);
         if metric(&t, "mcp_alertd_outbox_pending_deliveries") == ALERTS as f64
             && metric(&t, "mcp_alertd_alert_send_errors_total{sink=\"hook\"}") > 0.0
         {

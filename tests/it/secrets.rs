@@ -80,14 +80,14 @@ fn every_listener_defaults_to_loopback() {
     for config in [Config::builtin(), minimal] {
         assert!(config.metrics.unwrap().ip().is_loopback());
         for s in &config.sources {
-            match &s.kind {
-                SourceKind::SyslogUdp { address, .. } | SourceKind::SyslogTcp { address, .. } => {
-                    match address {
-                        Listen::Addr(a) => assert!(a.ip().is_loopback(), "{}: {a}", s.name),
-                        other => panic!("{other}"),
-                    }
-                }
+            let address = match &s.kind {
+                SourceKind::SyslogUdp(u) => &u.address,
+                SourceKind::SyslogTcp(t) => &t.address,
                 other => panic!("{other:?}"),
+            };
+            match address {
+                Listen::Addr(a) => assert!(a.ip().is_loopback(), "{}: {a}", s.name),
+                other => panic!("{other}"),
             }
         }
     }
@@ -108,8 +108,6 @@ fn secrets_never_reach_logs_metrics_alerts_or_check_and_unsafe_files_are_reporte
     let smtp = dir.path().join("smtp.pass");
     std::fs::write(&smtp, SMTP).unwrap();
     std::fs::set_permissions(&smtp, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let port = crate::daemon::free_port();
-    let metrics_port = crate::daemon::free_port();
     let alerts = dir.path().join("alerts.jsonl");
     let cfg = dir.path().join("config.toml");
     std::fs::write(
@@ -117,11 +115,11 @@ fn secrets_never_reach_logs_metrics_alerts_or_check_and_unsafe_files_are_reporte
         format!(
             r#"state_dir = "{}"
 [metrics]
-address = "127.0.0.1:{metrics_port}"
+address = "127.0.0.1:0"
 [[sources]]
 name = "tcp"
 type = "syslog_tcp"
-address = "127.0.0.1:{port}"
+address = "127.0.0.1:0"
 [[sinks]]
 name = "archive"
 type = "file"
@@ -182,7 +180,9 @@ to = ["b@example.com"]
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut conn = crate::daemon::connect_retry(port);
+    let mut conn =
+        std::net::TcpStream::connect(crate::support::proc::listening(&log, "tcp")).unwrap();
+    let metrics_addr = crate::support::proc::metrics_listening(&log);
     let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
     for i in 0..6 {
         writeln!(
@@ -204,7 +204,7 @@ to = ["b@example.com"]
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut scrape = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    let mut scrape = std::net::TcpStream::connect(metrics_addr).unwrap();
     scrape
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();

@@ -1,44 +1,14 @@
 //! Durable engine state: long timers and windows survive restarts, and
 //! saved state of an unknown format stops the start with a clear message.
 
-use std::io::Write as _;
-use std::path::Path;
-
 use mcp_alertd::app::Daemon;
 use mcp_alertd::config::Config;
 use mcp_alertd::store::Store;
 use mcp_alertd::store::state::{self as checkpoint, EngineUnit, MAIN_UNIT, Saved};
 
-use crate::daemon::{Capture, start, wait_for};
+use crate::support::{Capture, append, file_config, start, wait_for};
 
 const DAY_MS: i64 = 86_400_000;
-
-pub fn file_config(log: &Path) -> String {
-    format!(
-        r#"[engine]
-idle_after = "1h"
-[metrics]
-enabled = false
-[[sources]]
-name = "audit"
-type = "file"
-path = "{}"
-poll_interval = "20ms"
-"#,
-        log.display()
-    )
-}
-
-pub fn append(log: &Path, lines: &[String]) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    for l in lines {
-        writeln!(f, "{l}").unwrap();
-    }
-}
 
 /// Waits until the daemon has decoded `n` events of type `kind`.
 async fn wait_events(daemon: &Daemon, kind: &str, n: u64) {

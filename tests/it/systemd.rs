@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::daemon::{replay_ids, scenario};
+use crate::support::{replay_ids, scenario};
 
 fn unit_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd")
@@ -92,24 +92,23 @@ fn the_daemon_notifies_ready_after_binding_pings_the_watchdog_and_says_stopping(
     let sock = UnixDatagram::bind(&notify).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    // A fixed free port, so the test can connect as soon as READY arrives.
-    let port = crate::daemon::free_port();
     let cfg = dir.path().join("config.toml");
     std::fs::write(
         &cfg,
         format!(
-            "state_dir = \"{}\"\n[metrics]\nenabled = false\n[[sources]]\nname = \"tcp\"\ntype = \"syslog_tcp\"\naddress = \"127.0.0.1:{port}\"\n",
+            "state_dir = \"{}\"\n[metrics]\nenabled = false\n[[sources]]\nname = \"tcp\"\ntype = \"syslog_tcp\"\naddress = \"127.0.0.1:0\"\n",
             dir.path().display()
         ),
     )
     .unwrap();
+    let log = dir.path().join("daemon.log");
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("mcp-alertd"))
-        .args(["run", "--config"])
+        .args(["--log-format", "json", "run", "--config"])
         .arg(&cfg)
         .env("NOTIFY_SOCKET", &notify)
         .env("WATCHDOG_USEC", "600000")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut seen = Vec::new();
@@ -117,8 +116,9 @@ fn the_daemon_notifies_ready_after_binding_pings_the_watchdog_and_says_stopping(
         read_until(&sock, &mut seen, "READY=1", Duration::from_secs(30)),
         "{seen:?}"
     );
-    // READY means bound: the listener accepts at once.
-    std::net::TcpStream::connect(("127.0.0.1", port)).expect("bound before READY");
+    // READY means bound: the listener (on the port it logged) accepts at once.
+    let addr = crate::support::proc::listening(&log, "tcp");
+    std::net::TcpStream::connect(addr).expect("bound before READY");
     // Watchdog pings keep coming (every 300 ms here); count five.
     let mut pings = 0;
     for _ in 0..5 {
@@ -141,7 +141,6 @@ fn the_daemon_notifies_ready_after_binding_pings_the_watchdog_and_says_stopping(
 #[test]
 fn sockets_passed_by_systemd_are_used_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let port = crate::daemon::free_port();
     let cfg = dir.path().join("config.toml");
     std::fs::write(
         &cfg,
@@ -154,16 +153,8 @@ fn sockets_passed_by_systemd_are_used_by_name() {
     let out = dir.path().join("alerts.jsonl");
     // systemd-socket-activate binds the port and starts the daemon with it
     // (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES) on the first connection.
-    let mut child = Command::new("systemd-socket-activate")
-        .args(["-l", &format!("127.0.0.1:{port}"), "--fdname=syslog-tcp"])
-        .arg(assert_cmd::cargo::cargo_bin("mcp-alertd"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("systemd-socket-activate (Debian package systemd)");
-    let mut conn = crate::daemon::connect_retry(port);
+    let (mut child, port) = socket_activate(&cfg, &out);
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let lines = scenario("activated");
     for l in &lines {
         writeln!(conn, "{l}").unwrap();
@@ -201,4 +192,44 @@ fn sockets_passed_by_systemd_are_used_by_name() {
         .unwrap();
     assert_eq!(ids(), want, "{log}");
     assert!(status.success(), "{log}");
+}
+
+/// Starts the daemon under `systemd-socket-activate` on a free loopback
+/// port. It takes no port 0, so a port is picked and, should another test
+/// take it first ("Address already in use"), another one: the child says
+/// "Listening on" once it holds the socket.
+fn socket_activate(cfg: &Path, out: &Path) -> (std::process::Child, u16) {
+    for _ in 0..20 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new("systemd-socket-activate")
+            .args(["-l", &format!("127.0.0.1:{port}"), "--fdname=syslog-tcp"])
+            .arg(assert_cmd::cargo::cargo_bin("mcp-alertd"))
+            .args(["run", "--config"])
+            .arg(cfg)
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("systemd-socket-activate (Debian package systemd)");
+        // Its first line, byte by byte (the rest stays for the caller).
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        let stderr = child.stderr.as_mut().unwrap();
+        while stderr.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        let line = String::from_utf8_lossy(&line).into_owned();
+        if line.starts_with("Listening on") {
+            return (child, port);
+        }
+        let _ = child.wait();
+        assert!(
+            line.contains("already in use"),
+            "systemd-socket-activate: {line}"
+        );
+    }
+    panic!("no free loopback port for systemd-socket-activate");
 }

@@ -35,10 +35,9 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
-use super::framing::{FrameRef, Frames};
-use super::{Batch, KafkaMark, SourceCtx, SourceMsg};
-use super::{DurableOffsets, SavedOffset};
-use crate::kafka::{KafkaClient, StartFrom, client_config};
+use crate::kafka::{StartFrom, client_config};
+use crate::source::framing::{FrameRef, Frames};
+use crate::source::{Batch, DurableOffsets, KafkaMark, SavedOffset, SourceCtx, SourceMsg};
 use crate::telemetry::metrics::PartitionLabels;
 
 /// Records taken from the consumer before they are handed on.
@@ -53,12 +52,7 @@ pub type KafkaConsumer = BaseConsumer<Context>;
 
 /// A configured Kafka source.
 pub struct KafkaSource {
-    pub client: KafkaClient,
-    pub topics: Vec<String>,
-    pub group_id: String,
-    pub group_instance_id: Option<String>,
-    pub start_from: StartFrom,
-    pub rebuild_window: Duration,
+    pub settings: super::Settings,
     /// Where a partition's saved state ends (its next offset), if this
     /// daemon has it.
     pub saved_offset: SavedOffset,
@@ -376,14 +370,14 @@ fn commit_offsets(
 /// Creates the consumer (and checks its settings) without joining the
 /// group yet.
 pub fn connect(ctx: &SourceCtx, src: &KafkaSource) -> Result<KafkaConsumer, String> {
-    let mut cfg = client_config(&src.client)?;
-    cfg.set("group.id", &src.group_id)
+    let mut cfg = client_config(&src.settings.client)?;
+    cfg.set("group.id", &src.settings.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set(
             "auto.offset.reset",
-            match src.start_from {
+            match src.settings.start_from {
                 StartFrom::Earliest => "earliest",
                 StartFrom::Latest => "latest",
             },
@@ -393,24 +387,24 @@ pub fn connect(ctx: &SourceCtx, src: &KafkaSource) -> Result<KafkaConsumer, Stri
             "message.max.bytes",
             (ctx.max_record_bytes.max(1000) + 1024).to_string(),
         );
-    if let Some(id) = &src.group_instance_id {
+    if let Some(id) = &src.settings.group_instance_id {
         cfg.set("group.instance.id", id);
     }
     // The user's options win over these defaults (not over managed keys).
-    for (k, v) in &src.client.options {
+    for (k, v) in &src.settings.client.options {
         cfg.set(k, v);
     }
     let context = Context {
         ctx: ctx.clone(),
         saved_offset: src.saved_offset.clone(),
         durable: src.durable.clone(),
-        rebuild_window: src.rebuild_window,
+        rebuild_window: src.settings.rebuild_window,
         assigned: Mutex::new(BTreeSet::new()),
     };
     let consumer: BaseConsumer<Context> = cfg
         .create_with_context(context)
         .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
-    let topics: Vec<&str> = src.topics.iter().map(String::as_str).collect();
+    let topics: Vec<&str> = src.settings.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
         .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;

@@ -1,0 +1,184 @@
+//! Scaffolding shared by the integration tests: the in-process daemon and
+//! its captured output, the daemon as a child process, waits, loopback
+//! connections, metric scrapes, and the events and configurations the
+//! tests share. Test modules import from here, never from each other.
+
+pub mod daemon;
+pub mod proc;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_alertd::engine::RuleSet;
+use mcp_alertd::replay::{Input, ReplayOptions, replay};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+pub use daemon::{Capture, start};
+pub use proc::Proc;
+
+/// How often waits poll, and how many times: 20 ms × 3000 = 60 s, far
+/// beyond what a busy machine needs (nothing asserts on timing).
+const POLL: Duration = Duration::from_millis(20);
+const POLLS: usize = 3000;
+
+/// Polls `cond` until it holds (async tests).
+pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..POLLS {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Polls `cond` until it holds (tests without a runtime).
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..POLLS {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub const SOURCES: &str = r#"
+[engine]
+idle_after = "1h"           # tests drive the clock with event time only
+
+[metrics]
+address = "127.0.0.1:0"
+
+[[sources]]
+name = "udp"
+type = "syslog_udp"
+address = "127.0.0.1:0"
+
+[[sources]]
+name = "tcp"
+type = "syslog_tcp"
+address = "127.0.0.1:0"
+idle_timeout = "2s"
+"#;
+
+/// Events an hour old (well within max_future_skew) that raise threshold
+/// and match alerts: 5 failures of one agent, 6 denials in one session.
+pub fn scenario(tag: &str) -> Vec<String> {
+    let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+    let mut lines = Vec::new();
+    for i in 0..5 {
+        lines.push(format!(
+            r#"{{"ts":{},"event":"auth.failure","tenant":"{tag}","agent_id":"intruder","reason":"invalid_token","n":{i}}}"#,
+            base + i * 1000
+        ));
+    }
+    for i in 0..6 {
+        lines.push(format!(
+            r#"{{"ts":{},"event":"tool.denied","tenant":"{tag}","agent_id":"bot","session_id":"s1","tool":"shell_exec","reason":"not_in_allowlist","n":{i}}}"#,
+            base + 10_000 + i * 1000
+        ));
+    }
+    lines
+}
+
+/// Alert ids that `replay` gives for the same events.
+pub fn replay_ids(lines: &[String]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let mut out = Vec::new();
+    replay(
+        &[Input::File(path)],
+        Arc::new(RuleSet::embedded().unwrap()),
+        &ReplayOptions::default(),
+        &mut out,
+    )
+    .unwrap();
+    let alerts: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    sorted_ids(&alerts)
+}
+
+/// The ids of alerts (JSON), sorted.
+pub fn sorted_ids(alerts: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = alerts
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+/// The value of one sample line of a scrape (`name{labels}`); fails the
+/// test when the sample is not there (a renamed or never exported metric
+/// must not read as 0).
+pub fn metric(text: &str, sample: &str) -> f64 {
+    metric_opt(text, sample)
+        .unwrap_or_else(|| panic!("no sample `{sample}` in the scrape:\n{text}"))
+}
+
+/// The value of one sample line of a scrape, `None` when absent.
+pub fn metric_opt(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}
+
+/// `GET /metrics` over a blocking socket (for tests without a runtime).
+pub fn scrape_blocking(addr: SocketAddr) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+pub fn file_config(log: &Path) -> String {
+    format!(
+        r#"[engine]
+idle_after = "1h"
+[metrics]
+enabled = false
+[[sources]]
+name = "audit"
+type = "file"
+path = "{}"
+poll_interval = "20ms"
+"#,
+        log.display()
+    )
+}
+
+pub fn append(log: &Path, lines: &[String]) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+}

@@ -1,0 +1,163 @@
+//! The daemon as a child process (`mcp-alertd run`), with JSON logs: its
+//! bound addresses are read from its log (it binds port 0), never picked
+//! beforehand.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub struct Proc {
+    pub child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Proc {
+    pub fn start(dir: &Path, config: &str) -> Proc {
+        let cfg = dir.join("config.toml");
+        std::fs::write(&cfg, format!("state_dir = \"{}\"\n{config}", dir.display())).unwrap();
+        let out = dir.join("alerts.jsonl");
+        let err = dir.join("daemon.log");
+        let child = Command::new(assert_cmd::cargo::cargo_bin("mcp-alertd"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&cfg)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = Proc { child, out, err };
+        p.wait_log("ready");
+        p
+    }
+
+    pub fn logs(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.err)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn wait_log(&self, message: &str) -> Value {
+        for _ in 0..1500 {
+            if let Some(v) = self
+                .logs()
+                .into_iter()
+                .find(|l| l["message"].as_str().is_some_and(|m| m.contains(message)))
+            {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no log line {message:?} in {}",
+            std::fs::read_to_string(&self.err).unwrap_or_default()
+        );
+    }
+
+    pub fn addr(&self, source: &str) -> SocketAddr {
+        listening(&self.err, source)
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        metrics_listening(&self.err)
+    }
+
+    pub fn alerts(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        super::sorted_ids(&self.alerts())
+    }
+
+    pub fn wait_alerts(&self, n: usize) {
+        for _ in 0..1500 {
+            if self.alerts().len() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("expected {n} alerts, got {:?}", self.alerts());
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn stop(&mut self) -> i32 {
+        self.signal("TERM");
+        for _ in 0..1500 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("the daemon did not stop on SIGTERM");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The JSON log lines of a daemon written so far.
+pub fn log_lines(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The address a source of a daemon bound (it binds port 0 and logs it),
+/// waiting until the daemon has logged it.
+pub fn listening(log: &Path, source: &str) -> SocketAddr {
+    let mut found = None;
+    super::wait_until(&format!("source `{source}` listening"), || {
+        found = log_lines(log)
+            .into_iter()
+            .find(|l| {
+                l["source"] == source
+                    && l["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("listening"))
+            })
+            .and_then(|l| l["address"].as_str().and_then(|a| a.parse().ok()));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// The address of a daemon's metrics endpoint, from its log.
+pub fn metrics_listening(log: &Path) -> SocketAddr {
+    let mut found = None;
+    super::wait_until("the metrics endpoint", || {
+        found = log_lines(log)
+            .into_iter()
+            .find(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("serving /metrics"))
+            })
+            .and_then(|l| l["address"].as_str().and_then(|a| a.parse().ok()));
+        found.is_some()
+    });
+    found.unwrap()
+}
