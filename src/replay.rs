@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::alert::Alert;
+use crate::alert::{self, Detection};
 use crate::decode::{DecodeError, Decoder};
 use crate::engine::{Engine, EngineConfig, RuleSet};
 use crate::event::{Event, EventKind, Position};
@@ -194,7 +194,7 @@ impl Replayer {
     }
 
     /// Applies one event; alerts (timers first) are appended to `out`.
-    pub fn on_event(&mut self, ev: &Event<'_>, pos: Option<&Position>, out: &mut Vec<Alert>) {
+    pub fn on_event(&mut self, ev: &Event<'_>, pos: Option<&Position>, out: &mut Vec<Detection>) {
         let target = Replayer::target(&mut self.max_ts, self.allowed_lateness_ms, ev.ts);
         self.engine.advance_to(target, out);
         self.engine.on_event(ev, pos, out);
@@ -206,7 +206,7 @@ impl Replayer {
         record: Record<'r>,
         decoder: &Decoder,
         pos: &Position,
-        out: &mut Vec<Alert>,
+        out: &mut Vec<Detection>,
     ) -> Result<step::Applied<'r>, DecodeError> {
         let Replayer {
             engine,
@@ -226,7 +226,7 @@ impl Replayer {
     }
 
     /// Fires what is due at the final clock; timers due later stay pending.
-    pub fn finish(&mut self, out: &mut Vec<Alert>) {
+    pub fn finish(&mut self, out: &mut Vec<Detection>) {
         if let Some(clock) = self.engine.clock() {
             self.engine.advance_to(clock, out);
         }
@@ -300,7 +300,7 @@ struct Run<'o> {
     replayer: Replayer,
     opts: &'o ReplayOptions,
     summary: Summary,
-    alerts: Vec<Alert>,
+    alerts: Vec<Detection>,
     log: RejectLog,
     /// Events per known kind (index in `EventKind::KNOWN`), without map lookups.
     kinds: [u64; EventKind::KNOWN.len() + 1],
@@ -348,8 +348,8 @@ impl Run<'_> {
 
     fn emit(&mut self, out: &mut dyn Write) -> io::Result<()> {
         let now = crate::clock::now_ms();
-        for mut alert in self.alerts.drain(..) {
-            alert.detected_at = Some(now);
+        for detection in self.alerts.drain(..) {
+            let alert = alert::render(&detection, Some(now));
             serde_json::to_writer(&mut *out, &alert)?;
             out.write_all(b"\n")?;
             self.summary.alerts += 1;

@@ -140,6 +140,10 @@ fn run_case(rules: &Arc<RuleSet>, case: &Case) -> Result<Result<(), String>, Str
         replayer.on_event(&ev, None, &mut alerts);
     }
     replayer.finish(&mut alerts);
+    let alerts: Vec<crate::alert::Alert> = alerts
+        .iter()
+        .map(|d| crate::alert::render(d, None))
+        .collect();
     let mut problems = Vec::new();
     for (i, (want, got)) in case.expect.iter().zip(&alerts).enumerate() {
         if let Some(why) = want.mismatch(got) {

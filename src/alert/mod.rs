@@ -5,10 +5,18 @@
 //! Times are carried as epoch milliseconds and written as RFC 3339 UTC with
 //! millisecond precision (`2026-11-27T15:04:32.123Z`).
 
+pub mod render;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use render::{Detection, RuleInfo, What, render};
+
+/// Separator of key values inside a state key (a control character that
+/// does not occur in identifiers).
+pub const KEY_SEP: char = '\u{1f}';
 
 /// Alert severity, in increasing order.
 #[derive(

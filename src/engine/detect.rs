@@ -11,7 +11,6 @@
 //! - Absence: one pending deadline per key, mirrored in an ordered timer set.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -20,9 +19,7 @@ use smallvec::SmallVec;
 use super::condition::FieldRef;
 use super::rules::{DeadlineSpec, Rule, RuleKind, RuleSet};
 use super::{KEY_SEP, STATE_PRESSURE_RULE};
-use crate::alert::Severity;
-use crate::alert::{self, Alert, EventRef, Fingerprint, format_ts};
-use crate::duration::display_ms;
+use crate::alert::{self, Detection, EventRef, Fingerprint, RuleInfo, Severity, What};
 use crate::event::{Event, Position, UNKNOWN_AGENT};
 
 /// Engine limits.
@@ -238,7 +235,7 @@ impl Engine {
     /// Moves the clock to `t` (never back) and fires every timer it passed,
     /// in order of (deadline, rule id, key). Calling it again with the same
     /// time fires timers added since (e.g. by a late start event).
-    pub fn advance_to(&mut self, t: i64, out: &mut Vec<Alert>) {
+    pub fn advance_to(&mut self, t: i64, out: &mut Vec<Detection>) {
         let clock = self.clock.map_or(t, |c| c.max(t));
         self.clock = Some(clock);
         loop {
@@ -263,7 +260,17 @@ impl Engine {
                 break;
             };
             if let Some(p) = a.pending.remove(&key) {
-                out.push(absence_alert(rule, &key, deadline, &p.trigger));
+                out.push(Detection {
+                    rule: rule.info.clone(),
+                    key,
+                    ts: deadline,
+                    count: 1,
+                    what: What::Absence {
+                        since: p.trigger.ts,
+                    },
+                    event: p.trigger.event_ref(),
+                    fingerprint: p.trigger.fingerprint,
+                });
             }
         }
         if clock >= self.next_sweep {
@@ -274,7 +281,7 @@ impl Engine {
 
     /// Applies one event to every rule. Call [`advance_to`](Self::advance_to)
     /// first with the time this event's arrival moved the clock to.
-    pub fn on_event(&mut self, ev: &Event<'_>, pos: Option<&Position>, out: &mut Vec<Alert>) {
+    pub fn on_event(&mut self, ev: &Event<'_>, pos: Option<&Position>, out: &mut Vec<Detection>) {
         let clock = match self.clock {
             Some(c) => c,
             None => {
@@ -291,13 +298,22 @@ impl Engine {
                 RuleKind::Match { when, group_by } => {
                     if when.matches(ev) {
                         build_key(&mut self.key_buf, ev, group_by, false);
-                        out.push(match_alert(rule, &self.key_buf, ev, pos));
+                        out.push(detection(
+                            rule,
+                            &self.key_buf,
+                            ev.ts,
+                            1,
+                            What::Match,
+                            ev,
+                            pos,
+                        ));
                     }
                 }
                 RuleKind::Threshold {
                     when,
                     group_by,
                     condition,
+                    condition_text,
                     window,
                     key_ttl_ms,
                 } => {
@@ -316,23 +332,11 @@ impl Engine {
                             if let Some((t, count)) =
                                 window_arrival(state, ev.ts, clock, *w, *s, |c| condition.holds(c))
                             {
-                                let summary = format!(
-                                    "{count} matching events ({}) for {} within the {} window ending {} (threshold {condition}).",
-                                    ev.event,
-                                    describe_key(rule, key),
-                                    display_ms(*w),
-                                    format_ts(t)
-                                );
-                                out.push(make_alert(
-                                    rule,
-                                    key,
-                                    t,
-                                    count,
-                                    Some((t - w, t)),
-                                    summary,
-                                    ev,
-                                    pos,
-                                ));
+                                let what = What::Window {
+                                    window_ms: *w,
+                                    condition: condition_text.clone(),
+                                };
+                                out.push(detection(rule, key, t, count, what, ev, pos));
                             }
                         }
                         (RuleState::Lifetime(keys), None) => {
@@ -351,16 +355,10 @@ impl Engine {
                             };
                             if !state.fired && condition.holds(state.count) {
                                 state.fired = true;
-                                let summary = format!(
-                                    "{} matching events ({}) for {} (threshold {condition}, counted over the key's life).",
-                                    state.count,
-                                    ev.event,
-                                    describe_key(rule, key)
-                                );
-                                let count = state.count;
-                                out.push(make_alert(
-                                    rule, key, ev.ts, count, None, summary, ev, pos,
-                                ));
+                                let what = What::Lifetime {
+                                    condition: condition_text.clone(),
+                                };
+                                out.push(detection(rule, key, ev.ts, state.count, what, ev, pos));
                             }
                         }
                         _ => {}
@@ -442,7 +440,7 @@ impl Engine {
         i: usize,
         ev: &Event<'_>,
         pos: Option<&Position>,
-        out: &mut Vec<Alert>,
+        out: &mut Vec<Detection>,
     ) {
         let cap = self.config.max_keys_per_rule.max(1);
         let key = self.key_buf.as_str();
@@ -471,7 +469,7 @@ impl Engine {
         let evicted = evict_oldest(state, n);
         self.evicted += evicted as u64;
         let rule = &self.rules.rules()[i];
-        out.push(pressure_alert(rule, evicted, cap, ev, pos));
+        out.push(pressure(rule, evicted, cap, ev, pos));
     }
 
     /// Swaps in a new rule set. The state of every rule whose id and
@@ -730,37 +728,6 @@ fn evict_oldest(state: &mut RuleState, n: usize) -> usize {
     }
 }
 
-/// `tenant` and key fields of a joined key, as `agent_id=a1, session_id=s1 (tenant acme)`.
-fn describe_key(rule: &Rule, key: &str) -> String {
-    let mut parts = key.split(KEY_SEP);
-    let tenant = parts.next().unwrap_or_default();
-    let mut out = String::new();
-    for (field, value) in rule.kind.key_fields().iter().zip(parts) {
-        if !out.is_empty() {
-            out.push_str(", ");
-        }
-        let _ = write!(out, "{}={value}", field.name());
-    }
-    if out.is_empty() {
-        out.push_str("all events");
-    }
-    let _ = write!(out, " (tenant {tenant})");
-    out
-}
-
-fn key_map(rule: &Rule, key: &str) -> (String, std::collections::BTreeMap<String, String>) {
-    let mut parts = key.split(KEY_SEP);
-    let tenant = parts.next().unwrap_or_default().to_owned();
-    let map = rule
-        .kind
-        .key_fields()
-        .iter()
-        .zip(parts)
-        .map(|(f, v)| (f.name().to_owned(), v.to_owned()))
-        .collect();
-    (tenant, map)
-}
-
 fn event_ref(ev: &Event<'_>, pos: Option<&Position>) -> EventRef {
     EventRef {
         ts: ev.ts,
@@ -772,102 +739,52 @@ fn event_ref(ev: &Event<'_>, pos: Option<&Position>) -> EventRef {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn make_alert(
+/// A detection of `rule` for the joined `key`, triggered by `ev`.
+fn detection(
     rule: &Rule,
     key: &str,
     ts: i64,
     count: u64,
-    window: Option<(i64, i64)>,
-    summary: String,
+    what: What,
     ev: &Event<'_>,
     pos: Option<&Position>,
-) -> Alert {
-    let (tenant, key_fields) = key_map(rule, key);
-    let fp = alert::fingerprint(ev.payload);
-    Alert {
-        id: alert::alert_id(&rule.id, &tenant, key, ts, &fp),
-        rule: rule.id.to_string(),
-        title: rule.title.to_string(),
-        severity: rule.severity,
-        tenant,
-        key: key_fields,
+) -> Detection {
+    Detection {
+        rule: rule.info.clone(),
+        key: key.into(),
         ts,
-        detected_at: None,
         count,
-        window_start: window.map(|(s, _)| s),
-        window_end: window.map(|(_, e)| e),
-        summary,
-        events: vec![event_ref(ev, pos)],
+        what,
+        event: event_ref(ev, pos),
+        fingerprint: alert::fingerprint(ev.payload),
     }
 }
 
-fn match_alert(rule: &Rule, key: &str, ev: &Event<'_>, pos: Option<&Position>) -> Alert {
-    let mut summary = format!("{} for {}", ev.event, describe_key(rule, key));
-    if let Some(tool) = ev.tool.as_deref() {
-        let _ = write!(summary, ": tool `{tool}`");
-    }
-    if let Some(reason) = ev.reason.as_deref() {
-        let _ = write!(summary, ", reason {reason}");
-    }
-    let _ = write!(summary, " at {}.", format_ts(ev.ts));
-    make_alert(rule, key, ev.ts, 1, None, summary, ev, pos)
-}
-
-fn absence_alert(rule: &Rule, key: &str, deadline: i64, trigger: &Trigger) -> Alert {
-    let (tenant, key_fields) = key_map(rule, key);
-    let summary = format!(
-        "No stop event for {} within {} of its {} at {}.",
-        describe_key(rule, key),
-        display_ms(deadline - trigger.ts),
-        trigger.event,
-        format_ts(trigger.ts)
-    );
-    Alert {
-        id: alert::alert_id(&rule.id, &tenant, key, deadline, &trigger.fingerprint),
-        rule: rule.id.to_string(),
-        title: rule.title.to_string(),
-        severity: rule.severity,
-        tenant,
-        key: key_fields,
-        ts: deadline,
-        detected_at: None,
-        count: 1,
-        window_start: Some(trigger.ts),
-        window_end: Some(deadline),
-        summary,
-        events: vec![trigger.event_ref()],
-    }
-}
-
-fn pressure_alert(
+/// The internal `state_pressure` detection: `rule` reached its key cap.
+fn pressure(
     rule: &Rule,
     evicted: usize,
     cap: usize,
     ev: &Event<'_>,
     pos: Option<&Position>,
-) -> Alert {
-    let tenant = crate::event::DEFAULT_TENANT;
-    let fp = alert::fingerprint(ev.payload);
-    let summary = format!(
-        "Rule {} reached its cap of {cap} live keys; the {evicted} oldest keys were evicted and their state lost. Raise max_keys_per_rule or narrow the rule.",
-        rule.id
-    );
-    Alert {
-        id: alert::alert_id(STATE_PRESSURE_RULE, tenant, &rule.id, ev.ts, &fp),
-        rule: STATE_PRESSURE_RULE.to_owned(),
-        title: "Rule state at capacity: oldest keys evicted".to_owned(),
+) -> Detection {
+    let info = RuleInfo {
+        id: STATE_PRESSURE_RULE.into(),
+        title: "Rule state at capacity: oldest keys evicted".into(),
         severity: Severity::High,
-        tenant: tenant.to_owned(),
-        key: [("rule".to_owned(), rule.id.to_string())]
-            .into_iter()
-            .collect(),
+        key_fields: vec!["rule".to_owned()],
+    };
+    let key = format!("{}{KEY_SEP}{}", crate::event::DEFAULT_TENANT, rule.id);
+    Detection {
+        rule: Arc::new(info),
+        key: key.into(),
         ts: ev.ts,
-        detected_at: None,
         count: evicted as u64,
-        window_start: None,
-        window_end: None,
-        summary,
-        events: vec![event_ref(ev, pos)],
+        what: What::Pressure {
+            rule: rule.id.clone(),
+            cap,
+        },
+        event: event_ref(ev, pos),
+        fingerprint: alert::fingerprint(ev.payload),
     }
 }

@@ -26,9 +26,7 @@ pub use detect::Engine;
 /// The rule id of internal alerts raised when state is evicted at the cap.
 pub const STATE_PRESSURE_RULE: &str = "state_pressure";
 
-/// Separator of key values inside a state key (a control character that
-/// does not occur in identifiers).
-pub const KEY_SEP: char = '\u{1f}';
+pub use crate::alert::KEY_SEP;
 
 /// A shared, immutable rule set.
 pub type Rules = Arc<RuleSet>;

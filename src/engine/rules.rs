@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::condition::{Cond, FieldRef};
-use crate::alert::Severity;
+use crate::alert::{RuleInfo, Severity};
 use crate::duration::{self, display_ms};
 
 /// Default life of a lifetime-threshold key after its last event.
@@ -87,6 +87,8 @@ pub enum RuleKind {
         when: Cond,
         group_by: Vec<FieldRef>,
         condition: CountCondition,
+        /// `condition` as alerts show it (`gt 3`).
+        condition_text: Arc<str>,
         /// `Some((window, suppress))` for a sliding window, milliseconds.
         window: Option<(i64, i64)>,
         key_ttl_ms: i64,
@@ -127,6 +129,8 @@ pub struct Rule {
     /// The file it was loaded from.
     pub file: String,
     pub kind: RuleKind,
+    /// What its alerts say about it.
+    pub info: Arc<RuleInfo>,
     /// The rule's definition in canonical form (and its task table, if it
     /// uses one): two rules with equal definitions detect identically, so a
     /// reload keeps their state.
@@ -554,6 +558,7 @@ fn compile_rule(
                     when,
                     group_by,
                     condition,
+                    condition_text: condition.to_string().into(),
                     window: window.map(|w| (w, suppress.unwrap_or(w))),
                     key_ttl_ms: key_ttl.unwrap_or(DEFAULT_KEY_TTL_MS),
                 }),
@@ -620,13 +625,27 @@ fn compile_rule(
     if !raw.enabled {
         return None;
     }
+    let kind = kind?;
+    let id: Arc<str> = raw.id.into();
+    let title: Arc<str> = raw.title.into();
+    let info = Arc::new(RuleInfo {
+        id: id.clone(),
+        title: title.clone(),
+        severity: raw.severity,
+        key_fields: kind
+            .key_fields()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect(),
+    });
     Some(Rule {
-        id: raw.id.into(),
-        title: raw.title.into(),
+        id,
+        title,
         severity: raw.severity,
         description: raw.description,
         file: file.to_owned(),
-        kind: kind?,
+        kind,
+        info,
         definition,
     })
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::alert::Alert;
+use crate::alert::{self, Detection};
 use crate::decode::{DecodeError, Decoder, Format};
 use crate::engine::{DEFAULT_MAX_KEYS_PER_RULE, Engine, RuleSet};
 use crate::event::{EventKind, Position};
@@ -143,7 +143,8 @@ pub struct Pipeline {
     outbox: OutboxHandle,
     store: Arc<Store>,
     routes: RouteState,
-    alerts: Vec<Alert>,
+    /// Detections not yet rendered and routed.
+    alerts: Vec<Detection>,
     /// Batches whose alerts are not in the outbox yet: (read at, alerts).
     awaiting: Vec<(Instant, u64)>,
     latency: Option<hdrhistogram::Histogram<u64>>,
@@ -448,8 +449,8 @@ impl Pipeline {
         }
         let now = crate::clock::now_ms();
         let mut routed = Routed::default();
-        for mut alert in self.alerts.drain(..) {
-            alert.detected_at = Some(now);
+        for detection in self.alerts.drain(..) {
+            let alert = alert::render(&detection, Some(now));
             let metrics = &self.metrics;
             self.alert_counters
                 .entry(alert.rule.clone())

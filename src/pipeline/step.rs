@@ -5,7 +5,7 @@
 //! `replay`"). Counting and logging rejections stay with the caller, which
 //! knows where the record came from.
 
-use crate::alert::Alert;
+use crate::alert::Detection;
 use crate::decode::{DecodeError, Decoder};
 use crate::engine::Engine;
 use crate::event::{Event, EventKind, Position};
@@ -42,7 +42,7 @@ pub fn apply<'r>(
     clock: impl FnOnce(i64) -> i64,
     engine: &mut Engine,
     pos: &Position,
-    alerts: &mut Vec<Alert>,
+    alerts: &mut Vec<Detection>,
 ) -> Result<Applied<'r>, DecodeError> {
     let bytes = match record {
         Record::Bytes(bytes) => bytes,

@@ -65,7 +65,9 @@ pub fn run_lines_cfg(
         replayer.on_event(&ev, None, &mut out);
     }
     replayer.finish(&mut out);
-    out
+    out.iter()
+        .map(|d| mcp_alertd::alert::render(d, None))
+        .collect()
 }
 
 /// One JSON event line at `ms` with extra JSON fields (`"k":"v",...`).
