@@ -24,11 +24,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::engine::RuleSet;
-use crate::outbox::writer;
+use crate::outbox::{dispatch, writer};
 use crate::pipeline::{self, Control, Pipeline, PipelineError};
 use crate::sink::{SharedWriter, Sink};
 use crate::source::activation::Activated;
-use crate::source::{BindEnv, DurableOffsets, SourceCtx, SourceMsg};
+use crate::source::{BindEnv, DurableOffsets, SavedOffset, SourceCtx, SourceMsg};
 use crate::store::Store;
 use crate::store::state as checkpoint;
 use crate::telemetry::metrics::Metrics;
@@ -80,44 +80,31 @@ impl Daemon {
         let durable = Arc::new(DurableOffsets::default());
         let writer: SharedWriter = Arc::new(std::sync::Mutex::new(out));
         let reopen = Arc::new(AtomicU64::new(0));
-        let mut sinks = Vec::new();
-        for cfg in &config.sinks {
-            let sink = Sink::build(cfg, &writer, &reopen).map_err(|e| anyhow::anyhow!(e))?;
-            sinks.push((
-                sink,
-                crate::outbox::dispatch::limiter(cfg.rate_limit),
-                Arc::new(Notify::new()),
-            ));
-        }
-        let cancel_delivery = CancellationToken::new();
-        let delivery = TaskTracker::new();
-        let mut addrs = Vec::new();
+        let sinks = config
+            .sinks
+            .iter()
+            .map(|cfg| Sink::build(cfg, &writer, &reopen).map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()?;
         let mut env = BindEnv {
             activated: Activated::from_env(),
             file_positions: restored.file_positions(),
-            saved_offset: {
-                let store = store.clone();
-                Box::new(move |source: &str| {
-                    let (store, source) = (store.clone(), source.to_owned());
-                    Arc::new(move |topic: &str, partition: i32| {
-                        store.saved_next_offset(&checkpoint::kafka_unit(&source, topic, partition))
-                    })
-                })
-            },
+            saved_offset: saved_offsets(&store),
             durable: durable.clone(),
             tracker: tracker.clone(),
         };
+        let source_ctx = |index: usize, name: &str| SourceCtx {
+            index,
+            name: name.into(),
+            label: Metrics::source(name),
+            max_record_bytes: settings.max_record_bytes,
+            tx: tx.clone(),
+            metrics: metrics.clone(),
+            cancel: cancel_sources.clone(),
+        };
+        let mut addrs = Vec::new();
         let mut starters = Vec::new();
         for (index, source) in config.sources.iter().enumerate() {
-            let ctx = SourceCtx {
-                index,
-                name: source.name.as_str().into(),
-                label: Metrics::source(&source.name),
-                max_record_bytes: settings.max_record_bytes,
-                tx: tx.clone(),
-                metrics: metrics.clone(),
-                cancel: cancel_sources.clone(),
-            };
+            let ctx = source_ctx(index, &source.name);
             let bound = source
                 .kind
                 .bind(ctx, &mut env)
@@ -129,39 +116,19 @@ impl Daemon {
             starters.push(bound.start);
         }
         let metrics_addr = match config.metrics {
-            Some(addr) => {
-                let listener = crate::telemetry::metrics::bind(addr)
-                    .await
-                    .with_context(|| format!("metrics: cannot listen on {addr}"))?;
-                let local = listener.local_addr()?;
-                tracing::info!(address = %local, "serving /metrics, /healthz, /readyz");
-                let m = metrics.clone();
-                let c = cancel_metrics.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = crate::telemetry::metrics::serve(listener, m, c).await {
-                        tracing::error!("metrics endpoint failed: {e}");
-                    }
-                });
-                Some(local)
-            }
+            Some(addr) => Some(serve_metrics(addr, &metrics, &cancel_metrics).await?),
             None => None,
         };
-
-        let wakes: Vec<(String, Arc<Notify>)> = sinks
-            .iter()
-            .map(|(s, _, w)| (s.name.clone(), w.clone()))
-            .collect();
-        for (sink, limiter, wake) in sinks {
-            delivery.spawn(crate::outbox::dispatch::dispatch(
-                sink,
-                store.clone(),
-                config.outbox.clone(),
-                limiter,
-                wake,
-                metrics.clone(),
-                cancel_delivery.clone(),
-            ));
-        }
+        let cancel_delivery = CancellationToken::new();
+        let delivery = TaskTracker::new();
+        let wakes = start_delivery(
+            &config,
+            sinks,
+            &store,
+            &metrics,
+            &cancel_delivery,
+            &delivery,
+        );
         // The outbox writer commits on a thread of its own, so the engine
         // keeps detecting while a transaction is fsync'ed.
         let handle = writer::start(
@@ -312,6 +279,64 @@ impl Daemon {
         self.cancel_metrics.cancel();
         result
     }
+}
+
+/// Where a Kafka source's saved partition states end, read from the store.
+fn saved_offsets(store: &Arc<Store>) -> Box<dyn Fn(&str) -> SavedOffset + Send> {
+    let store = store.clone();
+    Box::new(move |source: &str| {
+        let (store, source) = (store.clone(), source.to_owned());
+        Arc::new(move |topic: &str, partition: i32| {
+            store.saved_next_offset(&checkpoint::kafka_unit(&source, topic, partition))
+        })
+    })
+}
+
+/// Binds `/metrics`, `/healthz` and `/readyz` and serves them until `cancel`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+) -> Result<SocketAddr> {
+    let listener = crate::telemetry::metrics::bind(addr)
+        .await
+        .with_context(|| format!("metrics: cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "serving /metrics, /healthz, /readyz");
+    let (m, c) = (metrics.clone(), cancel.clone());
+    tokio::spawn(async move {
+        if let Err(e) = crate::telemetry::metrics::serve(listener, m, c).await {
+            tracing::error!("metrics endpoint failed: {e}");
+        }
+    });
+    Ok(local)
+}
+
+/// Starts one dispatcher per sink; returns the sinks' wake-ups for the
+/// outbox writer.
+fn start_delivery(
+    config: &Config,
+    sinks: Vec<Sink>,
+    store: &Arc<Store>,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Vec<(String, Arc<Notify>)> {
+    let mut wakes = Vec::new();
+    for (sink, cfg) in sinks.into_iter().zip(&config.sinks) {
+        let wake = Arc::new(Notify::new());
+        wakes.push((sink.name.clone(), wake.clone()));
+        tracker.spawn(dispatch::dispatch(
+            sink,
+            store.clone(),
+            config.outbox.clone(),
+            dispatch::limiter(cfg.rate_limit),
+            wake,
+            metrics.clone(),
+            cancel.clone(),
+        ));
+    }
+    wakes
 }
 
 /// `mcp-alertd run`: the daemon until SIGTERM/SIGINT; SIGHUP reloads.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::section::{self, Empty, fields_of};
 use super::{OutboxSettings, SinkConfig, SinkKind};
+use crate::options::section::{self, Empty, fields_of};
 use crate::router::{Route, Router};
 use crate::sink::{email, file, kafka, syslog, webhook};
 
@@ -97,24 +97,26 @@ fn validate_sink(
 ) -> Option<SinkConfig> {
     let before = errors.len();
     let common: RawSinkCommon =
-        section::common(&mut table, &format!("sinks[{}]", index + 1), errors)?;
+        section::common(&mut table, &format!("sinks[{}]: ", index + 1), errors)?;
     let at = format!("sinks ({})", common.name);
     if common.name.is_empty() {
         errors.push("sinks: `name` must not be empty".to_owned());
     }
     let t = common.kind.as_str();
     let kinds = sink_fields();
+    let pre = format!("{at}: ");
     let kind = match t {
-        "stdout" => section::kind::<Empty>(table, &at, t, &kinds, errors).map(|_| SinkKind::Stdout),
-        "file" => section::kind::<file::Raw>(table, &at, t, &kinds, errors)
+        "stdout" => section::kind::<Empty>(table, &pre, ("type", t), &kinds, errors)
+            .map(|_| SinkKind::Stdout),
+        "file" => section::kind::<file::Raw>(table, &pre, ("type", t), &kinds, errors)
             .map(|r| SinkKind::File(r.validate(&at, errors))),
-        "webhook" => section::kind::<webhook::Raw>(table, &at, t, &kinds, errors)
+        "webhook" => section::kind::<webhook::Raw>(table, &pre, ("type", t), &kinds, errors)
             .map(|r| SinkKind::Webhook(r.validate(&at, errors))),
-        "email" => section::kind::<email::Raw>(table, &at, t, &kinds, errors)
+        "email" => section::kind::<email::Raw>(table, &pre, ("type", t), &kinds, errors)
             .map(|r| SinkKind::Email(r.validate(&at, errors))),
-        "syslog" => section::kind::<syslog::Raw>(table, &at, t, &kinds, errors)
+        "syslog" => section::kind::<syslog::Raw>(table, &pre, ("type", t), &kinds, errors)
             .map(|r| SinkKind::Syslog(r.validate(&at, errors))),
-        "kafka" => section::kind::<kafka::Raw>(table, &at, t, &kinds, errors)
+        "kafka" => section::kind::<kafka::Raw>(table, &pre, ("type", t), &kinds, errors)
             .and_then(|r| r.validate(&at, errors))
             .map(SinkKind::Kafka),
         other => {

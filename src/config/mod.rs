@@ -12,7 +12,6 @@ use serde::Deserialize;
 
 mod delivery;
 mod rules;
-mod section;
 
 pub use rules::{load_dir, load_rules};
 
@@ -27,9 +26,9 @@ pub use crate::sink::{SinkConfig, SinkKind, SmtpTls, SyslogMessage, SyslogProtoc
 pub use crate::source::{Listen, SourceKind};
 use crate::source::{file, kafka, syslog_tcp, syslog_udp};
 
+use crate::options::section::{self, fields_of};
 pub use crate::source::file::ReadFrom;
 pub use crate::source::syslog_tcp::TlsSettings;
-use section::fields_of;
 
 use crate::decode::Format;
 use crate::router::Router;
@@ -384,7 +383,7 @@ fn validate_source(
     errors: &mut Vec<String>,
 ) -> Option<SourceConfig> {
     let common: RawSourceCommon =
-        section::common(&mut table, &format!("sources[{}]", index + 1), errors)?;
+        section::common(&mut table, &format!("sources[{}]: ", index + 1), errors)?;
     let name = common
         .name
         .unwrap_or_else(|| format!("{}_{}", common.kind, index + 1));
@@ -400,14 +399,15 @@ fn validate_source(
     };
     let t = common.kind.as_str();
     let kinds = source_fields();
+    let pre = format!("{at}: ");
     let kind = match t {
-        "syslog_udp" => section::kind::<syslog_udp::Raw>(table, &at, t, &kinds, errors)
+        "syslog_udp" => section::kind::<syslog_udp::Raw>(table, &pre, ("type", t), &kinds, errors)
             .map(|r| SourceKind::SyslogUdp(r.validate(&at, errors))),
-        "syslog_tcp" => section::kind::<syslog_tcp::Raw>(table, &at, t, &kinds, errors)
+        "syslog_tcp" => section::kind::<syslog_tcp::Raw>(table, &pre, ("type", t), &kinds, errors)
             .map(|r| SourceKind::SyslogTcp(r.validate(&at, errors))),
-        "file" => section::kind::<file::Raw>(table, &at, t, &kinds, errors)
+        "file" => section::kind::<file::Raw>(table, &pre, ("type", t), &kinds, errors)
             .map(|r| SourceKind::File(r.validate(&at, errors))),
-        "kafka" => section::kind::<kafka::Raw>(table, &at, t, &kinds, errors)
+        "kafka" => section::kind::<kafka::Raw>(table, &pre, ("type", t), &kinds, errors)
             .and_then(|r| r.validate(&at, errors))
             .map(SourceKind::Kafka),
         other => {

@@ -12,8 +12,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::condition::{Cond, FieldRef};
+use super::kinds::{absence, matching, threshold};
 use crate::alert::{RuleInfo, Severity};
 use crate::duration::{self, display_ms};
+use crate::options::section::{self, fields_of};
 
 /// Default life of a lifetime-threshold key after its last event.
 pub const DEFAULT_KEY_TTL_MS: i64 = 24 * 3_600_000;
@@ -102,6 +104,37 @@ pub enum RuleKind {
 }
 
 impl RuleKind {
+    /// Every `kind` a rule may have.
+    pub const KINDS: &str = "match, threshold or absence";
+
+    /// Compiles the kind's own keys of a `[[rule]]` (the common ones taken
+    /// out); keys of another kind are reported as not applying.
+    fn compile(
+        kind: &str,
+        table: toml::Table,
+        tables: &TaskTables,
+        errors: &mut Vec<String>,
+    ) -> Option<RuleKind> {
+        let kinds = [
+            fields_of::<matching::Raw>(),
+            fields_of::<threshold::Raw>(),
+            fields_of::<absence::Raw>(),
+        ];
+        let at = ("kind", kind);
+        match kind {
+            "match" => section::kind::<matching::Raw>(table, "", at, &kinds, errors)
+                .and_then(|r| r.compile(errors)),
+            "threshold" => section::kind::<threshold::Raw>(table, "", at, &kinds, errors)
+                .and_then(|r| r.compile(errors)),
+            "absence" => section::kind::<absence::Raw>(table, "", at, &kinds, errors)
+                .and_then(|r| r.compile(tables, errors)),
+            other => {
+                errors.push(format!("unknown kind `{other}` (expected {})", Self::KINDS));
+                None
+            }
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             RuleKind::Match { .. } => "match",
@@ -328,9 +361,10 @@ fn parse_tasks(text: &str) -> Result<HashMap<String, i64>, Vec<String>> {
     }
 }
 
+/// The keys every `[[rule]]` has; the rest belong to its kind.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRule {
+struct RawCommon {
     id: String,
     title: String,
     severity: Severity,
@@ -338,19 +372,6 @@ struct RawRule {
     description: Option<String>,
     #[serde(default = "yes")]
     enabled: bool,
-    #[serde(rename = "match")]
-    match_: Option<toml::Table>,
-    group_by: Option<Vec<String>>,
-    window: Option<String>,
-    condition: Option<toml::Table>,
-    suppress: Option<String>,
-    key_ttl: Option<String>,
-    start: Option<toml::Table>,
-    stop: Option<toml::Table>,
-    key: Option<Vec<String>>,
-    deadline_field: Option<String>,
-    deadline_by_task: Option<String>,
-    deadline: Option<String>,
 }
 
 fn yes() -> bool {
@@ -399,20 +420,21 @@ fn parse_rule_file(
             .and_then(toml::Value::as_str)
             .map_or_else(|| format!("#{}", index + 1), str::to_owned);
         let mut definition = toml::to_string(&entry).unwrap_or_default();
-        let raw: RawRule = match entry.try_into() {
-            Ok(raw) => raw,
-            Err(e) => {
-                errors.push(err(Some(&label), e.to_string().trim_end().to_owned()));
-                continue;
-            }
+        let toml::Value::Table(table) = entry else {
+            errors.push(err(Some(&label), "a [[rule]] must be a table".to_owned()));
+            continue;
         };
-        let mut msgs = Vec::new();
-        if let Some(table) = raw.deadline_by_task.as_deref().and_then(|t| tables.get(t)) {
+        if let Some(table) = table
+            .get("deadline_by_task")
+            .and_then(toml::Value::as_str)
+            .and_then(|t| tables.get(t))
+        {
             let mut tasks: Vec<_> = table.iter().collect();
             tasks.sort();
             definition.push_str(&format!("\n# tasks: {tasks:?}"));
         }
-        let rule = compile_rule(file, raw, definition, tables, &mut msgs);
+        let mut msgs = Vec::new();
+        let rule = compile_rule(file, table, definition, tables, &mut msgs);
         errors.extend(msgs.into_iter().map(|m| err(Some(&label), m)));
         if let Some(rule) = rule {
             rules.push(rule);
@@ -428,13 +450,17 @@ fn valid_id(id: &str) -> bool {
         })
 }
 
+/// The task tables of a rule set, by file name.
+pub(super) type TaskTables = BTreeMap<String, Arc<HashMap<String, i64>>>;
+
 fn compile_rule(
     file: &str,
-    raw: RawRule,
+    mut table: toml::Table,
     definition: String,
-    tables: &BTreeMap<String, Arc<HashMap<String, i64>>>,
+    tables: &TaskTables,
     errors: &mut Vec<String>,
 ) -> Option<Rule> {
+    let raw: RawCommon = section::common(&mut table, "", errors)?;
     if !valid_id(&raw.id) {
         errors.push("`id` must be 1-128 characters of a-z, 0-9, `_`, `-`, `.`".to_owned());
     }
@@ -447,182 +473,8 @@ fn compile_rule(
     if raw.title.trim().is_empty() {
         errors.push("`title` must not be empty".to_owned());
     }
-    let dur = |name: &str, value: &Option<String>, errors: &mut Vec<String>| -> Option<i64> {
-        let text = value.as_ref()?;
-        match duration::parse_ms(text) {
-            Ok(ms) if ms > 0 => Some(ms),
-            Ok(_) => {
-                errors.push(format!("`{name}` must be positive"));
-                None
-            }
-            Err(e) => {
-                errors.push(format!("`{name}`: {e}"));
-                None
-            }
-        }
-    };
-    // Which fields each kind takes (bits: match, threshold, absence).
-    const M: u8 = 1;
-    const T: u8 = 2;
-    const A: u8 = 4;
-    let applies = [
-        ("match", raw.match_.is_some(), M | T),
-        ("group_by", raw.group_by.is_some(), M | T),
-        ("window", raw.window.is_some(), T),
-        ("condition", raw.condition.is_some(), T),
-        ("suppress", raw.suppress.is_some(), T),
-        ("key_ttl", raw.key_ttl.is_some(), T),
-        ("start", raw.start.is_some(), A),
-        ("stop", raw.stop.is_some(), A),
-        ("key", raw.key.is_some(), A),
-        ("deadline_field", raw.deadline_field.is_some(), A),
-        ("deadline_by_task", raw.deadline_by_task.is_some(), A),
-        ("deadline", raw.deadline.is_some(), A),
-    ];
-    let kind_bit = match raw.kind.as_str() {
-        "match" => M,
-        "threshold" => T,
-        "absence" => A,
-        _ => M | T | A, // reported below as an unknown kind
-    };
-    for (name, present, kinds) in applies {
-        if present && kinds & kind_bit == 0 {
-            errors.push(format!("`{name}` does not apply to kind `{}`", raw.kind));
-        }
-    }
-    let fields =
-        |names: &Option<Vec<String>>, what: &str, errors: &mut Vec<String>| -> Vec<FieldRef> {
-            let mut out = Vec::new();
-            for name in names.iter().flatten() {
-                if name == "tenant" {
-                    errors.push(format!(
-                        "`{what}`: `tenant` is always part of the key; remove it"
-                    ));
-                } else if name.is_empty() {
-                    errors.push(format!("`{what}`: empty field name"));
-                } else if out.iter().any(|f: &FieldRef| f.name() == name) {
-                    errors.push(format!("`{what}`: field `{name}` listed twice"));
-                } else {
-                    out.push(FieldRef::parse(name));
-                }
-            }
-            out
-        };
-    let cond =
-        |name: &str, table: &Option<toml::Table>, errors: &mut Vec<String>| -> Option<Cond> {
-            match table {
-                None => {
-                    errors.push(format!("`{name}` is required"));
-                    None
-                }
-                Some(t) if t.is_empty() => {
-                    errors.push(format!(
-                    "`{name}` must test at least one field (e.g. {{ event = \"auth.failure\" }})"
-                ));
-                    None
-                }
-                Some(t) => {
-                    let before = errors.len();
-                    let c = Cond::compile(t, errors);
-                    for e in &mut errors[before..] {
-                        *e = format!("`{name}`: {e}");
-                    }
-                    (errors.len() == before).then_some(c)
-                }
-            }
-        };
-
-    let kind = match raw.kind.as_str() {
-        "match" => {
-            let group_by = fields(&raw.group_by, "group_by", errors);
-            cond("match", &raw.match_, errors).map(|when| RuleKind::Match { when, group_by })
-        }
-        "threshold" => {
-            let group_by = fields(&raw.group_by, "group_by", errors);
-            let when = cond("match", &raw.match_, errors);
-            let condition = count_condition(raw.condition.as_ref(), errors);
-            let window = dur("window", &raw.window, errors);
-            let suppress = dur("suppress", &raw.suppress, errors);
-            let key_ttl = dur("key_ttl", &raw.key_ttl, errors);
-            if window.is_none() && raw.window.is_none() && raw.suppress.is_some() {
-                errors.push(
-                    "`suppress` needs a `window` (a lifetime threshold fires once per key)"
-                        .to_owned(),
-                );
-            }
-            if raw.window.is_some() && raw.key_ttl.is_some() {
-                errors.push("`key_ttl` applies only without `window` (windowed keys expire with their window)".to_owned());
-            }
-            match (when, condition) {
-                (Some(when), Some(condition)) => Some(RuleKind::Threshold {
-                    when,
-                    group_by,
-                    condition,
-                    condition_text: condition.to_string().into(),
-                    window: window.map(|w| (w, suppress.unwrap_or(w))),
-                    key_ttl_ms: key_ttl.unwrap_or(DEFAULT_KEY_TTL_MS),
-                }),
-                _ => None,
-            }
-        }
-        "absence" => {
-            let key = fields(&raw.key, "key", errors);
-            if raw.key.as_ref().is_none_or(Vec::is_empty) {
-                errors.push("`key` is required: the fields that tie a stop event to its start (e.g. [\"session_id\"])".to_owned());
-            }
-            let start = cond("start", &raw.start, errors);
-            let stop = cond("stop", &raw.stop, errors);
-            let default_ms = dur("deadline", &raw.deadline, errors);
-            if raw.deadline.is_none() {
-                errors.push(
-                    "`deadline` is required (the fallback when no field or task gives one)"
-                        .to_owned(),
-                );
-            }
-            let field = raw.deadline_field.as_deref().map(FieldRef::parse);
-            if let Some(FieldRef::Known(f)) = &field {
-                errors.push(format!(
-                    "`deadline_field`: `{}` is a string field; name a numeric field in seconds",
-                    f.name()
-                ));
-            }
-            let tasks = match raw.deadline_by_task.as_deref() {
-                None => None,
-                Some(name) => match tables.get(name) {
-                    Some(t) => Some(t.clone()),
-                    None => {
-                        errors.push(format!(
-                            "`deadline_by_task`: no task table `{name}` in this rule set (it is read from `{TASKS_FILE}` beside the rules)"
-                        ));
-                        None
-                    }
-                },
-            };
-            match (start, stop, default_ms) {
-                (Some(start), Some(stop), Some(default_ms)) => Some(RuleKind::Absence {
-                    start,
-                    stop,
-                    key,
-                    deadline: DeadlineSpec {
-                        field,
-                        tasks,
-                        default_ms,
-                    },
-                }),
-                _ => None,
-            }
-        }
-        other => {
-            errors.push(format!(
-                "unknown kind `{other}` (expected match, threshold or absence)"
-            ));
-            None
-        }
-    };
-    if !errors.is_empty() {
-        return None;
-    }
-    if !raw.enabled {
+    let kind = RuleKind::compile(&raw.kind, table, tables, errors);
+    if !errors.is_empty() || !raw.enabled {
         return None;
     }
     let kind = kind?;
@@ -650,7 +502,78 @@ fn compile_rule(
     })
 }
 
-fn count_condition(
+/// A positive duration option (`"60s"`), if given.
+pub(super) fn positive_duration(
+    name: &str,
+    value: Option<&str>,
+    errors: &mut Vec<String>,
+) -> Option<i64> {
+    match duration::parse_ms(value?) {
+        Ok(ms) if ms > 0 => Some(ms),
+        Ok(_) => {
+            errors.push(format!("`{name}` must be positive"));
+            None
+        }
+        Err(e) => {
+            errors.push(format!("`{name}`: {e}"));
+            None
+        }
+    }
+}
+
+/// Key fields (`group_by`, `key`): never `tenant` (always part of the key),
+/// never empty or twice.
+pub(super) fn key_fields(
+    names: Option<&[String]>,
+    what: &str,
+    errors: &mut Vec<String>,
+) -> Vec<FieldRef> {
+    let mut out: Vec<FieldRef> = Vec::new();
+    for name in names.into_iter().flatten() {
+        if name == "tenant" {
+            errors.push(format!(
+                "`{what}`: `tenant` is always part of the key; remove it"
+            ));
+        } else if name.is_empty() {
+            errors.push(format!("`{what}`: empty field name"));
+        } else if out.iter().any(|f| f.name() == name) {
+            errors.push(format!("`{what}`: field `{name}` listed twice"));
+        } else {
+            out.push(FieldRef::parse(name));
+        }
+    }
+    out
+}
+
+/// A required condition over event fields (`match`, `start`, `stop`).
+pub(super) fn condition(
+    name: &str,
+    table: Option<&toml::Table>,
+    errors: &mut Vec<String>,
+) -> Option<Cond> {
+    match table {
+        None => {
+            errors.push(format!("`{name}` is required"));
+            None
+        }
+        Some(t) if t.is_empty() => {
+            errors.push(format!(
+                "`{name}` must test at least one field (e.g. {{ event = \"auth.failure\" }})"
+            ));
+            None
+        }
+        Some(t) => {
+            let before = errors.len();
+            let c = Cond::compile(t, errors);
+            for e in &mut errors[before..] {
+                *e = format!("`{name}`: {e}");
+            }
+            (errors.len() == before).then_some(c)
+        }
+    }
+}
+
+pub(super) fn count_condition(
     table: Option<&toml::Table>,
     errors: &mut Vec<String>,
 ) -> Option<CountCondition> {

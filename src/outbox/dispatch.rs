@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::OutboxSettings;
-use crate::store::{DeadLetter, Delivery, Store};
+use crate::store::{DeadLetter, Delivery, Due, Store};
 use crate::telemetry::metrics::Metrics;
 
 /// What the dispatcher delivers through: a sink (the contract every sink
@@ -133,58 +133,8 @@ pub async fn dispatch<S: Deliver>(
                 }
                 Err(err) => {
                     failed.inc();
-                    let now = crate::clock::now_ms();
-                    let attempts = d.delivery.attempts + 1;
-                    let too_old =
-                        now - d.delivery.enqueued_ms >= settings.max_age.as_millis() as i64;
-                    if !err.retryable || too_old {
-                        let why = if err.retryable {
-                            "max_age reached"
-                        } else {
-                            "permanent failure"
-                        };
-                        tracing::error!(sink = %sink.name(), alert = %d.id, attempts, "{why}; alert moved to dead letters: {err}");
-                        let letter = DeadLetter {
-                            attempts,
-                            enqueued_ms: d.delivery.enqueued_ms,
-                            died_ms: now,
-                            error: err.message.clone(),
-                        };
-                        let (st, name, id, delivery) = (
-                            store.clone(),
-                            sink.name().to_owned(),
-                            d.id.clone(),
-                            d.delivery.clone(),
-                        );
-                        off_worker(sink.name(), move || st.kill(&name, &id, &delivery, &letter))
-                            .await;
+                    if fail(sink.name(), &d, err, &store, &settings).await {
                         dead.inc();
-                    } else {
-                        let delay = err.retry_after.unwrap_or_else(|| {
-                            backoff(
-                                d.delivery.attempts,
-                                settings.retry_initial,
-                                settings.retry_max,
-                            )
-                        });
-                        tracing::warn!(sink = %sink.name(), alert = %d.id, attempts, retry_in = ?delay, "delivery failed, will retry: {err}");
-                        let next = Delivery {
-                            seq: d.delivery.seq,
-                            attempts,
-                            enqueued_ms: d.delivery.enqueued_ms,
-                            next_ms: now + delay.as_millis() as i64,
-                            last_error: err.message,
-                        };
-                        let (st, name, id, due_ms) = (
-                            store.clone(),
-                            sink.name().to_owned(),
-                            d.id.clone(),
-                            d.delivery.next_ms,
-                        );
-                        off_worker(sink.name(), move || {
-                            st.retry_later(&name, &id, due_ms, &next)
-                        })
-                        .await;
                     }
                 }
             }
@@ -203,6 +153,57 @@ pub async fn dispatch<S: Deliver>(
             }
         }
     }
+}
+
+/// A failed delivery: retried later with backoff (or when the sink said),
+/// or, when the failure is permanent or the alert reached `max_age`, moved
+/// to the dead letters. Returns whether it went to the dead letters.
+async fn fail(
+    sink: &str,
+    d: &Due,
+    err: SendError,
+    store: &Arc<Store>,
+    settings: &OutboxSettings,
+) -> bool {
+    let now = crate::clock::now_ms();
+    let attempts = d.delivery.attempts + 1;
+    let too_old = now - d.delivery.enqueued_ms >= settings.max_age.as_millis() as i64;
+    let (st, name, id) = (store.clone(), sink.to_owned(), d.id.clone());
+    if !err.retryable || too_old {
+        let why = if err.retryable {
+            "max_age reached"
+        } else {
+            "permanent failure"
+        };
+        tracing::error!(sink = %sink, alert = %d.id, attempts, "{why}; alert moved to dead letters: {err}");
+        let letter = DeadLetter {
+            attempts,
+            enqueued_ms: d.delivery.enqueued_ms,
+            died_ms: now,
+            error: err.message,
+        };
+        let delivery = d.delivery.clone();
+        off_worker(sink, move || st.kill(&name, &id, &delivery, &letter)).await;
+        return true;
+    }
+    let delay = err.retry_after.unwrap_or_else(|| {
+        backoff(
+            d.delivery.attempts,
+            settings.retry_initial,
+            settings.retry_max,
+        )
+    });
+    tracing::warn!(sink = %sink, alert = %d.id, attempts, retry_in = ?delay, "delivery failed, will retry: {err}");
+    let next = Delivery {
+        seq: d.delivery.seq,
+        attempts,
+        enqueued_ms: d.delivery.enqueued_ms,
+        next_ms: now + delay.as_millis() as i64,
+        last_error: err.message,
+    };
+    let due_ms = d.delivery.next_ms;
+    off_worker(sink, move || st.retry_later(&name, &id, due_ms, &next)).await;
+    false
 }
 
 /// Runs a store write on the blocking pool (never on an async worker) and

@@ -365,22 +365,7 @@ impl Pipeline {
         let mut applied_to = None;
         for (i, frame) in b.frames.frames.iter().enumerate() {
             let end = b.frames.ends.get(i).copied().unwrap_or(0);
-            let pos = match (&b.file, &b.kafka, b.peer) {
-                (Some(f), _, _) => Position::FileOffset {
-                    path: f.path.clone(),
-                    offset: end,
-                },
-                (None, Some(k), _) => Position::Kafka {
-                    topic: k.topic.clone(),
-                    partition: k.partition,
-                    offset: end as i64,
-                },
-                (None, None, Some(peer)) => Position::Peer {
-                    source: self.names[b.source].clone(),
-                    peer,
-                },
-                (None, None, None) => Position::Stdin { line: 0 },
-            };
+            let pos = position(&b, end, &self.names[b.source]);
             // A Kafka record is consumed whether it is applied or rejected
             // (a poison message never blocks its partition).
             applied_to = Some(end as i64 + 1);
@@ -421,6 +406,15 @@ impl Pipeline {
             }
             self.kafka.insert(key, k);
         }
+        self.note_file_position(&b);
+        if triggered > 0 {
+            self.awaiting.push((b.received, triggered as u64));
+        }
+        Ok(())
+    }
+
+    /// A file source's batch: where reading resumes after it.
+    fn note_file_position(&mut self, b: &Batch) {
         if let Some(f) = &b.file
             && self.file_sources.get(b.source).copied().unwrap_or(false)
             && let Some(&end) = b.frames.ends.last()
@@ -435,10 +429,6 @@ impl Pipeline {
             );
             self.main.dirty = true;
         }
-        if triggered > 0 {
-            self.awaiting.push((b.received, triggered as u64));
-        }
-        Ok(())
     }
 
     /// Puts the alerts raised so far into the outbox (one durable
@@ -599,6 +589,26 @@ impl Pipeline {
                 let _ = done.send(kept.unwrap_or(0));
             }
         }
+    }
+}
+
+/// Where the record of a batch ending at `end` came from.
+fn position(b: &Batch, end: u64, source: &Arc<str>) -> Position {
+    match (&b.file, &b.kafka, b.peer) {
+        (Some(f), _, _) => Position::FileOffset {
+            path: f.path.clone(),
+            offset: end,
+        },
+        (None, Some(k), _) => Position::Kafka {
+            topic: k.topic.clone(),
+            partition: k.partition,
+            offset: end as i64,
+        },
+        (None, None, Some(peer)) => Position::Peer {
+            source: source.clone(),
+            peer,
+        },
+        (None, None, None) => Position::Stdin { line: 0 },
     }
 }
 

@@ -145,119 +145,40 @@ impl Metrics {
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
-        registry.register(
-            "records_received",
-            "Records read by sources",
-            m.records_received.clone(),
-        );
-        registry.register(
-            "records_rejected",
-            "Records rejected, by reason",
-            m.records_rejected.clone(),
-        );
-        registry.register(
-            "udp_datagrams_dropped",
-            "UDP datagrams dropped because the pipeline was full",
-            m.udp_dropped.clone(),
-        );
-        registry.register(
-            "connections_open",
-            "Open TCP/TLS connections",
-            m.connections_open.clone(),
-        );
-        registry.register(
-            "connections_refused",
-            "Connections refused at max_connections or failing TLS",
-            m.connections_refused.clone(),
-        );
-        registry.register("events", "Events decoded, by type", m.events.clone());
-        registry.register(
-            "alerts",
-            "Alerts raised, by rule and severity",
-            m.alerts.clone(),
-        );
-        registry.register("live_keys", "Live state keys per rule", m.live_keys.clone());
-        registry.register(
-            "late_events",
-            "Events that arrived below the engine clock",
-            m.late_events.clone(),
-        );
-        registry.register(
-            "evicted_keys",
-            "State keys evicted at the per-rule cap",
-            m.evicted_keys.clone(),
-        );
-        registry.register(
-            "input_partitions",
-            "Input partitions (connections, senders, files) tracked by the clock",
-            m.partitions.clone(),
-        );
-        registry.register(
-            "engine_lag_seconds",
-            "Wall clock minus engine clock",
-            m.engine_lag_seconds.clone(),
-        );
-        registry.register(
-            "ingest_to_alert_latency_seconds",
-            "Latency from a record read off its source to its alert handed on, by quantile (all samples since start)",
-            m.latency_seconds.clone(),
-        );
-        registry.register(
-            "ingest_to_alert_latency_samples",
-            "Alerts measured for the latency quantiles",
-            m.latency_samples.clone(),
-        );
-        registry.register("reloads", "SIGHUP reloads, by result", m.reloads.clone());
-        registry.register(
-            "alerts_sent",
-            "Alerts a sink accepted",
-            m.alerts_sent.clone(),
-        );
-        registry.register(
-            "alert_send_errors",
-            "Failed delivery attempts, by sink",
-            m.alert_send_errors.clone(),
-        );
-        registry.register(
-            "alerts_dead",
-            "Alerts moved to dead letters, by sink",
-            m.alerts_dead.clone(),
-        );
-        registry.register(
-            "outbox_pending_deliveries",
-            "Deliveries waiting in the outbox",
-            m.outbox_pending.clone(),
-        );
-        registry.register(
-            "outbox_dead_letters",
-            "Dead letters in the store",
-            m.outbox_dead.clone(),
-        );
-        registry.register(
-            "state_snapshot_bytes",
-            "Size of the engine state last saved (units that changed)",
-            m.snapshot_bytes.clone(),
-        );
-        registry.register(
-            "state_saves",
-            "Engine state saves committed to the store (with the positions they cover)",
-            m.state_saves.clone(),
-        );
-        registry.register(
-            "state_snapshot_seconds",
-            "Time the engine spent serializing the last saved state",
-            m.snapshot_seconds.clone(),
-        );
-        registry.register(
-            "kafka_consumer_lag_records",
-            "Records in a Kafka partition not yet read (high watermark minus position)",
-            m.kafka_lag.clone(),
-        );
-        registry.register(
-            "kafka_rebalances",
-            "Kafka partition assignments and revocations, by source",
-            m.kafka_rebalances.clone(),
-        );
+        macro_rules! register {
+            ($($field:ident => $name:literal, $help:literal;)*) => {
+                $(registry.register($name, $help, m.$field.clone());)*
+            };
+        }
+        register! {
+            records_received => "records_received", "Records read by sources";
+            records_rejected => "records_rejected", "Records rejected, by reason";
+            udp_dropped => "udp_datagrams_dropped", "UDP datagrams dropped because the pipeline was full";
+            connections_open => "connections_open", "Open TCP/TLS connections";
+            connections_refused => "connections_refused", "Connections refused at max_connections or failing TLS";
+            events => "events", "Events decoded, by type";
+            alerts => "alerts", "Alerts raised, by rule and severity";
+            live_keys => "live_keys", "Live state keys per rule";
+            late_events => "late_events", "Events that arrived below the engine clock";
+            evicted_keys => "evicted_keys", "State keys evicted at the per-rule cap";
+            partitions => "input_partitions", "Input partitions (connections, senders, files) tracked by the clock";
+            engine_lag_seconds => "engine_lag_seconds", "Wall clock minus engine clock";
+            latency_seconds => "ingest_to_alert_latency_seconds", "Latency from a record read off its source to its alert handed on, by quantile (all samples since start)";
+            latency_samples => "ingest_to_alert_latency_samples", "Alerts measured for the latency quantiles";
+            reloads => "reloads", "SIGHUP reloads, by result";
+            alerts_sent => "alerts_sent", "Alerts a sink accepted";
+            alert_send_errors => "alert_send_errors", "Failed delivery attempts, by sink";
+            alerts_dead => "alerts_dead", "Alerts moved to dead letters, by sink";
+            outbox_pending => "outbox_pending_deliveries", "Deliveries waiting in the outbox";
+            outbox_dead => "outbox_dead_letters", "Dead letters in the store";
+            snapshot_bytes => "state_snapshot_bytes", "Size of the engine state last saved (units that changed)";
+            state_saves => "state_saves", "Engine state saves committed to the store (with the positions they cover)";
+            snapshot_seconds => "state_snapshot_seconds", "Time the engine spent serializing the last saved state";
+            kafka_lag => "kafka_consumer_lag_records", "Records in a Kafka partition not yet read (high watermark minus position)";
+            kafka_rebalances => "kafka_rebalances", "Kafka partition assignments and revocations, by source";
+            alerts_suppressed => "alerts_suppressed", "Alerts held back by a route's repeat_interval";
+            alerts_grouped => "alerts_grouped", "Alerts folded into a group digest by a route's group_window";
+        }
         Metrics { registry, ..m }
     }
 

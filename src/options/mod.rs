@@ -4,6 +4,8 @@
 //! reads and reports the same way; an error is pushed, never returned, so
 //! a configuration reports all its problems at once.
 
+pub mod section;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

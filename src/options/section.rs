@@ -1,9 +1,10 @@
-//! One `[[sources]]` or `[[sinks]]` entry handed to its kind: the entry is
-//! read as a TOML table, the keys every entry has are taken out, and the
-//! rest is deserialized into the kind's own section (`deny_unknown_fields`).
-//! Keys another kind takes are reported as "does not apply to type", any
-//! other key as unknown; the remaining keys are still validated, so one
-//! pass reports every problem of every entry.
+//! One entry of a family of kinds (a `[[sources]]` or `[[sinks]]` entry,
+//! a `[[rule]]`) handed to its kind: the entry is read as a TOML table, the
+//! keys every entry has are taken out, and the rest is deserialized into
+//! the kind's own section (`deny_unknown_fields`). Keys another kind takes
+//! are reported as "does not apply to type" (or kind), any other key as
+//! unknown; the remaining keys are still validated, so one pass reports
+//! every problem of every entry.
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Visitor};
@@ -43,6 +44,8 @@ impl<'de> de::Deserializer<'de> for FieldNames<'_> {
     }
 }
 
+/// `at` prefixes every message (e.g. `"sinks (hook): "`).
+///
 /// Takes the common keys of an entry (as the small struct `C`) out of
 /// `table`, leaving the kind's keys.
 pub fn common<C: DeserializeOwned>(
@@ -59,18 +62,19 @@ pub fn common<C: DeserializeOwned>(
     match C::deserialize(toml::Value::Table(picked)) {
         Ok(c) => Some(c),
         Err(e) => {
-            errors.push(format!("{at}: {}", e.message().trim_end()));
+            errors.push(format!("{at}{}", e.message().trim_end()));
             None
         }
     }
 }
 
-/// Deserializes the kind section `T` of an entry of type `type_name`;
-/// `kinds` are the field lists of every kind of the family.
+/// Deserializes the kind section `T` of an entry whose `word` (`type` or
+/// `kind`) is `type_name`; `kinds` are the field lists of every kind of the
+/// family.
 pub fn kind<T: DeserializeOwned>(
     mut table: toml::Table,
     at: &str,
-    type_name: &str,
+    (word, type_name): (&str, &str),
     kinds: &[&'static [&'static str]],
     errors: &mut Vec<String>,
 ) -> Option<T> {
@@ -84,12 +88,12 @@ pub fn kind<T: DeserializeOwned>(
         table.remove(&key);
         if kinds.iter().any(|fields| fields.contains(&key.as_str())) {
             errors.push(format!(
-                "{at}: `{key}` does not apply to type `{type_name}`"
+                "{at}`{key}` does not apply to {word} `{type_name}`"
             ));
         } else {
             let expected: Vec<String> = own.iter().map(|f| format!("`{f}`")).collect();
             errors.push(format!(
-                "{at}: unknown field `{key}`, expected one of {}",
+                "{at}unknown field `{key}`, expected one of {}",
                 expected.join(", ")
             ));
         }
@@ -97,7 +101,7 @@ pub fn kind<T: DeserializeOwned>(
     match T::deserialize(toml::Value::Table(table)) {
         Ok(t) => Some(t),
         Err(e) => {
-            errors.push(format!("{at}: {}", e.message().trim_end()));
+            errors.push(format!("{at}{}", e.message().trim_end()));
             None
         }
     }

@@ -1,0 +1,43 @@
+//! State keys: the joined key of an event (tenant first, then the key
+//! fields, `KEY_SEP` apart) built into a reused buffer, the per-rule key
+//! maps, and the choice of the oldest keys to evict at the cap.
+
+use std::collections::HashMap;
+
+use super::KEY_SEP;
+use super::condition::FieldRef;
+use crate::event::{Event, UNKNOWN_AGENT};
+
+/// Per-rule key maps. foldhash is a fast non-cryptographic hasher with a
+/// per-process random seed (flooding resistance); iteration order is never
+/// relied on (eviction sorts by age and key).
+pub type KeyMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
+/// Writes `tenant SEP v1 SEP v2 ...` into `buf`. A missing field reads
+/// `unknown`, or with `require_all` makes the key (and the event) not count.
+pub fn build_key(buf: &mut String, ev: &Event<'_>, fields: &[FieldRef], require_all: bool) -> bool {
+    buf.clear();
+    buf.push_str(&ev.tenant);
+    for field in fields {
+        buf.push(KEY_SEP);
+        let before = buf.len();
+        if !field.key_text(ev, buf) || buf.len() == before {
+            if require_all {
+                return false;
+            }
+            buf.truncate(before);
+            buf.push_str(UNKNOWN_AGENT);
+        }
+    }
+    true
+}
+
+/// The `n` keys of `map` with the oldest activity (`age`), for eviction.
+pub fn oldest<V>(map: &KeyMap<V>, n: usize, age: impl Fn(&V) -> i64) -> Vec<Box<str>> {
+    let mut all: Vec<(i64, &Box<str>)> = map.iter().map(|(k, v)| (age(v), k)).collect();
+    if n < all.len() {
+        all.select_nth_unstable(n);
+        all.truncate(n);
+    }
+    all.into_iter().map(|(_, k)| k.clone()).collect()
+}

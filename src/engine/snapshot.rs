@@ -1,0 +1,117 @@
+//! The engine's snapshot: its whole state as postcard with a format
+//! version, so a daemon restarts (or a Kafka partition moves) exactly where
+//! it left off. State of a rule is restored only into a rule of the same id
+//! and kind; a snapshot of another version is refused, never guessed at.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::kinds::RuleState;
+use super::{Engine, EngineConfig, RuleSet};
+
+/// Snapshot format version; bump on any change of the serialized state.
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot encoding failed: {0}")]
+    Encode(postcard::Error),
+    #[error("snapshot is corrupt or truncated: {0}")]
+    Decode(postcard::Error),
+    #[error(
+        "snapshot format version {found} is not supported (this build reads version {SNAPSHOT_VERSION})"
+    )]
+    Version { found: u32 },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    version: u32,
+    clock: Option<i64>,
+    next_sweep: i64,
+    late: u64,
+    evicted: u64,
+    rules: Vec<(String, String, RuleState)>,
+}
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    version: u32,
+    clock: Option<i64>,
+    next_sweep: i64,
+    late: u64,
+    evicted: u64,
+    rules: Vec<(&'a str, &'a str, &'a RuleState)>,
+}
+
+impl Engine {
+    /// Serializes the whole state (postcard, with a format version).
+    pub fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
+        let snap = SnapshotRef {
+            version: SNAPSHOT_VERSION,
+            clock: self.clock,
+            next_sweep: self.next_sweep,
+            late: self.late,
+            evicted: self.evicted,
+            rules: self
+                .rules
+                .rules()
+                .iter()
+                .zip(&self.states)
+                .map(|(r, s)| (&*r.id, r.kind.name(), s))
+                .collect(),
+        };
+        postcard::to_allocvec(&snap).map_err(SnapshotError::Encode)
+    }
+
+    /// The engine clock recorded in a snapshot, if it can be read.
+    pub fn snapshot_clock(bytes: &[u8]) -> Option<i64> {
+        #[derive(Deserialize)]
+        struct Head {
+            version: u32,
+            clock: Option<i64>,
+        }
+        let (head, _): (Head, _) = postcard::take_from_bytes(bytes).ok()?;
+        (head.version == SNAPSHOT_VERSION).then_some(head.clock)?
+    }
+
+    /// Rebuilds an engine from a snapshot under `rules`. State of a rule is
+    /// kept when a rule of the same id and kind exists; other state is
+    /// dropped (the rule was removed or changed kind).
+    pub fn restore(
+        rules: Arc<RuleSet>,
+        config: EngineConfig,
+        bytes: &[u8],
+    ) -> Result<Engine, SnapshotError> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let v: Version = postcard::take_from_bytes(bytes)
+            .map(|(v, _)| v)
+            .map_err(SnapshotError::Decode)?;
+        if v.version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version { found: v.version });
+        }
+        let snap: Snapshot = postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?;
+        let mut engine = Engine::new(rules, config);
+        engine.clock = snap.clock;
+        engine.next_sweep = snap.next_sweep;
+        engine.late = snap.late;
+        engine.evicted = snap.evicted;
+        for (id, kind, state) in snap.rules {
+            if let Some(i) = engine
+                .rules
+                .rules()
+                .iter()
+                .position(|r| *r.id == *id && r.kind.name() == kind)
+                && std::mem::discriminant(&engine.states[i]) == std::mem::discriminant(&state)
+            {
+                engine.states[i] = state;
+            }
+        }
+        Ok(engine)
+    }
+}
