@@ -5,19 +5,24 @@
 //! what they accepted through the engine, flush alerts and exit within the
 //! grace period.
 //!
-//! The engine runs on a thread of its own (it is CPU-bound and writes
-//! alerts with blocking I/O); sources and the metrics endpoint run on a
-//! small tokio runtime.
+//! It only wires: sources bind through `source::SourceKind::bind`, sinks
+//! build through `sink::Sink::build`, the engine thread is `pipeline`, the
+//! outbox writer and the dispatchers are `outbox`. The engine runs on a
+//! thread of its own (it is CPU-bound); sources, dispatchers and the metrics
+//! endpoint run on a small tokio runtime. The service loop (signals,
+//! systemd notifications) is in `signals`.
+
+mod signals;
+
+pub use signals::run;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use sd_notify::NotifyState;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,13 +30,24 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::engine::RuleSet;
 use crate::outbox::{dispatch, writer};
-use crate::pipeline::{self, Control, Pipeline, PipelineError};
+use crate::pipeline::{self, Control, Pipeline, PipelineError, Restored};
 use crate::sink::{SharedWriter, Sink};
 use crate::source::activation::Activated;
 use crate::source::{BindEnv, DurableOffsets, SavedOffset, SourceCtx, SourceMsg};
 use crate::store::Store;
 use crate::store::state as checkpoint;
 use crate::telemetry::metrics::Metrics;
+
+/// The daemon's tasks and their stop signals, in shutdown order: sources
+/// first, then (once the engine has drained) delivery, then metrics.
+#[derive(Default)]
+struct Tasks {
+    cancel_sources: CancellationToken,
+    sources: TaskTracker,
+    cancel_delivery: CancellationToken,
+    delivery: TaskTracker,
+    cancel_metrics: CancellationToken,
+}
 
 /// A running daemon (in process): its bound addresses and its controls.
 pub struct Daemon {
@@ -40,11 +56,7 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     config: Config,
     control: mpsc::Sender<Control>,
-    cancel_sources: CancellationToken,
-    cancel_metrics: CancellationToken,
-    cancel_delivery: CancellationToken,
-    tracker: TaskTracker,
-    delivery: TaskTracker,
+    tasks: Tasks,
     reopen: Arc<AtomicU64>,
     store: Arc<Store>,
     tx: Option<mpsc::Sender<SourceMsg>>,
@@ -63,20 +75,10 @@ impl Daemon {
         let settings = config.engine.clone();
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let (control, control_rx) = mpsc::channel(4);
-        let cancel_sources = CancellationToken::new();
-        let cancel_metrics = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        let tasks = Tasks::default();
 
-        let store = Arc::new(Store::open(&config.state_dir).context("cannot open the store")?);
         let rules = Arc::new(rules);
-        let restored = pipeline::restore(&store, &rules, &settings)?;
-        if let Some(clock) = restored.main_clock() {
-            tracing::info!(
-                clock = ?clock.map(crate::alert::format_ts),
-                files = restored.file_positions().len(),
-                "restored saved engine state"
-            );
-        }
+        let (store, restored) = open_state(&config, &rules)?;
         let durable = Arc::new(DurableOffsets::default());
         let writer: SharedWriter = Arc::new(std::sync::Mutex::new(out));
         let reopen = Arc::new(AtomicU64::new(0));
@@ -90,7 +92,7 @@ impl Daemon {
             file_positions: restored.file_positions(),
             saved_offset: saved_offsets(&store),
             durable: durable.clone(),
-            tracker: tracker.clone(),
+            tracker: tasks.sources.clone(),
         };
         let source_ctx = |index: usize, name: &str| SourceCtx {
             index,
@@ -99,35 +101,27 @@ impl Daemon {
             max_record_bytes: settings.max_record_bytes,
             tx: tx.clone(),
             metrics: metrics.clone(),
-            cancel: cancel_sources.clone(),
+            cancel: tasks.cancel_sources.clone(),
         };
-        let mut addrs = Vec::new();
-        let mut starters = Vec::new();
+        let (mut addrs, mut starters) = (Vec::new(), Vec::new());
         for (index, source) in config.sources.iter().enumerate() {
             let ctx = source_ctx(index, &source.name);
-            let bound = source
-                .kind
-                .bind(ctx, &mut env)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            if let Some(local) = bound.local {
-                addrs.push((source.name.clone(), local));
-            }
+            let bound = source.kind.bind(ctx, &mut env).await;
+            let bound = bound.map_err(anyhow::Error::msg)?;
+            addrs.extend(bound.local.map(|local| (source.name.clone(), local)));
             starters.push(bound.start);
         }
         let metrics_addr = match config.metrics {
-            Some(addr) => Some(serve_metrics(addr, &metrics, &cancel_metrics).await?),
+            Some(addr) => Some(serve_metrics(addr, &metrics, &tasks.cancel_metrics).await?),
             None => None,
         };
-        let cancel_delivery = CancellationToken::new();
-        let delivery = TaskTracker::new();
         let wakes = start_delivery(
             &config,
             sinks,
             &store,
             &metrics,
-            &cancel_delivery,
-            &delivery,
+            &tasks.cancel_delivery,
+            &tasks.delivery,
         );
         // The outbox writer commits on a thread of its own, so the engine
         // keeps detecting while a transaction is fsync'ed.
@@ -159,11 +153,7 @@ impl Daemon {
             metrics,
             config,
             control,
-            cancel_sources,
-            cancel_metrics,
-            cancel_delivery,
-            tracker,
-            delivery,
+            tasks,
             reopen,
             store,
             tx: Some(tx),
@@ -233,10 +223,10 @@ impl Daemon {
         let grace = self.config.engine.shutdown_grace;
         let deadline = Instant::now() + grace;
         self.metrics.set_ready(false);
-        self.cancel_sources.cancel();
-        self.tracker.close();
+        self.tasks.cancel_sources.cancel();
+        self.tasks.sources.close();
         drop(self.tx.take());
-        if tokio::time::timeout(grace, self.tracker.wait())
+        if tokio::time::timeout(grace, self.tasks.sources.wait())
             .await
             .is_err()
         {
@@ -259,11 +249,11 @@ impl Daemon {
         };
         // Deliver what can be delivered in the time left; the rest stays in
         // the outbox for the next start.
-        self.delivery.close();
+        self.tasks.delivery.close();
         let left = deadline.saturating_duration_since(Instant::now());
         let pending = || self.store.counts().map_or(0, |(_, p, _)| p);
         let drained = tokio::time::timeout(left, async {
-            while pending() > 0 && !self.delivery.is_empty() {
+            while pending() > 0 && !self.tasks.delivery.is_empty() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -274,11 +264,26 @@ impl Daemon {
                 "undelivered alerts stay in the outbox for the next start"
             );
         }
-        self.cancel_delivery.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.delivery.wait()).await;
-        self.cancel_metrics.cancel();
+        self.tasks.cancel_delivery.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.delivery.wait()).await;
+        self.tasks.cancel_metrics.cancel();
         result
     }
+}
+
+/// Opens the store and reads the saved state (a unit this build cannot
+/// read stops the start).
+fn open_state(config: &Config, rules: &Arc<RuleSet>) -> Result<(Arc<Store>, Restored)> {
+    let store = Arc::new(Store::open(&config.state_dir).context("cannot open the store")?);
+    let restored = pipeline::restore(&store, rules, &config.engine)?;
+    if let Some(clock) = restored.main_clock() {
+        tracing::info!(
+            clock = ?clock.map(crate::alert::format_ts),
+            files = restored.file_positions().len(),
+            "restored saved engine state"
+        );
+    }
+    Ok((store, restored))
 }
 
 /// Where a Kafka source's saved partition states end, read from the store.
@@ -337,111 +342,4 @@ fn start_delivery(
         ));
     }
     wakes
-}
-
-/// `mcp-alertd run`: the daemon until SIGTERM/SIGINT; SIGHUP reloads.
-pub fn run(config_path: Option<PathBuf>) -> Result<u8> {
-    let config = match &config_path {
-        Some(p) => Config::load(p)?,
-        None => Config::builtin(),
-    };
-    let rules = config.load_rules()?;
-    tracing::info!(
-        rules = rules.rules().len(),
-        origin = %rules.origin,
-        config = %config_path.as_deref().map_or("(built-in defaults)".into(), |p| p.display().to_string()),
-        "starting"
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("mcp-alertd")
-        .build()
-        .context("cannot start the runtime")?;
-    rt.block_on(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-        let stdout: Box<dyn Write + Send> = Box::new(std::io::stdout());
-        let mut daemon = Daemon::start(config, rules, stdout).await?;
-        tracing::info!("ready");
-        // systemd (Type=notify): ready once every source is bound; a status
-        // line every 10 s; watchdog pings at half of WatchdogSec while the
-        // engine runs.
-        notify(&[NotifyState::Ready, NotifyState::Status("ready")]);
-        let watchdog = sd_notify::watchdog_enabled();
-        if let Some(w) = watchdog {
-            tracing::info!(interval = ?w, "systemd watchdog enabled");
-        }
-        let mut ping = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| {
-            (w / 2).max(Duration::from_millis(100))
-        }));
-        let mut status = tokio::time::interval(Duration::from_secs(10));
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => reload(&mut daemon, config_path.as_deref()).await,
-                _ = ping.tick(), if watchdog.is_some() => {
-                    if daemon.engine_running() {
-                        notify(&[NotifyState::Watchdog]);
-                    } else {
-                        tracing::error!("the engine has stopped: no watchdog ping");
-                    }
-                }
-                _ = status.tick() => {
-                    let line = daemon.metrics().status_line();
-                    notify(&[NotifyState::Status(&line)]);
-                }
-            }
-        }
-        tracing::info!("stopping: draining accepted records");
-        notify(&[
-            NotifyState::Stopping,
-            NotifyState::Status("stopping: draining"),
-        ]);
-        daemon.shutdown().await?;
-        tracing::info!("stopped");
-        Ok(0)
-    })
-}
-
-/// Tells systemd (when `NOTIFY_SOCKET` is set; otherwise nothing).
-fn notify(states: &[NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(states) {
-        tracing::warn!("cannot notify systemd: {e}");
-    }
-}
-
-async fn reload(daemon: &mut Daemon, path: Option<&Path>) {
-    let loaded = match path {
-        Some(p) => Config::load(p).map_err(anyhow::Error::from),
-        None => Ok(Config::builtin()),
-    }
-    .and_then(|c| c.load_rules().map(|r| (c, r)).map_err(anyhow::Error::from));
-    let result = match loaded {
-        Ok((config, rules)) => {
-            let n = rules.rules().len();
-            daemon.reload(config, rules).await.map(|kept| (n, kept))
-        }
-        Err(e) => Err(e),
-    };
-    let label = |r: &str| crate::telemetry::metrics::ResultLabel {
-        result: r.to_owned(),
-    };
-    match result {
-        Ok((n, kept)) => {
-            daemon.metrics().reloads.get_or_create(&label("ok")).inc();
-            tracing::info!(rules = n, kept_state = kept, "reloaded");
-        }
-        Err(e) => {
-            daemon
-                .metrics()
-                .reloads
-                .get_or_create(&label("error"))
-                .inc();
-            tracing::error!("reload refused, the running rules stay: {e:#}");
-        }
-    }
 }

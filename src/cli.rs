@@ -383,36 +383,8 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
         },
         None => None,
     };
-    // Sinks are built as the daemon would: secrets and CA files are read
-    // (never printed), nothing is contacted.
     if let Some(c) = &config {
-        let writer: crate::sink::SharedWriter =
-            std::sync::Arc::new(std::sync::Mutex::new(Box::new(io::sink())));
-        let reopen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let _guard = rt.enter();
-        for s in &c.sinks {
-            let built = match &s.kind {
-                // A producer would start connecting: check its settings only.
-                #[cfg(feature = "kafka")]
-                crate::config::SinkKind::Kafka(k) => crate::kafka::check_client(&k.client)
-                    .map_err(|e| format!("sink `{}`: {e}", s.name)),
-                _ => crate::sink::Sink::build(s, &writer, &reopen).map(drop),
-            };
-            if let Err(e) = built {
-                problems.push(e);
-            }
-        }
-        #[cfg(feature = "kafka")]
-        for s in &c.sources {
-            if let crate::config::SourceKind::Kafka(k) = &s.kind
-                && let Err(e) = crate::kafka::check_client(&k.client)
-            {
-                problems.push(format!("source `{}`: {e}", s.name));
-            }
-        }
+        problems.extend(build_check(c)?);
     }
     let rules_dir = args
         .rules
@@ -432,15 +404,63 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
         }
         return Ok(EXIT_CONFIG);
     }
-    let mut out = io::stdout().lock();
-    if let Some(c) = &config {
+    print_check(
+        &mut io::stdout().lock(),
+        args.config.as_deref(),
+        config.as_ref(),
+        rules.as_ref(),
+    )?;
+    Ok(0)
+}
+
+/// Builds the sinks as the daemon would (secrets and CA files are read,
+/// never printed; nothing is contacted) and checks the Kafka clients'
+/// settings: the problems found.
+fn build_check(c: &Config) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let writer: crate::sink::SharedWriter =
+        std::sync::Arc::new(std::sync::Mutex::new(Box::new(io::sink())));
+    let reopen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let _guard = rt.enter();
+    for s in &c.sinks {
+        let built = match &s.kind {
+            // A producer would start connecting: check its settings only.
+            #[cfg(feature = "kafka")]
+            crate::config::SinkKind::Kafka(k) => {
+                crate::kafka::check_client(&k.client).map_err(|e| format!("sink `{}`: {e}", s.name))
+            }
+            _ => crate::sink::Sink::build(s, &writer, &reopen).map(drop),
+        };
+        if let Err(e) = built {
+            problems.push(e);
+        }
+    }
+    #[cfg(feature = "kafka")]
+    for s in &c.sources {
+        if let crate::config::SourceKind::Kafka(k) = &s.kind
+            && let Err(e) = crate::kafka::check_client(&k.client)
+        {
+            problems.push(format!("source `{}`: {e}", s.name));
+        }
+    }
+    Ok(problems)
+}
+
+/// What `check` prints for a valid configuration and rule set.
+fn print_check(
+    out: &mut dyn Write,
+    path: Option<&Path>,
+    config: Option<&Config>,
+    rules: Option<&crate::engine::RuleSet>,
+) -> io::Result<()> {
+    if let Some(c) = config {
         writeln!(
             out,
             "config OK: {}",
-            args.config
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
+            path.map(|p| p.display().to_string()).unwrap_or_default()
         )?;
         for s in &c.sources {
             writeln!(out, "  source {:<20} {}", s.name, s.type_name())?;
@@ -473,7 +493,7 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
             }
         }
     }
-    Ok(0)
+    Ok(())
 }
 
 fn generate_cmd(args: GenerateArgs) -> Result<u8> {

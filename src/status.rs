@@ -143,40 +143,8 @@ pub fn summary(
         if ready { "ready" } else { "NOT READY" }
     ));
     line("sources:".to_owned());
-    let received = by_label(after, "mcp_alertd_records_received_total", "source");
-    let received_before = by_label(before, "mcp_alertd_records_received_total", "source");
-    let dropped = by_label(after, "mcp_alertd_udp_datagrams_dropped_total", "source");
-    let open = by_label(after, "mcp_alertd_connections_open", "source");
-    let lag = by_label(after, "mcp_alertd_kafka_consumer_lag_records", "source");
-    for (source, n) in &received {
-        let r = (n - received_before.get(source).copied().unwrap_or(0.0)).max(0.0) / secs;
-        let rejected: BTreeMap<String, f64> = after
-            .iter()
-            .filter(|s| {
-                s.name == "mcp_alertd_records_rejected_total"
-                    && s.labels.get("source") == Some(source)
-            })
-            .filter_map(|s| Some((s.labels.get("reason")?.clone(), s.value)))
-            .collect();
-        let mut extra = String::new();
-        if let Some(d) = dropped.get(source).filter(|d| **d > 0.0) {
-            extra.push_str(&format!(", {d} dropped (queue full)"));
-        }
-        if let Some(c) = open.get(source) {
-            extra.push_str(&format!(", {c} connections"));
-        }
-        if let Some(l) = lag.get(source) {
-            extra.push_str(&format!(", Kafka lag {l} records"));
-        }
-        let rej = list(&rejected);
-        line(format!(
-            "  {source:<20} {n} records ({r:.0}/s){}{extra}",
-            if rej.is_empty() {
-                String::new()
-            } else {
-                format!(", rejected: {rej}")
-            }
-        ));
+    for source_line in sources(before, after, secs) {
+        line(source_line);
     }
     let live: f64 = sum(after, "mcp_alertd_live_keys");
     line(format!(
@@ -237,6 +205,48 @@ pub fn summary(
         sum(after, "mcp_alertd_state_snapshot_seconds") * 1000.0
     ));
     out
+}
+
+/// One line per source: records and their rate, rejections by reason,
+/// drops, connections and Kafka lag.
+fn sources(before: &[Sample], after: &[Sample], secs: f64) -> Vec<String> {
+    let received = by_label(after, "mcp_alertd_records_received_total", "source");
+    let received_before = by_label(before, "mcp_alertd_records_received_total", "source");
+    let dropped = by_label(after, "mcp_alertd_udp_datagrams_dropped_total", "source");
+    let open = by_label(after, "mcp_alertd_connections_open", "source");
+    let lag = by_label(after, "mcp_alertd_kafka_consumer_lag_records", "source");
+    let mut lines = Vec::new();
+    for (source, n) in &received {
+        let r = (n - received_before.get(source).copied().unwrap_or(0.0)).max(0.0) / secs;
+        let rejected: BTreeMap<String, f64> = after
+            .iter()
+            .filter(|s| {
+                s.name == "mcp_alertd_records_rejected_total"
+                    && s.labels.get("source") == Some(source)
+            })
+            .filter_map(|s| Some((s.labels.get("reason")?.clone(), s.value)))
+            .collect();
+        let mut extra = String::new();
+        if let Some(d) = dropped.get(source).filter(|d| **d > 0.0) {
+            extra.push_str(&format!(", {d} dropped (queue full)"));
+        }
+        if let Some(c) = open.get(source) {
+            extra.push_str(&format!(", {c} connections"));
+        }
+        if let Some(l) = lag.get(source) {
+            extra.push_str(&format!(", Kafka lag {l} records"));
+        }
+        let rej = list(&rejected);
+        lines.push(format!(
+            "  {source:<20} {n} records ({r:.0}/s){}{extra}",
+            if rej.is_empty() {
+                String::new()
+            } else {
+                format!(", rejected: {rej}")
+            }
+        ));
+    }
+    lines
 }
 
 /// Scrapes the daemon at `addr` twice, `interval` apart, and prints the

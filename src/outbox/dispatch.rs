@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::OutboxSettings;
+use crate::alert::Alert;
 use crate::store::{DeadLetter, Delivery, Due, Store};
 use crate::telemetry::metrics::Metrics;
 
@@ -23,13 +24,46 @@ use crate::telemetry::metrics::Metrics;
 pub trait Deliver: Send + 'static {
     /// The sink's name (metrics, logs, the outbox's per-sink queue).
     fn name(&self) -> &str;
-    /// Delivers one alert (its id and its stored JSON) within the sink's
-    /// own timeout.
+    /// Whether the sink renders the alert itself (email, CEF, a Kafka key)
+    /// and so needs it typed, not only its stored JSON.
+    fn renders(&self) -> bool;
+    /// Delivers one alert (its id, its stored JSON and, for a sink that
+    /// renders, the typed alert) within the sink's own timeout.
     fn send(
         &mut self,
         id: &str,
         json: &[u8],
+        alert: Option<&Alert>,
     ) -> impl std::future::Future<Output = Result<(), SendError>> + Send;
+}
+
+/// Alerts parsed once from their stored JSON for a sink that renders them,
+/// kept while their delivery is retried so no attempt parses again.
+/// Bounded: forgotten on success or dead letter, cleared at the cap.
+#[derive(Default)]
+struct Parsed(std::collections::HashMap<String, Arc<Alert>>);
+
+impl Parsed {
+    /// Alerts kept at most (a retry after a clear parses once more).
+    const CAP: usize = 4096;
+
+    fn get(&mut self, id: &str, json: &[u8]) -> Result<Arc<Alert>, SendError> {
+        if let Some(a) = self.0.get(id) {
+            return Ok(a.clone());
+        }
+        let alert: Alert = serde_json::from_slice(json)
+            .map_err(|e| SendError::permanent(format!("unreadable alert in the outbox: {e}")))?;
+        if self.0.len() >= Self::CAP {
+            self.0.clear();
+        }
+        let alert = Arc::new(alert);
+        self.0.insert(id.to_owned(), alert.clone());
+        Ok(alert)
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.0.remove(id);
+    }
 }
 
 /// Why a delivery failed, and whether trying again may help.
@@ -85,6 +119,7 @@ pub async fn dispatch<S: Deliver>(
     let sent = metrics.alerts_sent.get_or_create(&label).clone();
     let failed = metrics.alert_send_errors.get_or_create(&label).clone();
     let dead = metrics.alerts_dead.get_or_create(&label).clone();
+    let mut parsed = Parsed::default();
     loop {
         if cancel.is_cancelled() {
             break;
@@ -126,8 +161,17 @@ pub async fn dispatch<S: Deliver>(
             if cancel.is_cancelled() {
                 break;
             }
-            match sink.send(&d.id, &d.alert).await {
+            let alert = match sink.renders() {
+                true => parsed.get(&d.id, &d.alert).map(Some),
+                false => Ok(None),
+            };
+            let result = match alert {
+                Ok(alert) => sink.send(&d.id, &d.alert, alert.as_deref()).await,
+                Err(err) => Err(err),
+            };
+            match result {
                 Ok(()) => {
+                    parsed.forget(&d.id);
                     sent.inc();
                     acks.push((d.id.clone(), d.delivery.next_ms, d.delivery.seq));
                 }
@@ -135,6 +179,7 @@ pub async fn dispatch<S: Deliver>(
                     failed.inc();
                     if fail(sink.name(), &d, err, &store, &settings).await {
                         dead.inc();
+                        parsed.forget(&d.id);
                     }
                 }
             }

@@ -123,24 +123,37 @@ impl Sink {
         })
     }
 
-    /// Delivers one alert (its id and serialized form), within the sink's
-    /// timeout. Only the sinks that render the alert parse it.
-    pub async fn send(&mut self, id: &str, json: &[u8]) -> Result<(), SendError> {
-        let parse = || {
-            serde_json::from_slice::<Alert>(json)
-                .map_err(|e| SendError::permanent(format!("unreadable alert in the outbox: {e}")))
-        };
+    /// Whether this sink renders the alert itself (and so needs it typed).
+    pub fn renders(&self) -> bool {
+        match &self.kind {
+            Kind::Email(_) | Kind::Syslog(_) => true,
+            #[cfg(feature = "kafka")]
+            Kind::Kafka(_) => true,
+            Kind::Stdout(_) | Kind::File(_) | Kind::Webhook(_) => false,
+        }
+    }
+
+    /// Delivers one alert (its id, its stored JSON and, for a sink that
+    /// [`renders`](Self::renders), the typed alert), within the sink's
+    /// timeout.
+    pub async fn send(
+        &mut self,
+        id: &str,
+        json: &[u8],
+        alert: Option<&Alert>,
+    ) -> Result<(), SendError> {
+        let typed = || alert.ok_or_else(|| SendError::permanent("the alert was not handed over"));
         let timeout = self.timeout;
         let fut = async {
             match &mut self.kind {
                 Kind::Stdout(s) => s.send(json),
                 Kind::File(f) => f.send(json),
                 Kind::Webhook(w) => w.send(id, json).await,
-                Kind::Email(e) => e.send(&parse()?).await,
-                Kind::Syslog(s) => s.send(&parse()?, json).await,
+                Kind::Email(e) => e.send(typed()?).await,
+                Kind::Syslog(s) => s.send(typed()?, json).await,
                 #[cfg(feature = "kafka")]
                 Kind::Kafka(k) => {
-                    let alert = parse()?;
+                    let alert = typed()?;
                     k.send(id, &alert.tenant, &alert.rule, json).await
                 }
             }
@@ -157,7 +170,16 @@ impl crate::outbox::dispatch::Deliver for Sink {
         &self.name
     }
 
-    async fn send(&mut self, id: &str, json: &[u8]) -> Result<(), SendError> {
-        Sink::send(self, id, json).await
+    fn renders(&self) -> bool {
+        Sink::renders(self)
+    }
+
+    async fn send(
+        &mut self,
+        id: &str,
+        json: &[u8],
+        alert: Option<&Alert>,
+    ) -> Result<(), SendError> {
+        Sink::send(self, id, json, alert).await
     }
 }

@@ -671,34 +671,38 @@ impl Smtp {
             eprintln!("skipping: python3-aiosmtpd is not installed");
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let maildir = dir.join("maildir");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/smtp_server.py");
-        let mut cmd = std::process::Command::new(python);
-        cmd.arg(script)
-            .arg(port.to_string())
-            .arg(&maildir)
-            .args(args);
-        let child = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // Owned at once, so that Drop reaps the child on every path.
-        let smtp = Smtp {
-            child,
-            port,
-            maildir,
-        };
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        // aiosmtpd takes no port 0: a port is picked and, should another
+        // test take it first (the server then exits before "ready"),
+        // another one.
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = std::process::Command::new(python)
+                .arg(&script)
+                .arg(port.to_string())
+                .arg(&maildir)
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            let stdout = child.stdout.take().unwrap();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            // Owned at once, so that Drop reaps the child on every path.
+            let smtp = Smtp {
+                child,
+                port,
+                maildir: maildir.clone(),
+            };
+            if line.trim() == "ready" {
                 return Some(smtp);
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         panic!("aiosmtpd did not start");
     }
@@ -1007,7 +1011,7 @@ async fn max_age_turns_retries_into_dead_letters() {
     })
     .await;
     daemon.shutdown().await.unwrap();
-    let rows = crate::delivery::list_json(dir.path());
+    let rows = list_json(dir.path());
     assert_eq!(rows.len(), ALERTS);
     assert!(
         rows.iter()
@@ -1052,7 +1056,7 @@ async fn a_retry_after_header_sets_the_next_attempt() {
     // retry_max is 100 ms, but the server asked for an hour: the next
     // attempts are scheduled an hour out, not retried in between.
     let now = jiff::Timestamp::now().as_millisecond();
-    for r in crate::delivery::list_json(dir.path()) {
+    for r in list_json(dir.path()) {
         let at: jiff::Timestamp = r["at"].as_str().unwrap().parse().unwrap();
         assert!(at.as_millisecond() - now > 3_000_000, "{r}");
         assert_eq!(r["state"], "pending");
