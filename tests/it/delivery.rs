@@ -677,11 +677,7 @@ impl Smtp {
         // test take it first (the server then exits before "ready"),
         // another one.
         for _ in 0..20 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = crate::support::port_to_try();
             let mut child = std::process::Command::new(python)
                 .arg(&script)
                 .arg(port.to_string())

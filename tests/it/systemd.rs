@@ -200,11 +200,7 @@ fn sockets_passed_by_systemd_are_used_by_name() {
 /// "Listening on" once it holds the socket.
 fn socket_activate(cfg: &Path, out: &Path) -> (std::process::Child, u16) {
     for _ in 0..20 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::support::port_to_try();
         let mut child = Command::new("systemd-socket-activate")
             .args(["-l", &format!("127.0.0.1:{port}"), "--fdname=syslog-tcp"])
             .arg(assert_cmd::cargo::cargo_bin("mcp-alertd"))

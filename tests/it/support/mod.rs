@@ -117,6 +117,17 @@ pub fn sorted_ids(alerts: &[Value]) -> Vec<String> {
     ids
 }
 
+/// A loopback port free a moment ago, for the few tools that take no port
+/// 0 (aiosmtpd, systemd-socket-activate): their callers retry with another
+/// one when a test running beside them took it first.
+pub fn port_to_try() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub async fn scrape(addr: SocketAddr) -> String {
     use tokio::io::AsyncReadExt;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
