@@ -51,15 +51,20 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 fi
 
-echo "== cargo fmt --check"
+stage() { echo "== $* ($(date +%T))"; }
+
+stage "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+stage "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
-echo "== cargo doc"
+stage "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
-echo "== cargo bench --no-run"
-cargo bench --locked --no-run
-echo "== cargo test"
+# The release binary and the benchmarks in one build: one feature
+# resolution, so the package below reuses this binary instead of building
+# the release profile a second time.
+stage "cargo build --release --bins --benches"
+cargo build --release --locked --bins --benches
+stage "cargo test"
 cargo test --locked
 
 # The tests that need a real broker: tansu on a free loopback port, with
@@ -75,11 +80,12 @@ for _ in $(seq 1 100); do
   python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break
   sleep 0.1
 done
-echo "== cargo test (real broker: tansu on 127.0.0.1:$port)"
+stage "cargo test (real broker: tansu on 127.0.0.1:$port)"
 MCP_ALERTD_KAFKA_BROKER="127.0.0.1:$port" cargo test --locked --test it -- --ignored kafka::
 
 # The Debian package, built and installed into a throwaway root.
-echo "== packaging/build-deb.sh"
-deb="$(CARGO_DEB="$cargo_deb" packaging/build-deb.sh)"
-echo "== cargo test (the package: $deb)"
+stage "packaging/build-deb.sh (the release binary built above)"
+deb="$(CARGO_DEB="$cargo_deb" MCP_ALERTD_PREBUILT=1 packaging/build-deb.sh)"
+stage "cargo test (the package: $deb)"
 MCP_ALERTD_DEB="$PWD/$deb" cargo test --locked --test it -- --ignored packaging::
+stage "done"

@@ -15,7 +15,8 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::{
-    SOURCES, metric, replay_ids, scenario, scrape, scrape_blocking, start, wait_for,
+    SOURCES, metric, replay_ids, scenario, scrape, scrape_blocking, send_tcp, send_udp, start,
+    wait_for,
 };
 
 const EXPECTED_ALERTS: usize = 8; // 1 burst + 6 denials + 1 incident
@@ -682,10 +683,7 @@ address = "[::1]:0"
     // event, which raises nothing new): sent earlier, it could reach the
     // engine between the TCP records and change which event fires.
     wait_for("alerts over IPv6", || out.alerts().len() >= EXPECTED_ALERTS).await;
-    let udp = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
-    udp.send_to(lines[0].as_bytes(), daemon.local_addr("udp6").unwrap())
-        .await
-        .unwrap();
+    send_udp(daemon.local_addr("udp6").unwrap(), &lines[..1]).await;
     let m = daemon.metrics_addr().unwrap();
     wait_for("the UDP datagram", || {
         metric(
@@ -747,13 +745,7 @@ async fn repeats_held_back_by_a_route_are_counted_in_the_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!("{SOURCES}\n[[routes]]\nsinks = [\"stdout\"]\nrepeat_interval = \"1h\"\n");
     let (daemon, out) = start(&cfg, dir.path()).await;
-    let mut s = tokio::net::TcpStream::connect(daemon.local_addr("tcp").unwrap())
-        .await
-        .unwrap();
-    for l in scenario("repeats") {
-        s.write_all(format!("{l}\n").as_bytes()).await.unwrap();
-    }
-    s.shutdown().await.unwrap();
+    send_tcp(daemon.local_addr("tcp").unwrap(), &scenario("repeats")).await;
     let m = daemon.metrics_addr().unwrap();
     // Every alert the engine raised is either delivered or held back.
     let held = |text: &str| metric(text, "mcp_alertd_alerts_suppressed_total");

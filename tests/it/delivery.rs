@@ -4,7 +4,6 @@
 //! storm. Waits are bounded polls; nothing asserts on timing.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,9 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use mcp_alertd::sink::webhook_signature;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
-use crate::support::{metric, replay_ids, scenario, scrape_blocking, start, wait_for};
+use crate::support::{metric, replay_ids, scenario, scrape_blocking, send_tcp, start, wait_for};
 
 /// Requests the test webhook accepted: headers and body.
 pub type Received = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
@@ -101,14 +99,6 @@ timeout = "2s"
     )
 }
 
-async fn send_lines(addr: SocketAddr, lines: &[String]) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    for l in lines {
-        s.write_all(format!("{l}\n").as_bytes()).await.unwrap();
-    }
-    s.shutdown().await.unwrap();
-}
-
 const ALERTS: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +112,7 @@ async fn webhook_deliveries_are_signed_and_retried_and_permanent_failures_go_to_
     tokio::spawn(webhook_server(hook.clone(), listener));
     let (daemon, _out) = start(&webhook_config(dir.path(), &url), dir.path()).await;
     let lines = scenario("hook");
-    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &lines).await;
     let m = daemon.metrics_addr().unwrap();
     wait_for("deliveries and one dead letter", || {
         let t = scrape_blocking(m);
@@ -198,7 +188,7 @@ async fn an_outage_of_the_webhook_delays_but_never_loses_or_duplicates_alerts() 
     )
     .await;
     let lines = scenario("outage");
-    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &lines).await;
     let m = daemon.metrics_addr().unwrap();
     wait_for("failed attempts while down", || {
         metric(
@@ -227,12 +217,12 @@ async fn the_same_alert_is_never_delivered_twice_to_a_sink() {
     let (daemon, _out) = start(&webhook_config(dir.path(), &url), dir.path()).await;
     let lines = scenario("dup");
     // The same events twice (a replayed log): the same alert ids.
-    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &lines).await;
     wait_for("first delivery", || hook.ids().len() >= ALERTS).await;
     daemon.shutdown().await.unwrap();
     // And again after a restart: the delivered ids are remembered.
     let (daemon, _out) = start(&webhook_config(dir.path(), &url), dir.path()).await;
-    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &lines).await;
     let m = daemon.metrics_addr().unwrap();
     wait_for("the events processed", || {
         metric(
@@ -400,7 +390,7 @@ sinks = ["stdout"]
 "#
     );
     let (daemon, out) = start(&cfg, dir.path()).await;
-    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("siem")).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &scenario("siem")).await;
     wait_for("stdout alerts", || out.alerts().len() >= ALERTS).await;
     // Only the critical alert is routed to the SIEM (and also to stdout).
     wait_for("the critical alert at the SIEM", || {
@@ -497,7 +487,7 @@ async fn storm(n: usize, rate: u32, burst: u32, max_pending: u32) -> Storm {
     let lines: Vec<String> = (0..n as i64)
         .map(|i| format!(r#"{{"ts":{},"event":"tool.denied","agent_id":"a","session_id":"s{i}","tool":"t"}}"#, base + i))
         .collect();
-    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &lines).await;
     let m = daemon.metrics_addr().unwrap();
     let mut most_pending = 0.0f64;
     // A longer bound than other waits: 100k deliveries in a debug build.
@@ -818,7 +808,7 @@ async fn email_reaches_a_real_smtp_server_in_plain_on_loopback() {
         dir.path(),
     )
     .await;
-    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("mail")).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &scenario("mail")).await;
     wait_for("the mail", || !smtp.messages().is_empty()).await;
     daemon.shutdown().await.unwrap();
     check_incident_mail(&smtp.messages());
@@ -843,7 +833,7 @@ async fn email_over_starttls_verifies_the_server_certificate() {
         dir.path(),
     )
     .await;
-    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("mail")).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &scenario("mail")).await;
     wait_for("the mail over STARTTLS", || !smtp.messages().is_empty()).await;
     daemon.shutdown().await.unwrap();
     check_incident_mail(&smtp.messages());
@@ -861,7 +851,7 @@ async fn dead_letters_can_be_retried_and_purged_from_the_cli() {
     tokio::spawn(webhook_server(hook.clone(), listener));
     let (daemon, _out) = start(&webhook_config(dir.path(), &url), dir.path()).await;
     let lines = scenario("cli");
-    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &lines).await;
     let m = daemon.metrics_addr().unwrap();
     wait_for("dead letters", || {
         metric(
@@ -935,7 +925,7 @@ path = "{}"
             .map(|t| t.lines().count())
             .unwrap_or(0)
     };
-    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("before")).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &scenario("before")).await;
     wait_for("alerts in the file", || count(&path) >= ALERTS).await;
     // logrotate: move the file away, then SIGHUP (here: reload).
     let rotated = dir.path().join("alerts.jsonl.1");
@@ -947,7 +937,7 @@ path = "{}"
     .unwrap();
     let rules = config.load_rules().unwrap();
     daemon.reload(config, rules).await.unwrap();
-    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("after")).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &scenario("after")).await;
     wait_for("alerts in the new file", || count(&path) >= ALERTS).await;
     daemon.shutdown().await.unwrap();
     assert_eq!(count(&rotated), ALERTS);
@@ -971,7 +961,7 @@ async fn email_over_starttls_refuses_an_unknown_server_certificate() {
         "[metrics]\naddress = \"127.0.0.1:0\"",
     );
     let (daemon, _out) = start(&cfg, dir.path()).await;
-    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("mail")).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &scenario("mail")).await;
     let m = daemon.metrics_addr().unwrap();
     wait_for("failed attempts", || {
         metric(
@@ -997,7 +987,7 @@ async fn max_age_turns_retries_into_dead_letters() {
         "retry_max = \"100ms\"\nmax_age = \"1s\"",
     );
     let (daemon, _out) = start(&cfg, dir.path()).await;
-    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("aged")).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &scenario("aged")).await;
     let m = daemon.metrics_addr().unwrap();
     wait_for("every alert aged out", || {
         metric(
@@ -1039,7 +1029,7 @@ async fn a_retry_after_header_sets_the_next_attempt() {
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let (daemon, _out) = start(&webhook_config(dir.path(), &url), dir.path()).await;
-    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("later")).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &scenario("later")).await;
     let m = daemon.metrics_addr().unwrap();
     wait_for("one attempt per alert", || {
         metric(
@@ -1149,7 +1139,7 @@ message = "json"
     );
     let (daemon, _out) = start(&cfg, dir.path()).await;
     let lines = scenario("siem2");
-    send_lines(daemon.local_addr("tcp").unwrap(), &lines).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &lines).await;
     let mut udp_msgs = Vec::new();
     let mut buf = vec![0u8; 65536];
     while udp_msgs.len() < ALERTS {
@@ -1215,7 +1205,7 @@ async fn email_over_implicit_tls_with_authentication() {
         ),
     );
     let (daemon, _out) = start(&cfg, dir.path()).await;
-    send_lines(daemon.local_addr("tcp").unwrap(), &scenario("mail")).await;
+    send_tcp(daemon.local_addr("tcp").unwrap(), &scenario("mail")).await;
     wait_for("the authenticated mail", || !smtp.messages().is_empty()).await;
     daemon.shutdown().await.unwrap();
     check_incident_mail(&smtp.messages());

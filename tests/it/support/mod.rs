@@ -128,6 +128,28 @@ pub fn port_to_try() -> u16 {
         .port()
 }
 
+/// Sends lines over one TCP connection (newline framing) and closes it.
+pub async fn send_tcp(addr: SocketAddr, lines: &[String]) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for l in lines {
+        s.write_all(format!("{l}\n").as_bytes()).await.unwrap();
+    }
+    s.shutdown().await.unwrap();
+}
+
+/// Sends each message as one UDP datagram from one socket.
+pub async fn send_udp(addr: SocketAddr, messages: &[String]) {
+    let bind = if addr.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let sock = tokio::net::UdpSocket::bind(bind).await.unwrap();
+    for m in messages {
+        sock.send_to(m.as_bytes(), addr).await.unwrap();
+    }
+}
+
 pub async fn scrape(addr: SocketAddr) -> String {
     use tokio::io::AsyncReadExt;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
