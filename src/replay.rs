@@ -207,7 +207,7 @@ impl Replayer {
         decoder: &Decoder,
         pos: &Position,
         out: &mut Vec<Detection>,
-    ) -> Result<step::Applied<'r>, DecodeError> {
+    ) -> Result<step::Applied, DecodeError> {
         let Replayer {
             engine,
             allowed_lateness_ms,
@@ -328,10 +328,9 @@ impl Run<'_> {
             match applied {
                 Ok(applied) => {
                     self.summary.events += 1;
-                    let ev = applied.event;
-                    match EventKind::KNOWN.iter().position(|k| *k == ev.kind) {
-                        Some(i) => self.kinds[i] += 1,
-                        None => *self.other.entry(ev.event.to_string()).or_insert(0) += 1,
+                    match applied.other {
+                        None => self.kinds[step::kind_index(applied.kind)] += 1,
+                        Some(name) => *self.other.entry(name).or_insert(0) += 1,
                     }
                 }
                 Err(err) => {
@@ -349,7 +348,7 @@ impl Run<'_> {
     fn emit(&mut self, out: &mut dyn Write) -> io::Result<()> {
         let now = crate::clock::now_ms();
         for detection in self.alerts.drain(..) {
-            let alert = alert::render(&detection, Some(now));
+            let alert = alert::render(detection, Some(now));
             serde_json::to_writer(&mut *out, &alert)?;
             out.write_all(b"\n")?;
             self.summary.alerts += 1;

@@ -141,7 +141,7 @@ fn run_case(rules: &Arc<RuleSet>, case: &Case) -> Result<Result<(), String>, Str
     }
     replayer.finish(&mut alerts);
     let alerts: Vec<crate::alert::Alert> = alerts
-        .iter()
+        .into_iter()
         .map(|d| crate::alert::render(d, None))
         .collect();
     let mut problems = Vec::new();

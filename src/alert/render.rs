@@ -54,7 +54,7 @@ pub struct Detection {
 }
 
 /// The alert of a detection; `detected_at` is the wall clock of the flush.
-pub fn render(d: &Detection, detected_at: Option<i64>) -> Alert {
+pub fn render(d: Detection, detected_at: Option<i64>) -> Alert {
     let (tenant, key) = key_map(&d.rule, &d.key);
     // The state-pressure alert is keyed by the rule that hit its cap.
     let id_key = match &d.what {
@@ -78,8 +78,8 @@ pub fn render(d: &Detection, detected_at: Option<i64>) -> Alert {
         count: d.count,
         window_start,
         window_end,
-        summary: summary(d),
-        events: vec![d.event.clone()],
+        summary: summary(&d),
+        events: vec![d.event],
     }
 }
 

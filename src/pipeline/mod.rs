@@ -394,7 +394,7 @@ impl Pipeline {
                 Ok(applied) => {
                     unit.dirty = true;
                     triggered += applied.raised;
-                    self.events[step::kind_index(applied.event.kind)].inc();
+                    self.events[step::kind_index(applied.kind)].inc();
                 }
                 Err(err) => self.reject(b.source, &err, &pos),
             }
@@ -440,7 +440,7 @@ impl Pipeline {
         let now = crate::clock::now_ms();
         let mut routed = Routed::default();
         for detection in self.alerts.drain(..) {
-            let alert = alert::render(&detection, Some(now));
+            let alert = alert::render(detection, Some(now));
             let metrics = &self.metrics;
             self.alert_counters
                 .entry(alert.rule.clone())

@@ -8,7 +8,7 @@
 use crate::alert::Detection;
 use crate::decode::{DecodeError, Decoder};
 use crate::engine::Engine;
-use crate::event::{Event, EventKind, Position};
+use crate::event::{EventKind, Position};
 
 /// A framed record: its bytes, or only the length of one over the limit.
 #[derive(Debug, Clone, Copy)]
@@ -26,8 +26,11 @@ pub struct FutureBound {
 }
 
 /// A record that became an event and went through the engine.
-pub struct Applied<'r> {
-    pub event: Event<'r>,
+pub struct Applied {
+    pub kind: EventKind,
+    /// The event type's name when it is none of the known kinds (custom
+    /// rules' events), for per-type counts.
+    pub other: Option<String>,
     /// Alerts the event itself raised (after those of the timers it fired).
     pub raised: usize,
 }
@@ -43,7 +46,7 @@ pub fn apply<'r>(
     engine: &mut Engine,
     pos: &Position,
     alerts: &mut Vec<Detection>,
-) -> Result<Applied<'r>, DecodeError> {
+) -> Result<Applied, DecodeError> {
     let bytes = match record {
         Record::Bytes(bytes) => bytes,
         Record::TooLarge(len) => {
@@ -66,7 +69,8 @@ pub fn apply<'r>(
     let before = alerts.len();
     engine.on_event(&ev, Some(pos), alerts);
     Ok(Applied {
-        event: ev,
+        kind: ev.kind,
+        other: (ev.kind == EventKind::Other).then(|| ev.event.to_string()),
         raised: alerts.len() - before,
     })
 }

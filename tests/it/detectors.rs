@@ -487,7 +487,7 @@ fn snapshot_and_restore_continue_exactly_where_the_state_left_off() {
     }
     replayer.finish(&mut out);
     let out: Vec<_> = out
-        .iter()
+        .into_iter()
         .map(|d| mcp_alertd::alert::render(d, None))
         .collect();
     assert_eq!(out, whole);

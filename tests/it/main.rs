@@ -65,7 +65,7 @@ pub fn run_lines_cfg(
         replayer.on_event(&ev, None, &mut out);
     }
     replayer.finish(&mut out);
-    out.iter()
+    out.into_iter()
         .map(|d| mcp_alertd::alert::render(d, None))
         .collect()
 }
