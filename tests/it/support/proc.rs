@@ -35,11 +35,7 @@ impl Proc {
     }
 
     pub fn logs(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.err)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        json_lines(&self.err)
     }
 
     pub fn wait_log(&self, message: &str) -> Value {
@@ -68,11 +64,7 @@ impl Proc {
     }
 
     pub fn alerts(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        json_lines(&self.out)
     }
 
     pub fn ids(&self) -> Vec<String> {
@@ -117,47 +109,44 @@ impl Drop for Proc {
     }
 }
 
-/// The JSON log lines of a daemon written so far.
-pub fn log_lines(log: &Path) -> Vec<Value> {
-    std::fs::read_to_string(log)
+/// The JSON lines of a file written so far (a daemon's log or alerts).
+pub fn json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
 
-/// The address a source of a daemon bound (it binds port 0 and logs it),
-/// waiting until the daemon has logged it.
-pub fn listening(log: &Path, source: &str) -> SocketAddr {
+/// The `address` of the first log line that `wanted` picks, waiting
+/// until the daemon has logged it.
+fn logged_address(log: &Path, what: &str, wanted: impl Fn(&Value) -> bool) -> SocketAddr {
     let mut found = None;
-    super::wait_until(&format!("source `{source}` listening"), || {
-        found = log_lines(log)
+    super::wait_until(what, || {
+        found = json_lines(log)
             .into_iter()
-            .find(|l| {
-                l["source"] == source
-                    && l["message"]
-                        .as_str()
-                        .is_some_and(|m| m.starts_with("listening"))
-            })
+            .find(&wanted)
             .and_then(|l| l["address"].as_str().and_then(|a| a.parse().ok()));
         found.is_some()
     });
     found.unwrap()
 }
 
+/// The address a source of a daemon bound (it binds port 0 and logs it).
+pub fn listening(log: &Path, source: &str) -> SocketAddr {
+    logged_address(log, &format!("source `{source}` listening"), |l| {
+        l["source"] == source
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("listening"))
+    })
+}
+
 /// The address of a daemon's metrics endpoint, from its log.
 pub fn metrics_listening(log: &Path) -> SocketAddr {
-    let mut found = None;
-    super::wait_until("the metrics endpoint", || {
-        found = log_lines(log)
-            .into_iter()
-            .find(|l| {
-                l["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("serving /metrics"))
-            })
-            .and_then(|l| l["address"].as_str().and_then(|a| a.parse().ok()));
-        found.is_some()
-    });
-    found.unwrap()
+    logged_address(log, "the metrics endpoint", |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("serving /metrics"))
+    })
 }
