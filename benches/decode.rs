@@ -3,7 +3,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mcp_alertd::corpus::{Corpus, CorpusConfig};
-use mcp_alertd::decode::{Decoder, Format};
+use mcp_alertd::decode::{Decoder, Framing};
 
 fn lines(syslog: bool, n: usize) -> Vec<String> {
     let mut corpus = Corpus::new(CorpusConfig {
@@ -24,9 +24,9 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode");
     group.throughput(Throughput::Elements(n as u64));
     for (name, syslog, format) in [
-        ("jsonl", false, Format::Jsonl),
-        ("jsonl_auto", false, Format::Auto),
-        ("syslog5424_cee", true, Format::Syslog),
+        ("jsonl", false, Framing::Jsonl),
+        ("jsonl_auto", false, Framing::Auto),
+        ("syslog5424_cee", true, Framing::Syslog),
     ] {
         let input = lines(syslog, n);
         let decoder = Decoder::new(format, 65536);

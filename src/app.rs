@@ -78,6 +78,8 @@ impl Daemon {
         let tasks = Tasks::default();
 
         let rules = Arc::new(rules);
+        let formats = config.load_formats()?;
+        let pipeline_config = config.pipeline(&formats)?;
         let (store, restored) = open_state(&config, &rules)?;
         let durable = Arc::new(DurableOffsets::default());
         let writer: SharedWriter = Arc::new(std::sync::Mutex::new(out));
@@ -134,7 +136,7 @@ impl Daemon {
         )
         .context("cannot start the outbox thread")?;
         let pipeline = Pipeline::new(
-            config.pipeline(),
+            pipeline_config,
             rules,
             metrics.clone(),
             handle,
@@ -185,6 +187,11 @@ impl Daemon {
     /// Applies a new rule set and engine settings; returns how many rules
     /// kept their state. Source and metrics settings apply at restart.
     pub async fn reload(&mut self, config: Config, rules: RuleSet) -> Result<usize> {
+        // Format files are read again (the new configuration's
+        // `formats_dir`) for the running sources.
+        let mut running = self.config.clone();
+        running.formats_dir = config.formats_dir.clone();
+        let decoders = running.decoders(&running.load_formats()?)?;
         // File sinks reopen their files (logrotate moved them).
         self.reopen
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -203,6 +210,7 @@ impl Daemon {
         self.control
             .send(Control::Reload {
                 rules: Arc::new(rules),
+                decoders,
                 settings: config.engine.clone(),
                 done,
             })
@@ -213,6 +221,7 @@ impl Daemon {
             .map_err(|_| anyhow::anyhow!("the engine has stopped"))?;
         self.config.engine = config.engine;
         self.config.rules_dir = config.rules_dir;
+        self.config.formats_dir = running.formats_dir;
         Ok(kept)
     }
 

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::corpus::{Corpus, CorpusConfig};
-use crate::decode::{DEFAULT_MAX_RECORD_BYTES, Decoder, Format};
+use crate::decode::{DEFAULT_MAX_RECORD_BYTES, Decoder, Framing, Selector};
 use crate::duration;
 use crate::engine::EngineConfig;
 use crate::replay::{self, Input, ReplayOptions};
@@ -121,12 +121,70 @@ pub struct RulesArg {
 }
 
 #[derive(Debug, Args)]
+pub struct FormatsArg {
+    /// Directory of format files (`*.toml`): added to the built-in
+    /// formats, replacing a built-in of the same name.
+    #[arg(long, value_name = "DIR")]
+    pub formats: Option<PathBuf>,
+}
+
+/// How input records are decoded (DESIGN §2b), as a source's `framing`,
+/// `format`, `tenant` and `derive_sessions` say.
+#[derive(Debug, Args)]
+pub struct DecodeArgs {
+    /// How records are framed: `auto` detects JSON or syslog per line.
+    #[arg(long, value_enum, default_value_t = Framing::Auto)]
+    pub framing: Framing,
+    /// The records' schema: `native`, `auto` (per record: native, else the
+    /// first format whose signature holds), or a format: toolhive,
+    /// agentgateway, ocsf, kong, cloudflare, azure_apim, contextforge,
+    /// couchbase, ecs, or one from --formats.
+    #[arg(long, value_name = "NAME", default_value = "native")]
+    pub format: String,
+    /// The tenant of events whose records carry none (else `default`).
+    #[arg(long, value_name = "T")]
+    pub tenant: Option<String>,
+    /// Give events without a session id their agent's derived session,
+    /// which ends after this idle time (e.g. 30m).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_arg)]
+    pub derive_sessions: Option<i64>,
+    #[command(flatten)]
+    pub formats: FormatsArg,
+}
+
+impl DecodeArgs {
+    fn decoder(&self, max_record_bytes: usize) -> Result<Decoder> {
+        let set = Arc::new(crate::config::load_formats(
+            self.formats.formats.as_deref(),
+        )?);
+        // A bad value is a usage error (exit 2), as clap's own are.
+        let usage = |msg: String| -> ! {
+            use clap::CommandFactory;
+            Cli::command()
+                .error(clap::error::ErrorKind::InvalidValue, msg)
+                .exit()
+        };
+        let format =
+            Selector::named(&self.format, &set).unwrap_or_else(|e| usage(format!("--format: {e}")));
+        if self.tenant.as_deref().is_some_and(str::is_empty) {
+            usage("--tenant must not be empty".to_owned());
+        }
+        Ok(Decoder {
+            framing: self.framing,
+            max_record_bytes,
+            format,
+            tenant: self.tenant.as_deref().map(Arc::from),
+            derive_sessions_ms: self.derive_sessions,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct ReplayArgs {
     #[command(flatten)]
     pub rules: RulesArg,
-    /// How records are framed: `auto` detects JSON or syslog per line.
-    #[arg(long, value_enum, default_value_t = Format::Auto)]
-    pub format: Format,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// How far behind the newest event time an event may arrive and still
     /// be on time; the engine clock trails the newest `ts` by this much.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration::parse_arg)]
@@ -155,6 +213,10 @@ pub struct CheckArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub rules: RulesArg,
+    /// Format directory to validate (default: the configuration's
+    /// `formats_dir`; the built-in formats are always checked).
+    #[command(flatten)]
+    pub formats: FormatsArg,
 }
 
 #[derive(Debug, Args)]
@@ -268,6 +330,8 @@ pub enum RulesAction {
     Test {
         #[command(flatten)]
         rules: RulesArg,
+        #[command(flatten)]
+        decode: DecodeArgs,
         /// Test files or directories.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -337,9 +401,19 @@ pub fn run(cli: Cli, daemon: impl FnOnce(Option<PathBuf>) -> Result<u8>) -> Resu
             crate::status::run(addr, args.interval, &mut io::stdout().lock())
         }
         Command::Rules(args) => match args.action {
-            RulesAction::Test { rules, files } => {
+            RulesAction::Test {
+                rules,
+                decode,
+                files,
+            } => {
                 let set = crate::config::load_rules(rules.rules.as_deref())?;
-                crate::rule_tests::run(std::sync::Arc::new(set), &files, &mut io::stdout().lock())
+                let decoder = decode.decoder(DEFAULT_MAX_RECORD_BYTES)?;
+                crate::rule_tests::run(
+                    std::sync::Arc::new(set),
+                    &decoder,
+                    &files,
+                    &mut io::stdout().lock(),
+                )
             }
         },
     }
@@ -353,7 +427,9 @@ fn replay_cmd(args: ReplayArgs) -> Result<u8> {
         args.files.iter().map(|f| Input::parse(f)).collect()
     };
     let opts = ReplayOptions {
-        decoder: Decoder::new(args.format, usize::try_from(args.max_record_bytes)?),
+        decoder: args
+            .decode
+            .decoder(usize::try_from(args.max_record_bytes)?)?,
         allowed_lateness_ms: args.allowed_lateness,
         engine: EngineConfig {
             max_keys_per_rule: usize::try_from(args.max_keys_per_rule)?,
@@ -398,6 +474,23 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
             None
         }
     };
+    let formats_dir = args
+        .formats
+        .formats
+        .clone()
+        .or_else(|| config.as_ref().and_then(|c| c.formats_dir.clone()));
+    let formats = match crate::config::load_formats(formats_dir.as_deref()) {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            problems.push(format!("invalid formats:\n{e}"));
+            None
+        }
+    };
+    if let (Some(c), Some(f)) = (&config, &formats)
+        && let Err(e) = c.decoders(f)
+    {
+        problems.push(e.to_string());
+    }
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("mcp-alertd: {p}");
@@ -409,6 +502,7 @@ fn check_cmd(args: CheckArgs) -> Result<u8> {
         args.config.as_deref(),
         config.as_ref(),
         rules.as_ref(),
+        formats.as_deref(),
     )?;
     Ok(0)
 }
@@ -455,6 +549,7 @@ fn print_check(
     path: Option<&Path>,
     config: Option<&Config>,
     rules: Option<&crate::engine::RuleSet>,
+    formats: Option<&crate::decode::FormatSet>,
 ) -> io::Result<()> {
     if let Some(c) = config {
         writeln!(
@@ -463,10 +558,42 @@ fn print_check(
             path.map(|p| p.display().to_string()).unwrap_or_default()
         )?;
         for s in &c.sources {
-            writeln!(out, "  source {:<20} {}", s.name, s.type_name())?;
+            let mut how = format!("format {}", s.decode.format);
+            if let Some(t) = &s.decode.tenant {
+                how.push_str(&format!(", tenant {t}"));
+            }
+            if let Some(ms) = s.decode.derive_sessions_ms {
+                how.push_str(&format!(
+                    ", sessions derived after {}",
+                    duration::display_ms(ms)
+                ));
+            }
+            writeln!(out, "  source {:<20} {:<10} {how}", s.name, s.type_name())?;
         }
         for s in &c.sinks {
             writeln!(out, "  sink   {:<20} {}", s.name, s.type_name())?;
+        }
+    }
+    if let Some(formats) = formats {
+        let in_use: Vec<&str> = config
+            .map(|c| c.sources.iter().map(|s| s.decode.format.as_str()).collect())
+            .unwrap_or_default();
+        let uses_auto = in_use.contains(&crate::decode::format::AUTO);
+        let n = formats.iter().count();
+        writeln!(out, "formats OK: {n} formats")?;
+        for f in formats.iter() {
+            let used = if in_use.contains(&&*f.name) {
+                "in use"
+            } else if uses_auto && f.detectable() {
+                "in use (auto)"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "  {:<14} {:<14} {:<24} {}",
+                f.name, used, f.origin, f.title
+            )?;
         }
     }
     if let Some(rules) = rules {

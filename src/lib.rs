@@ -18,8 +18,8 @@
 //!   `decode`, `engine`, `router`, `store`, `outbox`, `sink`, `pipeline`
 //!   (the engine thread, which drives the stages to its left), plus the
 //!   vocabulary leaves;
-//! - the leaves (`event`, `alert`, `duration`, `options`, `clock`,
-//!   `kafka`, `telemetry`) import only other leaves;
+//! - the leaves (`event`, `alert`, `condition`, `duration`, `options`,
+//!   `clock`, `kafka`, `telemetry`) import only other leaves;
 //! - stages never import `config`: each kind owns its settings type, and
 //!   `config` assembles them (it may import stages);
 //! - nothing imports `app` or `cli`; the tools (`replay`, `rule_tests`,
@@ -31,6 +31,7 @@
 //! Vocabulary leaves:
 //! - [`event`]: the normalized audit [`event::Event`], positions, partition ids.
 //! - [`alert`]: the alert, its severity, deterministic ids and JSON form.
+//! - [`condition`]: the condition language of rules and formats, and JSON paths.
 //! - [`duration`]: the `"60s"` / `"15d"` strings of rules and options.
 //! - [`options`]: shared option validators and secrets from files or credentials.
 //! - [`clock`]: the one place the wall clock is read.
@@ -57,6 +58,7 @@
 
 // Leaves.
 pub mod alert;
+pub mod condition;
 pub mod clock;
 pub mod duration;
 pub mod event;

@@ -23,6 +23,10 @@ fn main() -> ExitCode {
                 eprintln!("mcp-alertd: {rules}");
                 return ExitCode::from(EXIT_CONFIG);
             }
+            if let Some(formats) = err.downcast_ref::<mcp_alertd::decode::FormatSetError>() {
+                eprintln!("mcp-alertd: invalid formats:\n{formats}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             if let Some(config) = err.downcast_ref::<ConfigError>() {
                 eprintln!("mcp-alertd: {config}");
                 return ExitCode::from(EXIT_CONFIG);

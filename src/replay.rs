@@ -73,6 +73,8 @@ pub struct Summary {
     pub events: u64,
     pub events_by_type: BTreeMap<String, u64>,
     pub rejected: BTreeMap<&'static str, Rejections>,
+    /// Records no mapping of the format applied to (not errors).
+    pub unmapped: u64,
     pub late: u64,
     pub evicted_keys: u64,
     pub alerts: u64,
@@ -122,6 +124,9 @@ impl std::fmt::Display for Summary {
             for (kind, n) in &self.events_by_type {
                 writeln!(f, "  {kind:<22} {n}")?;
             }
+        }
+        if self.unmapped > 0 {
+            writeln!(f, "unmapped {}", self.unmapped)?;
         }
         if !self.rejected.is_empty() {
             writeln!(f, "rejected by reason:")?;
@@ -200,14 +205,16 @@ impl Replayer {
         self.engine.on_event(ev, pos, out);
     }
 
-    /// One framed record through the shared per-record step.
-    fn apply<'r>(
+    /// One framed record through the shared per-record step; `each` hears
+    /// every event's outcome (see [`step::apply`]).
+    pub fn apply<'r>(
         &mut self,
         record: Record<'r>,
         decoder: &Decoder,
         pos: &Position,
         out: &mut Vec<Detection>,
-    ) -> Result<step::Applied, DecodeError> {
+        each: &mut dyn FnMut(Result<step::Applied, DecodeError>, &Position),
+    ) -> Result<(), DecodeError> {
         let Replayer {
             engine,
             allowed_lateness_ms,
@@ -222,6 +229,7 @@ impl Replayer {
             engine,
             pos,
             out,
+            each,
         )
     }
 
@@ -322,20 +330,40 @@ impl Run<'_> {
                 Frame::TooLarge { len } => Record::TooLarge(len),
             };
             let pos = position(line);
-            let applied = self
-                .replayer
-                .apply(record, &self.opts.decoder, &pos, &mut self.alerts);
-            match applied {
-                Ok(applied) => {
-                    self.summary.events += 1;
-                    match applied.other {
-                        None => self.kinds[step::kind_index(applied.kind)] += 1,
-                        Some(name) => *self.other.entry(name).or_insert(0) += 1,
+            let Run {
+                replayer,
+                opts,
+                summary,
+                alerts,
+                log,
+                kinds,
+                other,
+            } = self;
+            let applied = replayer.apply(
+                record,
+                &opts.decoder,
+                &pos,
+                alerts,
+                &mut |outcome, at| match outcome {
+                    Ok(applied) => {
+                        summary.events += 1;
+                        match applied.other {
+                            None => kinds[step::kind_index(applied.kind)] += 1,
+                            Some(name) => *other.entry(name).or_insert(0) += 1,
+                        }
                     }
-                }
+                    Err(err) => {
+                        log.reject(err.reason(), at, &err);
+                        summary.reject(&err, at);
+                    }
+                },
+            );
+            match applied {
+                Ok(()) => {}
+                Err(DecodeError::Unmapped(_)) => summary.unmapped += 1,
                 Err(err) => {
-                    self.log.reject(err.reason(), &pos, &err);
-                    self.summary.reject(&err, &pos);
+                    log.reject(err.reason(), &pos, &err);
+                    summary.reject(&err, &pos);
                 }
             }
             if !self.alerts.is_empty() {

@@ -31,6 +31,8 @@ use serde::Deserialize;
 use crate::alert::Alert;
 use crate::decode::Decoder;
 use crate::engine::{Engine, EngineConfig, RuleSet};
+use crate::event::Position;
+use crate::pipeline::step::Record;
 use crate::replay::Replayer;
 
 /// `EX_CONFIG`: an invalid test file.
@@ -126,18 +128,35 @@ fn load(path: &Path) -> Result<TestFile, String> {
 }
 
 /// Runs one case; `Err` explains a failure.
-fn run_case(rules: &Arc<RuleSet>, case: &Case) -> Result<Result<(), String>, String> {
-    let decoder = Decoder::default();
+fn run_case(
+    rules: &Arc<RuleSet>,
+    decoder: &Decoder,
+    case: &Case,
+) -> Result<Result<(), String>, String> {
     let mut replayer = Replayer::new(
         Engine::new(rules.clone(), EngineConfig::default()),
         DEFAULT_LATENESS_MS,
     );
     let mut alerts = Vec::new();
     for (i, line) in case.events.iter().enumerate() {
-        let ev = decoder
-            .decode(line.as_bytes())
+        let pos = Position::Stdin { line: i as u64 + 1 };
+        let mut rejected = None;
+        replayer
+            .apply(
+                Record::Bytes(line.as_bytes()),
+                decoder,
+                &pos,
+                &mut alerts,
+                &mut |outcome, at| {
+                    if let Err(e) = outcome {
+                        rejected.get_or_insert(format!("event {} ({at}): {e}", i + 1));
+                    }
+                },
+            )
             .map_err(|e| format!("event {}: {e}", i + 1))?;
-        replayer.on_event(&ev, None, &mut alerts);
+        if let Some(why) = rejected {
+            return Err(why);
+        }
     }
     replayer.finish(&mut alerts);
     let alerts: Vec<crate::alert::Alert> = alerts
@@ -177,7 +196,12 @@ fn run_case(rules: &Arc<RuleSet>, case: &Case) -> Result<Result<(), String>, Str
 }
 
 /// Runs every case of the files; prints one line per case and a total.
-pub fn run(rules: Arc<RuleSet>, paths: &[PathBuf], out: &mut dyn Write) -> Result<u8> {
+pub fn run(
+    rules: Arc<RuleSet>,
+    decoder: &Decoder,
+    paths: &[PathBuf],
+    out: &mut dyn Write,
+) -> Result<u8> {
     let mut invalid = Vec::new();
     let (mut passed, mut failed) = (0, 0);
     for path in files(paths)? {
@@ -192,7 +216,7 @@ pub fn run(rules: Arc<RuleSet>, paths: &[PathBuf], out: &mut dyn Write) -> Resul
             invalid.push(format!("{}: no [[case]]", path.display()));
         }
         for case in &file.case {
-            match run_case(&rules, case) {
+            match run_case(&rules, decoder, case) {
                 Ok(Ok(())) => {
                     passed += 1;
                     writeln!(out, "ok      {}: {}", path.display(), case.name)?;

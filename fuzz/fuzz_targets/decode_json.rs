@@ -3,10 +3,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcp_alertd::decode::{Decoder, Format};
+use mcp_alertd::decode::{Decoder, Framing};
 
 fuzz_target!(|data: &[u8]| {
-    let decoder = Decoder::new(Format::Jsonl, 65_536);
+    let decoder = Decoder::new(Framing::Jsonl, 65_536);
     if let Ok(ev) = decoder.decode(data) {
         for field in ev.kind.required() {
             assert!(ev.get(*field).is_some_and(|v| !v.is_empty()));

@@ -3,9 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcp_alertd::decode::{Decoder, Format};
+use mcp_alertd::decode::{Decoder, Framing};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = Decoder::new(Format::Syslog, 65_536).decode(data);
-    let _ = Decoder::new(Format::Auto, 65_536).decode(data);
+    let _ = Decoder::new(Framing::Syslog, 65_536).decode(data);
+    let _ = Decoder::new(Framing::Auto, 65_536).decode(data);
 });

@@ -18,6 +18,11 @@ pub use render::{Detection, RuleInfo, What, render};
 /// does not occur in identifiers).
 pub const KEY_SEP: char = '\u{1f}';
 
+/// Marks a key value that is the `source_ip` of an auth failure claiming no
+/// identity, standing in for `agent_id` (DESIGN §2b): the alert's key then
+/// names the field `source_ip`.
+pub const BY_SOURCE_IP: char = '\u{1e}';
+
 /// Alert severity, in increasing order.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
@@ -98,9 +103,16 @@ pub struct Alert {
 /// Bytes of an event fingerprint.
 pub type Fingerprint = [u8; 16];
 
-/// A fingerprint of the event JSON text: two distinct events differ here.
-pub fn fingerprint(payload: &str) -> Fingerprint {
-    let digest = Sha256::digest(payload.as_bytes());
+/// A fingerprint of the event JSON text and, for the n-th event a format
+/// fanned a record out to, of `n` (0: the record's one event): two distinct
+/// events differ here.
+pub fn fingerprint(payload: &str, part: u32) -> Fingerprint {
+    let mut h = Sha256::new();
+    h.update(payload.as_bytes());
+    if part > 0 {
+        h.update(format!("#{part}").as_bytes());
+    }
+    let digest = h.finalize();
     let mut out = [0u8; 16];
     out.copy_from_slice(&digest[..16]);
     out

@@ -129,6 +129,15 @@ fn summary(d: &Detection) -> String {
     }
 }
 
+/// A key field and its value, with a source address standing in for an
+/// unclaimed identity named `source_ip`.
+fn key_field<'k>(field: &'k str, value: &'k str) -> (&'k str, &'k str) {
+    match value.strip_prefix(super::BY_SOURCE_IP) {
+        Some(ip) => ("source_ip", ip),
+        None => (field, value),
+    }
+}
+
 /// The tenant and the key fields of a joined key.
 fn key_map(rule: &RuleInfo, key: &str) -> (String, BTreeMap<String, String>) {
     let mut parts = key.split(KEY_SEP);
@@ -137,7 +146,8 @@ fn key_map(rule: &RuleInfo, key: &str) -> (String, BTreeMap<String, String>) {
         .key_fields
         .iter()
         .zip(parts)
-        .map(|(f, v)| (f.clone(), v.to_owned()))
+        .map(|(f, v)| key_field(f, v))
+        .map(|(f, v)| (f.to_owned(), v.to_owned()))
         .collect();
     (tenant, map)
 }
@@ -148,6 +158,7 @@ fn describe_key(rule: &RuleInfo, key: &str) -> String {
     let tenant = parts.next().unwrap_or_default();
     let mut out = String::new();
     for (field, value) in rule.key_fields.iter().zip(parts) {
+        let (field, value) = key_field(field, value);
         if !out.is_empty() {
             out.push_str(", ");
         }

@@ -6,13 +6,16 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 mod delivery;
+mod formats;
 mod rules;
 
+pub use formats::load_formats;
 pub use rules::{load_dir, load_rules};
 
 pub use crate::kafka::{KafkaClient, KafkaSasl, KafkaTls};
@@ -30,7 +33,7 @@ use crate::options::section::{self, fields_of};
 pub use crate::source::file::ReadFrom;
 pub use crate::source::syslog_tcp::TlsSettings;
 
-use crate::decode::Format;
+use crate::decode::{Decoder, FormatSet, Framing, Selector};
 use crate::router::Router;
 
 pub use crate::source::DEFAULT_SYSLOG_ADDRESS;
@@ -61,13 +64,48 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
-/// One configured source: its name, the format its records are decoded
-/// with, and its kind's settings.
+/// One configured source: its name, how its records are decoded, and its
+/// kind's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub name: String,
-    pub format: Format,
+    pub decode: SourceDecode,
     pub kind: SourceKind,
+}
+
+/// How a source's records are decoded (DESIGN §2b): the framing, the
+/// format by name (checked against the format set when it is loaded), the
+/// tenant of events that carry none, and the idle time of derived sessions.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SourceDecode {
+    pub framing: Framing,
+    pub format: String,
+    pub tenant: Option<String>,
+    pub derive_sessions_ms: Option<i64>,
+}
+
+impl SourceDecode {
+    fn native() -> SourceDecode {
+        SourceDecode {
+            format: crate::decode::format::NATIVE.to_owned(),
+            ..SourceDecode::default()
+        }
+    }
+
+    /// The decoder of this source over `formats`.
+    pub fn decoder(
+        &self,
+        formats: &Arc<FormatSet>,
+        max_record_bytes: usize,
+    ) -> Result<Decoder, String> {
+        Ok(Decoder {
+            framing: self.framing,
+            max_record_bytes,
+            format: Selector::named(&self.format, formats)?,
+            tenant: self.tenant.as_deref().map(Arc::from),
+            derive_sessions_ms: self.derive_sessions_ms,
+        })
+    }
 }
 
 impl SourceConfig {
@@ -83,6 +121,8 @@ pub struct Config {
     pub path: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub rules_dir: Option<PathBuf>,
+    /// Format files that add to (or replace) the built-in formats.
+    pub formats_dir: Option<PathBuf>,
     pub engine: EngineSettings,
     /// `None`: no metrics endpoint.
     pub metrics: Option<SocketAddr>,
@@ -117,12 +157,13 @@ impl Config {
             path: None,
             state_dir: default_state_dir(),
             rules_dir: None,
+            formats_dir: None,
             engine: EngineSettings::default(),
             metrics: Some(loopback(DEFAULT_METRICS_ADDRESS)),
             sources: vec![
                 SourceConfig {
                     name: "syslog_udp".to_owned(),
-                    format: Format::Auto,
+                    decode: SourceDecode::native(),
                     kind: SourceKind::SyslogUdp(syslog_udp::Settings {
                         address: Listen::Addr(syslog),
                         receive_buffer_bytes: Some(DEFAULT_UDP_RECEIVE_BUFFER_BYTES),
@@ -130,7 +171,7 @@ impl Config {
                 },
                 SourceConfig {
                     name: "syslog_tcp".to_owned(),
-                    format: Format::Auto,
+                    decode: SourceDecode::native(),
                     kind: SourceKind::SyslogTcp(syslog_tcp::Settings {
                         address: Listen::Addr(syslog),
                         max_connections: 256,
@@ -148,21 +189,56 @@ impl Config {
         }
     }
 
-    /// The engine thread's settings.
-    pub fn pipeline(&self) -> crate::pipeline::PipelineConfig {
-        crate::pipeline::PipelineConfig {
+    /// The engine thread's settings, with each source's decoder over
+    /// `formats`.
+    pub fn pipeline(
+        &self,
+        formats: &Arc<FormatSet>,
+    ) -> Result<crate::pipeline::PipelineConfig, ConfigError> {
+        Ok(crate::pipeline::PipelineConfig {
             engine: self.engine.clone(),
             sources: self
                 .sources
                 .iter()
-                .map(|s| crate::pipeline::SourceInfo {
+                .zip(self.decoders(formats)?)
+                .map(|(s, decoder)| crate::pipeline::SourceInfo {
                     name: s.name.clone(),
-                    format: s.format,
+                    decoder,
                     follows_file: matches!(s.kind, SourceKind::File(_)),
                 })
                 .collect(),
             router: self.router.clone(),
+        })
+    }
+
+    /// Each source's decoder over `formats`; an unknown format name is a
+    /// configuration error.
+    pub fn decoders(&self, formats: &Arc<FormatSet>) -> Result<Vec<Decoder>, ConfigError> {
+        let mut errors = Vec::new();
+        let mut out = Vec::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            match s.decode.decoder(formats, self.engine.max_record_bytes) {
+                Ok(d) => out.push(d),
+                Err(e) => errors.push(format!("sources[{}] ({}): format: {e}", i + 1, s.name)),
+            }
         }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(ConfigError {
+                file: self.path.as_ref().map_or_else(
+                    || "(built-in defaults)".to_owned(),
+                    |p| p.display().to_string(),
+                ),
+                errors,
+            })
+        }
+    }
+
+    /// The formats this configuration names: the built-ins and its
+    /// `formats_dir`.
+    pub fn load_formats(&self) -> Result<Arc<FormatSet>, crate::decode::FormatSetError> {
+        load_formats(self.formats_dir.as_deref()).map(Arc::new)
     }
 
     /// The rules this configuration names (its `rules_dir`, else embedded).
@@ -248,6 +324,7 @@ impl Config {
             path: None,
             state_dir: raw.state_dir.unwrap_or(builtin.state_dir),
             rules_dir: raw.rules_dir,
+            formats_dir: raw.formats_dir,
             engine,
             metrics,
             sources,
@@ -263,6 +340,7 @@ impl Config {
 struct RawConfig {
     state_dir: Option<PathBuf>,
     rules_dir: Option<PathBuf>,
+    formats_dir: Option<PathBuf>,
     engine: Option<RawEngine>,
     metrics: Option<RawMetrics>,
     sources: Option<Vec<toml::Table>>,
@@ -363,7 +441,10 @@ struct RawSourceCommon {
     name: Option<String>,
     #[serde(rename = "type")]
     kind: String,
+    framing: Option<String>,
     format: Option<String>,
+    tenant: Option<String>,
+    derive_sessions: Option<String>,
 }
 
 /// The keys of every source kind (for "does not apply to type").
@@ -389,13 +470,36 @@ fn validate_source(
         .unwrap_or_else(|| format!("{}_{}", common.kind, index + 1));
     let at = format!("sources[{}] ({name})", index + 1);
     let before = errors.len();
-    let format = match common.format.as_deref().map(str::parse::<Format>) {
-        None => Format::Auto,
+    let framing = match common.framing.as_deref().map(str::parse::<Framing>) {
+        None => Framing::Auto,
         Some(Ok(f)) => f,
         Some(Err(e)) => {
-            errors.push(format!("{at}: format: {e}"));
-            Format::Auto
+            errors.push(format!("{at}: framing: {e}"));
+            Framing::Auto
         }
+    };
+    let format = common
+        .format
+        .unwrap_or_else(|| crate::decode::format::NATIVE.to_owned());
+    if matches!(format.as_str(), "jsonl" | "json" | "syslog") {
+        errors.push(format!(
+            "{at}: format: `{format}` is a framing, not a format: write `framing = \"{format}\"` (format names the schema: native, auto, toolhive, ...)"
+        ));
+    }
+    if common.tenant.as_deref().is_some_and(str::is_empty) {
+        errors.push(format!(
+            "{at}: tenant: must not be empty (leave it out for `default`)"
+        ));
+    }
+    let derive_sessions_ms = common
+        .derive_sessions
+        .as_deref()
+        .map(|d| dur(errors, &format!("{at}: derive_sessions"), Some(d), 0, 1_000));
+    let decode = SourceDecode {
+        framing,
+        format,
+        tenant: common.tenant,
+        derive_sessions_ms,
     };
     let t = common.kind.as_str();
     let kinds = source_fields();
@@ -418,5 +522,5 @@ fn validate_source(
             None
         }
     }?;
-    (errors.len() == before).then_some(SourceConfig { name, format, kind })
+    (errors.len() == before).then_some(SourceConfig { name, decode, kind })
 }

@@ -10,7 +10,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::Value;
 
 use super::DecodeError;
-use crate::event::{DEFAULT_TENANT, Event, EventKind, FieldId, UNKNOWN_AGENT};
+use crate::event::{Event, EventKind, FieldId};
 
 /// Field names that carry credential values (compared ASCII
 /// case-insensitively), and suffixes that do.
@@ -43,7 +43,7 @@ pub fn is_secret_field(name: &str) -> bool {
 }
 
 /// Removes secret-looking fields from nested objects of an unknown field.
-fn scrub(value: &mut Value) {
+pub(super) fn scrub(value: &mut Value) {
     match value {
         Value::Object(map) => {
             map.retain(|k, _| !is_secret_field(k));
@@ -62,7 +62,8 @@ enum RawTs<'a> {
     Invalid(&'static str),
 }
 
-/// Decodes the JSON object text of one event.
+/// Decodes the JSON object text of one native event (the tenant default
+/// and required fields are the decoder's `finish`).
 pub(super) fn decode_event(text: &str) -> Result<Event<'_>, DecodeError> {
     if !text.starts_with('{') {
         return Err(DecodeError::NotJson("expected a JSON object".to_owned()));
@@ -95,17 +96,6 @@ pub(super) fn decode_event(text: &str) -> Result<Event<'_>, DecodeError> {
     };
     event.kind = EventKind::from_name(&name);
     event.event = name;
-    if event.tenant.is_empty() {
-        event.tenant = Cow::Borrowed(DEFAULT_TENANT);
-    }
-    if event.kind == EventKind::AuthFailure && event.agent_id.as_deref().is_none_or(str::is_empty) {
-        event.agent_id = Some(Cow::Borrowed(UNKNOWN_AGENT));
-    }
-    for &field in event.kind.required() {
-        if event.get(field).is_none_or(str::is_empty) {
-            return Err(DecodeError::MissingField(field.name()));
-        }
-    }
     Ok(event)
 }
 

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use super::KEY_SEP;
 use super::condition::FieldRef;
-use crate::event::{Event, UNKNOWN_AGENT};
+use crate::alert::BY_SOURCE_IP;
+use crate::event::{Event, FieldId, UNKNOWN_AGENT};
 
 /// Per-rule key maps. foldhash is a fast non-cryptographic hasher with a
 /// per-process random seed (flooding resistance); iteration order is never
@@ -15,11 +16,22 @@ pub type KeyMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
 /// Writes `tenant SEP v1 SEP v2 ...` into `buf`. A missing field reads
 /// `unknown`, or with `require_all` makes the key (and the event) not count.
+/// An auth failure that claims no identity is keyed by its `source_ip` in
+/// place of `agent_id` when it has one (DESIGN §2b), marked so that the
+/// alert names the field `source_ip`.
 pub fn build_key(buf: &mut String, ev: &Event<'_>, fields: &[FieldRef], require_all: bool) -> bool {
     buf.clear();
     buf.push_str(&ev.tenant);
     for field in fields {
         buf.push(KEY_SEP);
+        if ev.unclaimed
+            && *field == FieldRef::Known(FieldId::AgentId)
+            && let Some(ip) = ev.source_ip.as_deref().filter(|ip| !ip.is_empty())
+        {
+            buf.push(BY_SOURCE_IP);
+            buf.push_str(ip);
+            continue;
+        }
         let before = buf.len();
         if !field.key_text(ev, buf) || buf.len() == before {
             if require_all {

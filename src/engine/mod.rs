@@ -22,6 +22,7 @@ pub mod condition;
 mod keys;
 mod kinds;
 pub mod rules;
+mod sessions;
 mod snapshot;
 
 use std::sync::Arc;
@@ -82,6 +83,8 @@ pub struct Engine {
     evicted: u64,
     /// Reused buffer for building state keys: no allocation per event.
     key_buf: String,
+    /// Derived sessions of sources that ask for them.
+    sessions: sessions::Sessions,
 }
 
 impl Engine {
@@ -96,7 +99,27 @@ impl Engine {
             late: 0,
             evicted: 0,
             key_buf: String::with_capacity(128),
+            sessions: sessions::Sessions::default(),
         }
+    }
+
+    /// Gives an event without a session id its agent's derived session
+    /// (DESIGN §2b), `idle_ms` being the source's idle time; says whether
+    /// it did. Call before [`on_event`](Self::on_event).
+    pub fn derive_session(&mut self, ev: &mut Event<'_>, idle_ms: i64) -> bool {
+        let (derived, evicted) = self.sessions.assign(
+            &mut self.key_buf,
+            ev,
+            idle_ms,
+            self.config.max_keys_per_rule,
+        );
+        self.evicted += evicted as u64;
+        derived
+    }
+
+    /// Live derived sessions.
+    pub fn derived_sessions(&self) -> usize {
+        self.sessions.len()
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -306,6 +329,7 @@ impl Engine {
         for (rule, state) in self.rules.rules().iter().zip(&mut self.states) {
             state.sweep(rule, clock);
         }
+        self.sessions.sweep(clock);
     }
 
     /// Before inserting a new key into rule `i`: at the cap, sweep, then
@@ -403,7 +427,7 @@ fn detection(
         count,
         what,
         event: event_ref(ev, pos),
-        fingerprint: alert::fingerprint(ev.payload),
+        fingerprint: alert::fingerprint(ev.payload, ev.part),
     }
 }
 
@@ -432,6 +456,6 @@ fn pressure(
             cap,
         },
         event: event_ref(ev, pos),
-        fingerprint: alert::fingerprint(ev.payload),
+        fingerprint: alert::fingerprint(ev.payload, ev.part),
     }
 }

@@ -8,10 +8,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::kinds::RuleState;
+use super::sessions::Sessions;
 use super::{Engine, EngineConfig, RuleSet};
 
 /// Snapshot format version; bump on any change of the serialized state.
-const SNAPSHOT_VERSION: u32 = 1;
+/// Version 2 added derived sessions; a version 1 snapshot is read as one
+/// with none.
+const SNAPSHOT_VERSION: u32 = 2;
 
 /// Why a snapshot could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,18 @@ struct Snapshot {
     late: u64,
     evicted: u64,
     rules: Vec<(String, String, RuleState)>,
+    sessions: Sessions,
+}
+
+/// Version 1: no derived sessions.
+#[derive(Deserialize)]
+struct SnapshotV1 {
+    version: u32,
+    clock: Option<i64>,
+    next_sweep: i64,
+    late: u64,
+    evicted: u64,
+    rules: Vec<(String, String, RuleState)>,
 }
 
 #[derive(Serialize)]
@@ -44,6 +59,7 @@ struct SnapshotRef<'a> {
     late: u64,
     evicted: u64,
     rules: Vec<(&'a str, &'a str, &'a RuleState)>,
+    sessions: &'a Sessions,
 }
 
 impl Engine {
@@ -62,6 +78,7 @@ impl Engine {
                 .zip(&self.states)
                 .map(|(r, s)| (&*r.id, r.kind.name(), s))
                 .collect(),
+            sessions: &self.sessions,
         };
         postcard::to_allocvec(&snap).map_err(SnapshotError::Encode)
     }
@@ -74,7 +91,7 @@ impl Engine {
             clock: Option<i64>,
         }
         let (head, _): (Head, _) = postcard::take_from_bytes(bytes).ok()?;
-        (head.version == SNAPSHOT_VERSION).then_some(head.clock)?
+        (head.version == SNAPSHOT_VERSION || head.version == 1).then_some(head.clock)?
     }
 
     /// Rebuilds an engine from a snapshot under `rules`. State of a rule is
@@ -92,15 +109,28 @@ impl Engine {
         let v: Version = postcard::take_from_bytes(bytes)
             .map(|(v, _)| v)
             .map_err(SnapshotError::Decode)?;
-        if v.version != SNAPSHOT_VERSION {
-            return Err(SnapshotError::Version { found: v.version });
-        }
-        let snap: Snapshot = postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?;
+        let snap: Snapshot = match v.version {
+            SNAPSHOT_VERSION => postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?,
+            1 => {
+                let old: SnapshotV1 = postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?;
+                Snapshot {
+                    version: old.version,
+                    clock: old.clock,
+                    next_sweep: old.next_sweep,
+                    late: old.late,
+                    evicted: old.evicted,
+                    rules: old.rules,
+                    sessions: Sessions::default(),
+                }
+            }
+            found => return Err(SnapshotError::Version { found }),
+        };
         let mut engine = Engine::new(rules, config);
         engine.clock = snap.clock;
         engine.next_sweep = snap.next_sweep;
         engine.late = snap.late;
         engine.evicted = snap.evicted;
+        engine.sessions = snap.sessions;
         for (id, kind, state) in snap.rules {
             if let Some(i) = engine
                 .rules

@@ -177,6 +177,14 @@ pub struct Event<'a> {
     /// line): the basis of the trigger fingerprint in alert ids, so the same
     /// event yields the same ids whatever framing carried it.
     pub payload: &'a str,
+    /// 0 for the one event of a record; n (from 1) for the n-th event of a
+    /// record that a format fanned out (position `<record>#n`; part of the
+    /// id fingerprint).
+    pub part: u32,
+    /// An `auth.failure` that claimed no identity: `agent_id` reads
+    /// `unknown`, and keys by agent are made by `source_ip` instead when
+    /// the event has one (DESIGN §2b).
+    pub unclaimed: bool,
 }
 
 impl<'a> Event<'a> {
@@ -201,6 +209,8 @@ impl<'a> Event<'a> {
             expected_runtime_s: None,
             extra: Vec::new(),
             payload: "",
+            part: 0,
+            unclaimed: false,
         }
     }
 
@@ -270,6 +280,22 @@ pub enum Position {
         partition: i32,
         offset: i64,
     },
+    /// The n-th event (from 1) of the record at `of`, fanned out by a
+    /// format.
+    Part { of: Box<Position>, n: u32 },
+}
+
+impl Position {
+    /// The position of the `n`-th event of this record (itself for 0).
+    pub fn part(&self, n: u32) -> Position {
+        match n {
+            0 => self.clone(),
+            n => Position::Part {
+                of: Box::new(self.clone()),
+                n,
+            },
+        }
+    }
 }
 
 impl fmt::Display for Position {
@@ -284,6 +310,7 @@ impl fmt::Display for Position {
                 partition,
                 offset,
             } => write!(f, "{topic}/{partition}@{offset}"),
+            Position::Part { of, n } => write!(f, "{of}#{n}"),
         }
     }
 }

@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::alert::{self, Detection};
-use crate::decode::{DecodeError, Decoder, Format};
+use crate::decode::{DecodeError, Decoder};
 use crate::engine::{DEFAULT_MAX_KEYS_PER_RULE, Engine, RuleSet};
 use crate::event::{EventKind, Position};
 use crate::outbox::writer::{
@@ -32,7 +32,7 @@ use crate::store::Store;
 use crate::store::state::{self as checkpoint, CheckpointError, ROUTER_UNIT, Saved};
 use crate::telemetry::RejectLog;
 use crate::telemetry::metrics::{
-    AlertLabels, Metrics, QuantileLabel, RejectLabels, RuleLabel, TypeName,
+    AlertLabels, FormatLabels, Metrics, QuantileLabel, RejectLabels, RuleLabel, TypeName,
 };
 use step::{FutureBound, Record};
 use units::{KafkaUnit, Unit, engine_config};
@@ -105,12 +105,12 @@ pub struct PipelineConfig {
     pub router: Router,
 }
 
-/// What the engine thread knows of a source: its name, its format and
+/// What the engine thread knows of a source: its name, its decoder and
 /// whether it follows a file (whose position is saved with the state).
 #[derive(Debug, Clone)]
 pub struct SourceInfo {
     pub name: String,
-    pub format: Format,
+    pub decoder: Decoder,
     pub follows_file: bool,
 }
 
@@ -118,6 +118,8 @@ pub struct SourceInfo {
 pub enum Control {
     Reload {
         rules: Arc<RuleSet>,
+        /// The sources' decoders over the formats read again.
+        decoders: Vec<Decoder>,
         settings: EngineSettings,
         done: oneshot::Sender<usize>,
     },
@@ -156,6 +158,8 @@ pub struct Pipeline {
     saved_router: Vec<u8>,
     events: [Counter; EventKind::KNOWN.len() + 1],
     rejected: HashMap<(usize, &'static str), Counter>,
+    /// Unmapped records by source and the format that detected none.
+    unmapped: HashMap<(usize, Arc<str>), Counter>,
     alert_counters: HashMap<String, Counter>,
 }
 
@@ -201,10 +205,7 @@ impl Pipeline {
             kafka: HashMap::new(),
             rules,
             settings: s.clone(),
-            decoders: sources
-                .iter()
-                .map(|src| Decoder::new(src.format, s.max_record_bytes))
-                .collect(),
+            decoders: sources.iter().map(|src| src.decoder.clone()).collect(),
             names: sources
                 .iter()
                 .map(|src| Arc::from(src.name.as_str()))
@@ -224,6 +225,7 @@ impl Pipeline {
             saved_router,
             events,
             rejected: HashMap::new(),
+            unmapped: HashMap::new(),
             alert_counters: HashMap::new(),
         }
     }
@@ -339,6 +341,23 @@ impl Pipeline {
         self.log.reject(reason, pos, err);
     }
 
+    fn unmapped(&mut self, source: usize, format: Arc<str>) {
+        let name = &self.names[source];
+        let metrics = &self.metrics;
+        self.unmapped
+            .entry((source, format))
+            .or_insert_with_key(|(_, format)| {
+                metrics
+                    .records_unmapped
+                    .get_or_create(&FormatLabels {
+                        source: name.to_string(),
+                        format: format.to_string(),
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
     fn batch(&mut self, b: Batch) -> Result<(), PipelineError> {
         let now = self.now_mono();
         let bound = FutureBound {
@@ -380,7 +399,14 @@ impl Pipeline {
                 Some(k) => (&mut k.unit, 0),
                 None => (&mut self.main, b.partition),
             };
-            let Unit { engine, clock, .. } = unit;
+            let Unit {
+                engine,
+                clock,
+                dirty,
+                ..
+            } = unit;
+            let mut rejected = Vec::new();
+            let events = &self.events;
             let applied = step::apply(
                 record,
                 &self.decoders[b.source],
@@ -389,14 +415,22 @@ impl Pipeline {
                 engine,
                 &pos,
                 &mut self.alerts,
+                &mut |outcome, at| match outcome {
+                    Ok(applied) => {
+                        *dirty = true;
+                        triggered += applied.raised;
+                        events[step::kind_index(applied.kind)].inc();
+                    }
+                    Err(err) => rejected.push((err, at.clone())),
+                },
             );
             match applied {
-                Ok(applied) => {
-                    unit.dirty = true;
-                    triggered += applied.raised;
-                    self.events[step::kind_index(applied.kind)].inc();
-                }
+                Ok(()) => {}
+                Err(DecodeError::Unmapped(format)) => self.unmapped(b.source, format),
                 Err(err) => self.reject(b.source, &err, &pos),
+            }
+            for (err, at) in rejected {
+                self.reject(b.source, &err, &at);
             }
         }
         if let (Some(key), Some(mut k)) = (kafka_key, ku) {
@@ -564,9 +598,13 @@ impl Pipeline {
         match c {
             Control::Reload {
                 rules,
+                decoders,
                 settings,
                 done,
             } => {
+                if decoders.len() == self.decoders.len() {
+                    self.decoders = decoders;
+                }
                 let cfg = engine_config(&settings);
                 let units = std::iter::once(&mut self.main)
                     .chain(self.kafka.values_mut().map(|k| &mut k.unit));

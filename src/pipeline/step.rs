@@ -1,14 +1,15 @@
-//! One record through the pipeline: frame → decode → future-timestamp
-//! bound → clock → engine. The daemon's engine thread and `replay` both
+//! One record through the pipeline: frame → decode (one record may yield
+//! several events) → future-timestamp bound → clock → session derivation
+//! → engine. The daemon's engine thread and `replay` both
 //! call [`apply`], so `run` over a file and `replay` of the same file treat
 //! every record alike (DESIGN §3: "`run` on a file gives the same alerts as
 //! `replay`"). Counting and logging rejections stay with the caller, which
 //! knows where the record came from.
 
 use crate::alert::Detection;
-use crate::decode::{DecodeError, Decoder};
+use crate::decode::{DecodeError, Decoded, Decoder};
 use crate::engine::Engine;
-use crate::event::{EventKind, Position};
+use crate::event::{Event, EventKind, Position};
 
 /// A framed record: its bytes, or only the length of one over the limit.
 #[derive(Debug, Clone, Copy)]
@@ -35,18 +36,23 @@ pub struct Applied {
     pub raised: usize,
 }
 
-/// Decodes one record and applies it: `clock` maps the event's `ts` to the
-/// engine clock it moves to first (firing the timers it passes), then the
-/// event goes to every rule. Alerts are appended to `alerts`.
+/// Decodes one record and applies each event it yields: `clock` maps an
+/// event's `ts` to the engine clock it moves to first (firing the timers it
+/// passes), then the event goes to every rule. Alerts are appended to
+/// `alerts`; `each` hears every event's outcome with its position (the
+/// record's, or `<record>#n` for the n-th event of a fanned-out record).
+/// `Err` is a record that yields no event: rejected, or `Unmapped`.
+#[allow(clippy::too_many_arguments)]
 pub fn apply<'r>(
     record: Record<'r>,
     decoder: &Decoder,
     future: Option<FutureBound>,
-    clock: impl FnOnce(i64) -> i64,
+    mut clock: impl FnMut(i64) -> i64,
     engine: &mut Engine,
     pos: &Position,
     alerts: &mut Vec<Detection>,
-) -> Result<Applied, DecodeError> {
+    each: &mut dyn FnMut(Result<Applied, DecodeError>, &Position),
+) -> Result<(), DecodeError> {
     let bytes = match record {
         Record::Bytes(bytes) => bytes,
         Record::TooLarge(len) => {
@@ -56,7 +62,34 @@ pub fn apply<'r>(
             });
         }
     };
-    let ev = decoder.decode(bytes)?;
+    match decoder.decode_record(bytes)? {
+        Decoded::One(ev) => each(
+            one(ev, decoder, future, &mut clock, engine, pos, alerts),
+            pos,
+        ),
+        Decoded::Many(events) => {
+            for ev in events {
+                let at = pos.part(ev.as_ref().map_or(0, |e| e.part));
+                let outcome =
+                    ev.and_then(|ev| one(ev, decoder, future, &mut clock, engine, &at, alerts));
+                each(outcome, &at);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One decoded event through the future bound, the clock, session
+/// derivation and the engine.
+fn one(
+    mut ev: Event<'_>,
+    decoder: &Decoder,
+    future: Option<FutureBound>,
+    clock: &mut impl FnMut(i64) -> i64,
+    engine: &mut Engine,
+    pos: &Position,
+    alerts: &mut Vec<Detection>,
+) -> Result<Applied, DecodeError> {
     if let Some(f) = future
         && ev.ts > f.max_ts
     {
@@ -67,14 +100,22 @@ pub fn apply<'r>(
     let target = clock(ev.ts);
     engine.advance_to(target, alerts);
     let before = alerts.len();
-    engine.on_event(&ev, Some(pos), alerts);
+    let derived = match decoder.derive_sessions_ms {
+        Some(idle_ms) => engine.derive_session(&mut ev, idle_ms),
+        None => false,
+    };
+    // A derived session's boundaries shape the derivation only: rules see
+    // no session.start/end of a session nobody opened (DESIGN §2b).
+    let boundary = matches!(ev.kind, EventKind::SessionStart | EventKind::SessionEnd);
+    if !(derived && boundary) {
+        engine.on_event(&ev, Some(pos), alerts);
+    }
     Ok(Applied {
         kind: ev.kind,
         other: (ev.kind == EventKind::Other).then(|| ev.event.to_string()),
         raised: alerts.len() - before,
     })
 }
-
 /// The index of an event kind in [`EventKind::KNOWN`] (`KNOWN.len()` for
 /// any other), for per-kind counters kept in arrays.
 pub fn kind_index(kind: EventKind) -> usize {

@@ -277,7 +277,7 @@ fn digest(g: Group) -> Alert {
         .map(|a| a.id.as_str())
         .collect::<Vec<_>>()
         .join(",");
-    let fp = alert::fingerprint(&ids);
+    let fp = alert::fingerprint(&ids, 0);
     let mut keys: Vec<String> = members
         .iter()
         .map(|a| {

@@ -26,6 +26,12 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormatLabels {
+    pub source: String,
+    pub format: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
     #[prometheus(flatten)]
     pub kind: TypeName,
@@ -77,6 +83,7 @@ pub struct Metrics {
     registry: Registry,
     pub records_received: Family<SourceLabel, Counter>,
     pub records_rejected: Family<RejectLabels, Counter>,
+    pub records_unmapped: Family<FormatLabels, Counter>,
     pub udp_dropped: Family<SourceLabel, Counter>,
     pub connections_open: Family<SourceLabel, Gauge>,
     pub connections_refused: Family<SourceLabel, Counter>,
@@ -117,6 +124,7 @@ impl Metrics {
         let m = Metrics {
             records_received: Family::default(),
             records_rejected: Family::default(),
+            records_unmapped: Family::default(),
             udp_dropped: Family::default(),
             connections_open: Family::default(),
             connections_refused: Family::default(),
@@ -153,6 +161,7 @@ impl Metrics {
         register! {
             records_received => "records_received", "Records read by sources";
             records_rejected => "records_rejected", "Records rejected, by reason";
+            records_unmapped => "records_unmapped", "Records no mapping of the source's format applies to (not errors), by format";
             udp_dropped => "udp_datagrams_dropped", "UDP datagrams dropped because the pipeline was full";
             connections_open => "connections_open", "Open TCP/TLS connections";
             connections_refused => "connections_refused", "Connections refused at max_connections or failing TLS";

@@ -25,7 +25,8 @@ enum Tier {
 
 fn tier(module: &str) -> Option<Tier> {
     Some(match module {
-        "alert" | "clock" | "duration" | "event" | "kafka" | "options" | "telemetry" => Tier::Leaf,
+        "alert" | "clock" | "condition" | "duration" | "event" | "kafka" | "options"
+        | "telemetry" => Tier::Leaf,
         "source" => Tier::Stage(0),
         "decode" => Tier::Stage(1),
         "engine" => Tier::Stage(2),

@@ -179,7 +179,7 @@ fn replay_prints_alerts_on_stdout_and_a_summary_on_stderr() {
 fn replay_reads_stdin_with_positions_and_the_syslog_format() {
     let input = "<110>1 2026-11-27T15:04:32Z h app - - - @cee:{\"ts\":1,\"event\":\"tool.denied\",\"agent_id\":\"a\",\"session_id\":\"s\",\"tool\":\"t\"}\nnot syslog at all\n";
     let out = bin()
-        .args(["replay", "--format", "syslog", "-"])
+        .args(["replay", "--framing", "syslog", "-"])
         .write_stdin(input)
         .assert()
         .success()
@@ -220,7 +220,7 @@ fn generate_is_deterministic_and_replayable() {
         .clone();
     assert_ne!(a, c);
     let out = bin()
-        .args(["replay", "--format", "jsonl"])
+        .args(["replay", "--framing", "jsonl"])
         .write_stdin(a)
         .assert()
         .success()

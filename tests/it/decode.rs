@@ -1,13 +1,13 @@
 //! Every accepted record shape and every rejection reason of the decoder.
 
-use mcp_alertd::decode::{DecodeError, Decoder, Format};
+use mcp_alertd::decode::{DecodeError, Decoder, Framing};
 use mcp_alertd::event::{EventKind, FieldId};
 use mcp_alertd::source::lines::{Frame, LineReader};
 
 const BODY: &str = r#"{"ts":"2026-11-27T15:04:32.123Z","event":"tool.denied","tenant":"acme","agent_id":"a1","session_id":"s1","tool":"shell_exec","reason":"not_in_allowlist","server":"mcp-1","source_ip":"10.0.0.1","trace_id":"t1","note":"kept","depth":{"level":2}}"#;
 const TS: i64 = 1_795_791_872_123;
 
-fn ok(decoder: Decoder, text: &str) -> (i64, String, String) {
+fn ok(decoder: &Decoder, text: &str) -> (i64, String, String) {
     let ev = decoder
         .decode(text.as_bytes())
         .unwrap_or_else(|e| panic!("{text}: {e}"));
@@ -61,7 +61,7 @@ fn timestamps_normalize_to_utc_milliseconds() {
         "1.795791872123e12",
     ] {
         let text = format!(r#"{{"ts":{ts},"event":"auth.failure"}}"#);
-        assert_eq!(ok(d, &text).0, TS, "{ts}");
+        assert_eq!(ok(&d, &text).0, TS, "{ts}");
     }
 }
 
@@ -97,8 +97,8 @@ fn syslog_shapes_carry_the_json_message() {
         format!("Nov 27 15:04:32 host mcp-audit: {BODY}"),
     ];
     for shape in &shapes {
-        for format in [Format::Auto, Format::Syslog] {
-            let (ts, event, tenant) = ok(Decoder::new(format, 65536), shape);
+        for format in [Framing::Auto, Framing::Syslog] {
+            let (ts, event, tenant) = ok(&Decoder::new(format, 65536), shape);
             assert_eq!(
                 (ts, event.as_str(), tenant.as_str()),
                 (TS, "tool.denied", "acme"),
@@ -113,18 +113,18 @@ fn syslog_shapes_carry_the_json_message() {
 #[test]
 fn format_jsonl_refuses_syslog_and_format_syslog_refuses_bare_text() {
     let line = format!("<110>1 2026-11-27T15:04:32.500Z host app - - - {BODY}");
-    let err = Decoder::new(Format::Jsonl, 65536)
+    let err = Decoder::new(Framing::Jsonl, 65536)
         .decode(line.as_bytes())
         .unwrap_err();
     assert_eq!(err.reason(), "not_json");
-    let err = Decoder::new(Format::Syslog, 65536)
+    let err = Decoder::new(Framing::Syslog, 65536)
         .decode(b"just some words")
         .unwrap_err();
     assert_eq!(err.reason(), "not_syslog");
 }
 
 fn reason(text: &[u8]) -> &'static str {
-    Decoder::new(Format::Auto, 256)
+    Decoder::new(Framing::Auto, 256)
         .decode(text)
         .unwrap_err()
         .reason()

@@ -12,6 +12,7 @@ mod daemon;
 mod decode;
 mod delivery;
 mod detectors;
+mod formats;
 mod framing;
 mod golden;
 mod kafka;

@@ -1,5 +1,7 @@
 //! The sample configuration in packaging/ is valid and equals the built-in
-//! defaults, so the comments describe what the daemon really does.
+//! defaults but for the installed rule and format directories, so the
+//! comments describe what the daemon really does and the files an operator
+//! edits are the ones in force.
 
 use mcp_alertd::config::Config;
 
@@ -8,6 +10,16 @@ fn the_sample_config_is_valid_and_matches_the_builtin_defaults() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config.toml");
     let mut sample = Config::load(&path).unwrap();
     sample.path = None;
+    assert_eq!(
+        sample.rules_dir.as_deref(),
+        Some(std::path::Path::new("/etc/mcp-alertd/rules"))
+    );
+    assert_eq!(
+        sample.formats_dir.as_deref(),
+        Some(std::path::Path::new("/etc/mcp-alertd/formats"))
+    );
+    sample.rules_dir = None;
+    sample.formats_dir = None;
     assert_eq!(sample, Config::builtin());
 }
 
@@ -36,6 +48,9 @@ fn the_debian_package_installs_a_working_daemon() {
         "./etc/mcp-alertd/config.toml",
         "./etc/mcp-alertd/rules/auth.toml",
         "./etc/mcp-alertd/rules/tasks.toml",
+        "./etc/mcp-alertd/formats/toolhive.toml",
+        "./etc/mcp-alertd/formats/ocsf.toml",
+        "./usr/share/doc/mcp-alertd/formats.md",
         "./lib/systemd/system/mcp-alertd.service",
         "./lib/systemd/system/mcp-alertd-syslog-udp.socket",
         "./lib/systemd/system/mcp-alertd-syslog-tls.socket",
@@ -92,6 +107,8 @@ fn the_debian_package_installs_a_working_daemon() {
         .arg(etc.join("config.toml"))
         .args(["--rules"])
         .arg(etc.join("rules"))
+        .args(["--formats"])
+        .arg(etc.join("formats"))
         .output()
         .unwrap();
     assert!(
@@ -100,6 +117,7 @@ fn the_debian_package_installs_a_working_daemon() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(String::from_utf8_lossy(&check.stdout).contains("auth_failure_burst"));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("formats OK: 9 formats"));
     let tests = Command::new(&bin)
         .args(["rules", "test", "--rules"])
         .arg(etc.join("rules"))

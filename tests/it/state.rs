@@ -189,3 +189,68 @@ async fn state_list_and_reset_show_and_drop_saved_units() {
     assert!(store.state(MAIN_UNIT).unwrap().is_none());
     assert!(store.state(checkpoint::ROUTER_UNIT).unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_source_derives_sessions_that_survive_a_restart() {
+    // ToolHive audit events (no session id, no tenant) from a followed
+    // file: three denials, a restart, two more in the same derived session
+    // make the injection incident; the application log line is unmapped.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("toolhive.log");
+    let cfg = file_config(&log).replace(
+        "type = \"file\"",
+        "type = \"file\"\nformat = \"toolhive\"\ntenant = \"acme\"\nderive_sessions = \"30m\"",
+    );
+    let denied = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/formats/toolhive.jsonl"),
+    )
+    .unwrap()
+    .lines()
+    .nth(3)
+    .unwrap()
+    .to_owned();
+    let at = |m: u32| denied.replace("09:15:44.007290Z", &format!("09:{:02}:44.007290Z", 15 + m));
+    append(
+        &log,
+        &[
+            at(0),
+            r#"{"time":"2026-11-28T09:15:45Z","level":"INFO","msg":"proxy started"}"#.to_owned(),
+            at(1),
+            at(2),
+        ],
+    );
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    wait_events(&daemon, "tool.denied", 3).await;
+    let text = daemon.metrics().render();
+    assert!(
+        text.contains("mcp_alertd_records_unmapped_total{source=\"audit\",format=\"toolhive\"} 1"),
+        "{text}"
+    );
+    daemon.shutdown().await.unwrap();
+    assert!(
+        rules_of(&out)
+            .iter()
+            .all(|r| r == "unauthorized_tool_attempt")
+    );
+
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    append(&log, &[at(3), at(4)]);
+    wait_for("the incident", || {
+        out.alerts()
+            .iter()
+            .any(|a| a["rule"] == "session_injection_incident")
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    let incident = out
+        .alerts()
+        .into_iter()
+        .find(|a| a["rule"] == "session_injection_incident")
+        .unwrap();
+    assert_eq!(incident["tenant"], "acme");
+    assert_eq!(
+        incident["key"]["session_id"],
+        "agent-build-7@2026-11-28T09:15:44.007Z"
+    );
+}

@@ -94,7 +94,7 @@ impl Trigger {
             reason: ev.reason.as_deref().map(Into::into),
             server: ev.server.as_deref().map(Into::into),
             position: pos.map(|p| p.to_string().into()),
-            fingerprint: alert::fingerprint(ev.payload),
+            fingerprint: alert::fingerprint(ev.payload, ev.part),
         }
     }
 
@@ -162,7 +162,7 @@ impl AbsenceState {
 /// declared task's, else the rule's default.
 pub fn deadline_ms(spec: &DeadlineSpec, ev: &Event<'_>) -> i64 {
     if let Some(field) = &spec.field
-        && let Some(super::super::condition::Val::Num(secs)) = field.lookup(ev)
+        && let Some(crate::condition::Val::Num(secs)) = field.lookup(ev)
         && secs.is_finite()
         && secs > 0.0
         && secs < 1.0e12

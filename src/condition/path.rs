@@ -1,0 +1,294 @@
+//! Dotted paths into JSON input: `a.b.c`, array indexes (`chain.0.sub`),
+//! implicit mapping over arrays (`audit.action` reaches the `action` of
+//! every element), and element filters (`resources[type=tool].name`).
+//!
+//! Flat keys with dots in their names (`"mcp.method.name"`, as agentgateway
+//! and Envoy write them) are tried first, longest first: at each object the
+//! path looks up the longest run of its remaining segments as one literal
+//! key, then shorter runs, down to one segment. So `mcp.session.id` finds
+//! `{"mcp.session.id": ..}` and `{"mcp": {"session": {"id": ..}}}` alike.
+//!
+//! Lookups never allocate: candidate keys are slices of the path text.
+
+use std::fmt;
+
+use serde_json::Value;
+
+/// A compiled path.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Path {
+    text: Box<str>,
+    segs: Vec<Seg>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Seg {
+    /// The key's byte range in `text` (without a filter).
+    start: usize,
+    end: usize,
+    /// The segment read as an array index, when it is all digits.
+    index: Option<usize>,
+    /// `[key=value]`: keep only the array elements whose `key` is `value`.
+    filter: Option<(Box<str>, Box<str>)>,
+}
+
+/// Why a path does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("path `{path}`: {message}")]
+pub struct PathError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Debug for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Path({})", self.text)
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Path {
+    pub fn parse(text: &str) -> Result<Path, PathError> {
+        let fail = |message: &str| PathError {
+            path: text.to_owned(),
+            message: message.to_owned(),
+        };
+        if text.is_empty() {
+            return Err(fail("is empty"));
+        }
+        let mut segs = Vec::new();
+        let mut start = 0;
+        let bytes = text.as_bytes();
+        while start <= text.len() {
+            // A segment ends at the next `.` outside brackets.
+            let mut end = start;
+            let mut depth = 0;
+            while end < text.len() {
+                match bytes[end] {
+                    b'[' => depth += 1,
+                    b']' => depth -= 1,
+                    b'.' if depth == 0 => break,
+                    _ => {}
+                }
+                end += 1;
+            }
+            let seg = &text[start..end];
+            if seg.is_empty() {
+                return Err(fail("has an empty segment (two dots, or a dot at an end)"));
+            }
+            let (key_end, filter) = match seg.find('[') {
+                None => (end, None),
+                Some(open) => {
+                    let inner = seg[open + 1..]
+                        .strip_suffix(']')
+                        .ok_or_else(|| fail("a `[` filter must end the segment with `]`"))?;
+                    let (k, v) = inner
+                        .split_once('=')
+                        .ok_or_else(|| fail("a filter reads `[key=value]`"))?;
+                    if k.is_empty() {
+                        return Err(fail("a filter needs a key: `[key=value]`"));
+                    }
+                    (start + open, Some((k.into(), v.into())))
+                }
+            };
+            if key_end == start {
+                return Err(fail("a filter must follow a key: `name[key=value]`"));
+            }
+            let key = &text[start..key_end];
+            segs.push(Seg {
+                start,
+                end: key_end,
+                index: key
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| key.parse().ok())
+                    .flatten(),
+                filter,
+            });
+            start = end + 1;
+        }
+        Ok(Path {
+            text: text.into(),
+            segs,
+        })
+    }
+
+    /// A path of one key, taken literally (for a field name that does not
+    /// parse as a path, such as one with an empty segment).
+    pub fn literal(text: &str) -> Path {
+        Path {
+            text: text.into(),
+            segs: vec![Seg {
+                start: 0,
+                end: text.len(),
+                index: None,
+                filter: None,
+            }],
+        }
+    }
+
+    /// A field name as a path: dotted when it parses, else literal.
+    pub fn field(text: &str) -> Path {
+        Path::parse(text).unwrap_or_else(|_| Path::literal(text))
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the path is one plain key (no dots, filters or indexes).
+    pub fn is_plain(&self) -> bool {
+        self.segs.len() == 1 && self.segs[0].filter.is_none()
+    }
+
+    /// The first non-null value the path reaches in `root`.
+    pub fn first<'v>(&self, root: &'v Value) -> Option<&'v Value> {
+        self.first_from(root, 0)
+    }
+
+    /// Whether `pred` holds for any value the path reaches in `root`.
+    pub fn any(&self, root: &Value, pred: &mut dyn FnMut(&Value) -> bool) -> bool {
+        self.walk(root, 0, pred)
+    }
+
+    /// [`Path::any`] where the top level is not a JSON object but looked
+    /// up by `get` (an event's kept fields).
+    pub fn any_in<'v>(
+        &self,
+        get: &dyn Fn(&str) -> Option<&'v Value>,
+        pred: &mut dyn FnMut(&Value) -> bool,
+    ) -> bool {
+        self.walk_keys(get, 0, pred)
+    }
+
+    /// [`Path::first`] over a top level looked up by `get`.
+    pub fn first_in<'v>(&self, get: &dyn Fn(&str) -> Option<&'v Value>) -> Option<&'v Value> {
+        for j in self.literal_runs(0) {
+            let key = &self.text[self.segs[0].start..self.segs[j].end];
+            if let Some(child) = get(key) {
+                return self.first_after(child, j);
+            }
+        }
+        None
+    }
+
+    /// The first non-null value reached below `child`, the value of
+    /// segment `j` (its filter not yet applied).
+    fn first_after<'v>(&self, child: &'v Value, j: usize) -> Option<&'v Value> {
+        match &self.segs[j].filter {
+            None => self.first_from(child, j + 1),
+            Some((k, want)) => match child {
+                Value::Array(items) => items
+                    .iter()
+                    .filter(|it| filter_holds(it, k, want))
+                    .find_map(|it| self.first_from(it, j + 1)),
+                other if filter_holds(other, k, want) => self.first_from(other, j + 1),
+                _ => None,
+            },
+        }
+    }
+
+    fn first_from<'v>(&self, v: &'v Value, i: usize) -> Option<&'v Value> {
+        if i == self.segs.len() {
+            return (!v.is_null()).then_some(v);
+        }
+        match v {
+            Value::Object(map) => {
+                for j in self.literal_runs(i) {
+                    let key = &self.text[self.segs[i].start..self.segs[j].end];
+                    if let Some(child) = map.get(key) {
+                        return self.first_after(child, j);
+                    }
+                }
+                None
+            }
+            Value::Array(items) => match self.segs[i].index {
+                Some(n) if self.segs[i].filter.is_none() => {
+                    items.get(n).and_then(|it| self.first_from(it, i + 1))
+                }
+                _ => items.iter().find_map(|it| self.first_from(it, i)),
+            },
+            _ => None,
+        }
+    }
+
+    /// The last segment index `j` of each literal-key candidate starting at
+    /// segment `i`, longest first. A run never crosses a filter (a filter
+    /// may end the run).
+    fn literal_runs(&self, i: usize) -> impl Iterator<Item = usize> + use<> {
+        let mut last = i;
+        while last + 1 < self.segs.len() && self.segs[last].filter.is_none() {
+            last += 1;
+        }
+        (i..=last).rev()
+    }
+
+    fn walk(&self, v: &Value, i: usize, f: &mut dyn FnMut(&Value) -> bool) -> bool {
+        if i == self.segs.len() {
+            return f(v);
+        }
+        match v {
+            Value::Object(map) => {
+                for j in self.literal_runs(i) {
+                    let key = &self.text[self.segs[i].start..self.segs[j].end];
+                    if let Some(child) = map.get(key) {
+                        return self.after(child, j, f);
+                    }
+                }
+                false
+            }
+            Value::Array(items) => match self.segs[i].index {
+                Some(n) if self.segs[i].filter.is_none() => {
+                    items.get(n).is_some_and(|it| self.walk(it, i + 1, f))
+                }
+                _ => items.iter().any(|it| self.walk(it, i, f)),
+            },
+            _ => false,
+        }
+    }
+
+    fn walk_keys<'v>(
+        &self,
+        get: &dyn Fn(&str) -> Option<&'v Value>,
+        i: usize,
+        f: &mut dyn FnMut(&Value) -> bool,
+    ) -> bool {
+        for j in self.literal_runs(i) {
+            let key = &self.text[self.segs[i].start..self.segs[j].end];
+            if let Some(child) = get(key) {
+                return self.after(child, j, f);
+            }
+        }
+        false
+    }
+
+    /// Continues below `child`, the value of segment `j`.
+    fn after(&self, child: &Value, j: usize, f: &mut dyn FnMut(&Value) -> bool) -> bool {
+        match &self.segs[j].filter {
+            None => self.walk(child, j + 1, f),
+            Some((k, want)) => match child {
+                Value::Array(items) => items
+                    .iter()
+                    .filter(|it| filter_holds(it, k, want))
+                    .any(|it| self.walk(it, j + 1, f)),
+                other => filter_holds(other, k, want) && self.walk(other, j + 1, f),
+            },
+        }
+    }
+}
+
+/// `[key=value]` on one element: its `key` is the string `value`, or a
+/// number or boolean written so.
+fn filter_holds(item: &Value, key: &str, want: &str) -> bool {
+    match item.get(key) {
+        Some(Value::String(s)) => s == want,
+        Some(Value::Number(n)) => n.to_string() == want,
+        Some(Value::Bool(b)) => (if *b { "true" } else { "false" }) == want,
+        _ => false,
+    }
+}
