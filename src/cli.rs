@@ -248,7 +248,15 @@ pub struct GenerateArgs {
     pub disorder: i64,
     /// Output framing.
     #[arg(long, value_enum, default_value_t = GenFormat::Jsonl)]
-    pub format: GenFormat,
+    pub framing: GenFormat,
+    /// Write the events as records of this product's format (what the
+    /// built-in format of that name reads): toolhive, agentgateway, ocsf,
+    /// kong, cloudflare, azure_apim, contextforge, couchbase, ecs. Events
+    /// the product writes no record for are left out.
+    #[arg(long, value_name = "NAME", default_value = "native",
+          value_parser = clap::builder::PossibleValuesParser::new(
+              std::iter::once("native").chain(crate::corpus::render::FORMATS)))]
+    pub format: String,
 }
 
 #[derive(Debug, Args)]
@@ -630,13 +638,33 @@ fn generate_cmd(args: GenerateArgs) -> Result<u8> {
         agents: args.agents,
         spacing_ms: args.spacing,
         disorder_ms: args.disorder,
-        syslog: args.format == GenFormat::Syslog,
+        syslog: args.framing == GenFormat::Syslog && args.format == "native",
         ..CorpusConfig::default()
     });
     let mut out = BufWriter::with_capacity(256 * 1024, io::stdout().lock());
     let mut line = String::with_capacity(512);
-    for _ in 0..args.events {
+    let native = Decoder::default();
+    for n in 0..args.events {
         corpus.next_line(&mut line);
+        if args.format != "native" {
+            let ev = native
+                .decode(line.as_bytes())
+                .context("the generator wrote an invalid event")?;
+            let Some(record) = crate::corpus::render::render(&args.format, &ev, n) else {
+                continue;
+            };
+            let header = (args.framing == GenFormat::Syslog).then(|| {
+                format!(
+                    "<110>1 {} mcp-gw {} - audit - ",
+                    crate::alert::format_ts(ev.ts),
+                    args.format
+                )
+            });
+            drop(ev);
+            line.clear();
+            line.push_str(header.as_deref().unwrap_or_default());
+            line.push_str(&record.to_string());
+        }
         line.push('\n');
         match out.write_all(line.as_bytes()) {
             Ok(()) => {}

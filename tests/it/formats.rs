@@ -413,16 +413,7 @@ fn ecs_events() {
 #[test]
 fn auto_detects_every_format_and_native_first() {
     let d = decoder("auto");
-    for name in [
-        "toolhive",
-        "agentgateway",
-        "ocsf",
-        "kong",
-        "cloudflare",
-        "azure_apim",
-        "contextforge",
-        "couchbase",
-    ] {
+    for name in mcp_alertd::corpus::render::FORMATS {
         let explicit = decoder(name);
         for line in fixture(name) {
             let a = events(&d, &line).map(|v| {
@@ -839,4 +830,203 @@ derive_sessions = "30m"
     };
     assert!(line("agentgateway").contains("in use"), "{text}");
     assert!(line("toolhive").contains("in use (auto)"), "{text}");
+}
+
+/// What each format can carry of the examples: the rules whose alerts must
+/// equal the native run's, the key fields compared without (derived in
+/// place of the product's), whether records carry the tenant and the
+/// session id (else `--tenant` per tenant, and derived sessions).
+/// (format, rules compared, key fields lost, carries the tenant, carries
+/// the session id).
+type RoundTrip = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    bool,
+    bool,
+);
+
+const ROUND_TRIP: [RoundTrip; 9] = [
+    (
+        "ocsf",
+        &[
+            "auth_failure_burst",
+            "unauthorized_tool_attempt",
+            "session_injection_incident",
+            "credential_unused",
+            "credential_unused_revoke",
+            "session_overrun",
+        ],
+        &[],
+        true,
+        true,
+    ),
+    (
+        "ecs",
+        &[
+            "auth_failure_burst",
+            "unauthorized_tool_attempt",
+            "session_injection_incident",
+        ],
+        &[],
+        true,
+        true,
+    ),
+    (
+        "kong",
+        &["unauthorized_tool_attempt", "session_injection_incident"],
+        &[],
+        true,
+        true,
+    ),
+    (
+        "agentgateway",
+        &["unauthorized_tool_attempt", "session_injection_incident"],
+        &[],
+        false,
+        true,
+    ),
+    (
+        "cloudflare",
+        &[
+            "auth_failure_burst",
+            "unauthorized_tool_attempt",
+            "session_injection_incident",
+        ],
+        &[],
+        false,
+        true,
+    ),
+    (
+        "azure_apim",
+        &[
+            "auth_failure_burst",
+            "unauthorized_tool_attempt",
+            "session_injection_incident",
+        ],
+        &[],
+        false,
+        true,
+    ),
+    ("contextforge", &["auth_failure_burst"], &[], false, true),
+    (
+        "toolhive",
+        &["unauthorized_tool_attempt"],
+        &["session_id"],
+        false,
+        false,
+    ),
+    (
+        "couchbase",
+        &["unauthorized_tool_attempt"],
+        &["session_id"],
+        false,
+        false,
+    ),
+];
+
+/// Alerts of lines through one decoder, projected to what a format keeps.
+fn projected(d: &Decoder, lines: &[String], rules: &[&str], lost: &[&str]) -> Vec<String> {
+    use mcp_alertd::engine::{Engine, EngineConfig, RuleSet};
+    use mcp_alertd::event::Position;
+    use mcp_alertd::pipeline::step::Record;
+    use mcp_alertd::replay::Replayer;
+    let set = Arc::new(RuleSet::embedded().unwrap());
+    let mut replayer = Replayer::new(Engine::new(set, EngineConfig::default()), 5_000);
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let pos = Position::Stdin { line: i as u64 + 1 };
+        replayer
+            .apply(
+                Record::Bytes(line.as_bytes()),
+                d,
+                &pos,
+                &mut out,
+                &mut |r, at| {
+                    if let Err(e) = r {
+                        panic!("{at}: {e}: {line}");
+                    }
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    replayer.finish(&mut out);
+    let mut got: Vec<String> = out
+        .into_iter()
+        .map(|d| mcp_alertd::alert::render(d, None))
+        .filter(|a| rules.contains(&a.rule.as_str()))
+        .map(|a| {
+            let key: Vec<String> = a
+                .key
+                .iter()
+                .filter(|(k, _)| !lost.contains(&k.as_str()))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!(
+                "{} {} {} {} {}",
+                a.rule,
+                a.tenant,
+                a.ts,
+                a.count,
+                key.join(",")
+            )
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+#[test]
+fn the_examples_rendered_as_each_format_give_the_native_alerts() {
+    use mcp_alertd::corpus::render::render;
+    let examples =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/audit.jsonl"))
+            .unwrap();
+    let native = Decoder::default();
+    let events: Vec<(String, String)> = examples
+        .lines()
+        .filter_map(|l| {
+            native
+                .decode(l.as_bytes())
+                .ok()
+                .map(|ev| (l.to_owned(), ev.tenant.to_string()))
+        })
+        .collect();
+    for (format, rules, lost, has_tenant, has_session) in ROUND_TRIP {
+        let mut pairs: Vec<(String, String, String)> = Vec::new();
+        for (n, (line, tenant)) in events.iter().enumerate() {
+            let ev = native.decode(line.as_bytes()).unwrap();
+            if let Some(record) = render(format, &ev, n as u64) {
+                pairs.push((line.clone(), record.to_string(), tenant.clone()));
+            }
+        }
+        let tenants: std::collections::BTreeSet<&str> = if has_tenant {
+            ["*"].into()
+        } else {
+            pairs.iter().map(|p| p.2.as_str()).collect()
+        };
+        let mut total = 0;
+        for tenant in tenants {
+            let group: Vec<&(String, String, String)> = pairs
+                .iter()
+                .filter(|p| tenant == "*" || p.2 == tenant)
+                .collect();
+            let natives: Vec<String> = group.iter().map(|p| p.0.clone()).collect();
+            let records: Vec<String> = group.iter().map(|p| p.1.clone()).collect();
+            let mut d = decoder(format);
+            if !has_session {
+                d.derive_sessions_ms = Some(30 * 60_000);
+            } else {
+                d.derive_sessions_ms = None;
+            }
+            if !has_tenant {
+                d.tenant = Some(tenant.into());
+            }
+            let want = projected(&native, &natives, rules, lost);
+            let got = projected(&d, &records, rules, lost);
+            assert_eq!(got, want, "{format}, tenant {tenant}");
+            total += want.len();
+        }
+        assert!(total > 0, "{format}: no alert to compare");
+    }
 }

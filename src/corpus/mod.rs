@@ -6,6 +6,8 @@
 //! authentication failures, sessions with denied tools, credentials that are
 //! used or forgotten, and bounded disorder of timestamps.
 
+pub mod render;
+
 use std::fmt::Write as _;
 
 use crate::alert::format_ts;
