@@ -4,7 +4,8 @@
 # build of the benchmarks. Runs from any directory on Debian with a Rust
 # toolchain, as root: it installs what the interop tests use when missing
 # (util-linux `logger`, rsyslog, the aiosmtpd SMTP server, the Standard
-# Webhooks reference verifier from PyPI, and the tansu Kafka-protocol
+# Webhooks reference verifier and the MCP Python SDK from PyPI, and the
+# tansu Kafka-protocol
 # broker from crates.io, built once into $MCP_ALERTD_TOOLS, default
 # /opt/mcp-alertd-tools, outside the clone). The broker and cargo-deb are
 # built without optimizations (`--debug`): the tests need them correct,
@@ -29,6 +30,12 @@ fi
 if ! python3 -c 'import standardwebhooks' >/dev/null 2>&1; then
   echo "== installing standardwebhooks (PyPI)"
   python3 -m pip install --quiet --disable-pip-version-check standardwebhooks
+fi
+
+# The official MCP Python SDK for the SDK interop test (integrations/python).
+if ! python3 -c 'import mcp, uvicorn, httpx' >/dev/null 2>&1; then
+  echo "== installing the MCP Python SDK (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check "mcp==1.30.0"
 fi
 
 # A Kafka-protocol broker for the Kafka interop test: tansu, installed once.

@@ -16,6 +16,7 @@ mod formats;
 mod framing;
 mod golden;
 mod kafka;
+mod mcp_sdk;
 mod model;
 mod operator;
 mod packaging;
