@@ -5,8 +5,8 @@
 # toolchain, as root: it installs what the interop tests use when missing
 # (util-linux `logger`, rsyslog, the aiosmtpd SMTP server, the Standard
 # Webhooks reference verifier and the MCP Python SDK from PyPI, and the
-# tansu Kafka-protocol
-# broker from crates.io, built once into $MCP_ALERTD_TOOLS, default
+# tansu Kafka-protocol broker from crates.io, built once into
+# $MCP_ALERTD_TOOLS, default
 # /opt/mcp-alertd-tools, outside the clone). The broker and cargo-deb are
 # built without optimizations (`--debug`): the tests need them correct,
 # not fast, and an unoptimized build takes a fraction of the time.

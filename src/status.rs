@@ -208,7 +208,7 @@ pub fn summary(
 }
 
 /// One line per source: records and their rate, rejections by reason,
-/// drops, connections and Kafka lag.
+/// unmapped records, drops, connections and Kafka lag.
 fn sources(before: &[Sample], after: &[Sample], secs: f64) -> Vec<String> {
     let received = by_label(after, "mcp_alertd_records_received_total", "source");
     let received_before = by_label(before, "mcp_alertd_records_received_total", "source");
@@ -227,6 +227,17 @@ fn sources(before: &[Sample], after: &[Sample], secs: f64) -> Vec<String> {
             .filter_map(|s| Some((s.labels.get("reason")?.clone(), s.value)))
             .collect();
         let mut extra = String::new();
+        let unmapped: f64 = after
+            .iter()
+            .filter(|s| {
+                s.name == "mcp_alertd_records_unmapped_total"
+                    && s.labels.get("source") == Some(source)
+            })
+            .map(|s| s.value)
+            .sum();
+        if unmapped > 0.0 {
+            extra.push_str(&format!(", {unmapped} unmapped"));
+        }
         if let Some(d) = dropped.get(source).filter(|d| **d > 0.0) {
             extra.push_str(&format!(", {d} dropped (queue full)"));
         }

@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use regex::Regex;
 use serde_json::Value;
 
-pub use path::{Path, PathError};
+pub use path::{Node, Path, PathError};
 
 /// A borrowed field value.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +54,7 @@ pub enum Scalar {
 
 /// Visits the values a path reaches: called with a predicate, it applies
 /// it to each value until one holds, and says whether one did.
-pub type Reach<'r> = dyn FnMut(&mut dyn FnMut(&Value) -> bool) -> bool + 'r;
+pub type Reach<'r, N> = dyn FnMut(&mut dyn FnMut(&N) -> bool) -> bool + 'r;
 
 /// A numeric comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,12 +116,22 @@ impl Test {
     /// Evaluates on every value a path reaches: `reach(pred)` calls `pred`
     /// on each reached value until it returns true, and says whether it did.
     /// Nothing reached reads as absent.
-    pub fn eval_reached(&self, reach: &mut Reach<'_>) -> bool {
+    pub fn eval_reached<N: Node>(&self, reach: &mut Reach<'_, N>) -> bool {
         match self {
             Test::Not(inner) => !inner.eval_reached(reach),
-            Test::Exists(want) => reach(&mut |v: &Value| !v.is_null()) == *want,
+            Test::Exists(want) => reach(&mut |v: &N| !v.is_null()) == *want,
             Test::All(tests) => tests.iter().all(|t| t.eval_reached(reach)),
-            _ => reach(&mut |v: &Value| self.eval(Val::from_json(v))),
+            _ => reach(&mut |v: &N| self.eval_node(v)),
+        }
+    }
+
+    /// A value test on one reached node: on an array, any element.
+    fn eval_node<N: Node>(&self, n: &N) -> bool {
+        match n.items() {
+            Some(items) => items
+                .iter()
+                .any(|i| i.val().is_some_and(|v| self.eval_one(v))),
+            None => n.val().is_some_and(|v| self.eval_one(v)),
         }
     }
 

@@ -14,6 +14,53 @@ use std::fmt;
 
 use serde_json::Value;
 
+use super::Val;
+
+/// A JSON tree a path can walk: `serde_json::Value`, or the borrowed tree
+/// formats parse records into.
+pub trait Node: Sized {
+    /// The member `key` of an object (the last one when repeated).
+    fn get(&self, key: &str) -> Option<&Self>;
+    /// The elements of an array.
+    fn items(&self) -> Option<&[Self]>;
+    fn is_null(&self) -> bool;
+    /// A scalar as a condition value; `None` for null. Arrays are walked
+    /// by the caller; an object reads as [`Val::Object`].
+    fn val(&self) -> Option<Val<'_>>;
+    /// Whether a scalar reads `want` (strings as they are, numbers and
+    /// booleans as JSON writes them): element filters `[key=value]`.
+    fn reads(&self, want: &str) -> bool;
+}
+
+impl Node for Value {
+    fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Object(m) => m.get(key),
+            _ => None,
+        }
+    }
+    fn items(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+    fn is_null(&self) -> bool {
+        Value::is_null(self)
+    }
+    fn val(&self) -> Option<Val<'_>> {
+        Val::from_json(self)
+    }
+    fn reads(&self, want: &str) -> bool {
+        match self {
+            Value::String(s) => s == want,
+            Value::Number(n) => n.to_string() == want,
+            Value::Bool(b) => (if *b { "true" } else { "false" }) == want,
+            _ => false,
+        }
+    }
+}
+
 /// A compiled path.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Path {
@@ -147,27 +194,27 @@ impl Path {
     }
 
     /// The first non-null value the path reaches in `root`.
-    pub fn first<'v>(&self, root: &'v Value) -> Option<&'v Value> {
+    pub fn first<'v, N: Node>(&self, root: &'v N) -> Option<&'v N> {
         self.first_from(root, 0)
     }
 
     /// Whether `pred` holds for any value the path reaches in `root`.
-    pub fn any(&self, root: &Value, pred: &mut dyn FnMut(&Value) -> bool) -> bool {
+    pub fn any<N: Node>(&self, root: &N, pred: &mut dyn FnMut(&N) -> bool) -> bool {
         self.walk(root, 0, pred)
     }
 
     /// [`Path::any`] where the top level is not a JSON object but looked
     /// up by `get` (an event's kept fields).
-    pub fn any_in<'v>(
+    pub fn any_in<'v, N: Node + 'v>(
         &self,
-        get: &dyn Fn(&str) -> Option<&'v Value>,
-        pred: &mut dyn FnMut(&Value) -> bool,
+        get: &dyn Fn(&str) -> Option<&'v N>,
+        pred: &mut dyn FnMut(&N) -> bool,
     ) -> bool {
         self.walk_keys(get, 0, pred)
     }
 
     /// [`Path::first`] over a top level looked up by `get`.
-    pub fn first_in<'v>(&self, get: &dyn Fn(&str) -> Option<&'v Value>) -> Option<&'v Value> {
+    pub fn first_in<'v, N: Node>(&self, get: &dyn Fn(&str) -> Option<&'v N>) -> Option<&'v N> {
         for j in self.literal_runs(0) {
             let key = &self.text[self.segs[0].start..self.segs[j].end];
             if let Some(child) = get(key) {
@@ -179,42 +226,70 @@ impl Path {
 
     /// The first non-null value reached below `child`, the value of
     /// segment `j` (its filter not yet applied).
-    fn first_after<'v>(&self, child: &'v Value, j: usize) -> Option<&'v Value> {
+    fn first_after<'v, N: Node>(&self, child: &'v N, j: usize) -> Option<&'v N> {
         match &self.segs[j].filter {
             None => self.first_from(child, j + 1),
-            Some((k, want)) => match child {
-                Value::Array(items) => items
+            Some((k, want)) => match child.items() {
+                Some(items) => items
                     .iter()
-                    .filter(|it| filter_holds(it, k, want))
+                    .filter(|it| filter_holds(*it, k, want))
                     .find_map(|it| self.first_from(it, j + 1)),
-                other if filter_holds(other, k, want) => self.first_from(other, j + 1),
-                _ => None,
+                None if filter_holds(child, k, want) => self.first_from(child, j + 1),
+                None => None,
             },
         }
     }
 
-    fn first_from<'v>(&self, v: &'v Value, i: usize) -> Option<&'v Value> {
+    fn first_from<'v, N: Node>(&self, v: &'v N, i: usize) -> Option<&'v N> {
         if i == self.segs.len() {
             return (!v.is_null()).then_some(v);
         }
-        match v {
-            Value::Object(map) => {
-                for j in self.literal_runs(i) {
-                    let key = &self.text[self.segs[i].start..self.segs[j].end];
-                    if let Some(child) = map.get(key) {
-                        return self.first_after(child, j);
-                    }
-                }
-                None
-            }
-            Value::Array(items) => match self.segs[i].index {
+        if let Some(items) = v.items() {
+            return match self.segs[i].index {
                 Some(n) if self.segs[i].filter.is_none() => {
                     items.get(n).and_then(|it| self.first_from(it, i + 1))
                 }
                 _ => items.iter().find_map(|it| self.first_from(it, i)),
-            },
-            _ => None,
+            };
         }
+        for j in self.literal_runs(i) {
+            let key = &self.text[self.segs[i].start..self.segs[j].end];
+            if let Some(child) = v.get(key) {
+                return self.first_after(child, j);
+            }
+        }
+        None
+    }
+
+    /// The number of segments.
+    pub fn len(&self) -> usize {
+        self.segs.len()
+    }
+
+    /// Never true: a path has at least one segment.
+    pub fn is_empty(&self) -> bool {
+        self.segs.is_empty()
+    }
+
+    /// Whether segment `i` reads as an array index.
+    pub fn is_index(&self, i: usize) -> bool {
+        self.segs[i].index.is_some() && self.segs[i].filter.is_none()
+    }
+
+    /// The literal key of segments `i..=j` joined by dots.
+    pub fn key_run(&self, i: usize, j: usize) -> &str {
+        &self.text[self.segs[i].start..self.segs[j].end]
+    }
+
+    /// The key a filter on segment `j` tests, if it has one.
+    pub fn filter_key(&self, j: usize) -> Option<&str> {
+        self.segs[j].filter.as_ref().map(|(k, _)| &**k)
+    }
+
+    /// The last segment index `j` of each literal-key candidate starting at
+    /// segment `i`, longest first (see the module docs).
+    pub fn runs(&self, i: usize) -> impl Iterator<Item = usize> + use<> {
+        self.literal_runs(i)
     }
 
     /// The last segment index `j` of each literal-key candidate starting at
@@ -228,35 +303,32 @@ impl Path {
         (i..=last).rev()
     }
 
-    fn walk(&self, v: &Value, i: usize, f: &mut dyn FnMut(&Value) -> bool) -> bool {
+    fn walk<N: Node>(&self, v: &N, i: usize, f: &mut dyn FnMut(&N) -> bool) -> bool {
         if i == self.segs.len() {
             return f(v);
         }
-        match v {
-            Value::Object(map) => {
-                for j in self.literal_runs(i) {
-                    let key = &self.text[self.segs[i].start..self.segs[j].end];
-                    if let Some(child) = map.get(key) {
-                        return self.after(child, j, f);
-                    }
-                }
-                false
-            }
-            Value::Array(items) => match self.segs[i].index {
+        if let Some(items) = v.items() {
+            return match self.segs[i].index {
                 Some(n) if self.segs[i].filter.is_none() => {
                     items.get(n).is_some_and(|it| self.walk(it, i + 1, f))
                 }
                 _ => items.iter().any(|it| self.walk(it, i, f)),
-            },
-            _ => false,
+            };
         }
+        for j in self.literal_runs(i) {
+            let key = &self.text[self.segs[i].start..self.segs[j].end];
+            if let Some(child) = v.get(key) {
+                return self.after(child, j, f);
+            }
+        }
+        false
     }
 
-    fn walk_keys<'v>(
+    fn walk_keys<'v, N: Node + 'v>(
         &self,
-        get: &dyn Fn(&str) -> Option<&'v Value>,
+        get: &dyn Fn(&str) -> Option<&'v N>,
         i: usize,
-        f: &mut dyn FnMut(&Value) -> bool,
+        f: &mut dyn FnMut(&N) -> bool,
     ) -> bool {
         for j in self.literal_runs(i) {
             let key = &self.text[self.segs[i].start..self.segs[j].end];
@@ -268,27 +340,21 @@ impl Path {
     }
 
     /// Continues below `child`, the value of segment `j`.
-    fn after(&self, child: &Value, j: usize, f: &mut dyn FnMut(&Value) -> bool) -> bool {
+    fn after<N: Node>(&self, child: &N, j: usize, f: &mut dyn FnMut(&N) -> bool) -> bool {
         match &self.segs[j].filter {
             None => self.walk(child, j + 1, f),
-            Some((k, want)) => match child {
-                Value::Array(items) => items
+            Some((k, want)) => match child.items() {
+                Some(items) => items
                     .iter()
-                    .filter(|it| filter_holds(it, k, want))
+                    .filter(|it| filter_holds(*it, k, want))
                     .any(|it| self.walk(it, j + 1, f)),
-                other => filter_holds(other, k, want) && self.walk(other, j + 1, f),
+                None => filter_holds(child, k, want) && self.walk(child, j + 1, f),
             },
         }
     }
 }
 
-/// `[key=value]` on one element: its `key` is the string `value`, or a
-/// number or boolean written so.
-fn filter_holds(item: &Value, key: &str, want: &str) -> bool {
-    match item.get(key) {
-        Some(Value::String(s)) => s == want,
-        Some(Value::Number(n)) => n.to_string() == want,
-        Some(Value::Bool(b)) => (if *b { "true" } else { "false" }) == want,
-        _ => false,
-    }
+/// `[key=value]` on one element: its `key` reads `value`.
+fn filter_holds<N: Node>(item: &N, key: &str, want: &str) -> bool {
+    item.get(key).is_some_and(|v| v.reads(want))
 }

@@ -188,7 +188,7 @@ impl<'de> Visitor<'de> for EventVisitor<'_, 'de> {
 }
 
 /// A string that borrows from the input when it has no escapes.
-struct CowStr;
+pub(super) struct CowStr;
 
 impl<'de> DeserializeSeed<'de> for CowStr {
     type Value = Cow<'de, str>;

@@ -217,7 +217,7 @@ impl Decoder {
         let format = match &self.format {
             Selector::Native => return self.finish(json::decode_event(payload)?).map(Decoded::One),
             Selector::Format(f) => {
-                let root = parse(payload)?;
+                let root = format::tree::parse(payload, f.need())?;
                 if !f.recognizes(&root) {
                     return Err(DecodeError::Unmapped(f.name.clone()));
                 }
@@ -225,8 +225,11 @@ impl Decoder {
             }
             Selector::Auto(set) => set,
         };
-        let root = parse(payload)?;
-        if matches!(root.get("event"), Some(Value::String(_))) {
+        let root = format::tree::parse(payload, format.auto_need())?;
+        if matches!(
+            crate::condition::Node::get(&root, "event"),
+            Some(format::tree::J::Str(_))
+        ) {
             return self.finish(json::decode_event(payload)?).map(Decoded::One);
         }
         match format
@@ -242,11 +245,11 @@ impl Decoder {
     fn mapped<'a>(
         &self,
         format: &Format,
-        root: Value,
+        root: format::tree::J<'a>,
         payload: &'a str,
     ) -> Result<Decoded<'a>, DecodeError> {
         let mapped = format
-            .map(root, payload)
+            .map(root, payload, kept_fields)
             .ok_or_else(|| DecodeError::Unmapped(format.name.clone()))?;
         let mut events = mapped.events;
         if events.len() == 1 && events[0].as_ref().is_ok_and(|e| e.part == 0) {
@@ -291,16 +294,19 @@ impl Decoder {
     }
 }
 
-/// Parses a record's JSON object for a format, with secret-looking fields
-/// dropped at any depth before anything reads it.
-fn parse(payload: &str) -> Result<Value, DecodeError> {
-    if !payload.starts_with('{') {
-        return Err(DecodeError::NotJson("expected a JSON object".to_owned()));
+/// The top-level fields of a record's JSON object, secret-looking ones
+/// dropped at any depth: the kept input fields of a mapped event, parsed
+/// when a rule first reads one (the record was valid JSON when mapped).
+fn kept_fields(text: &str) -> Vec<(String, Value)> {
+    match serde_json::from_str::<serde_json::Map<String, Value>>(text) {
+        Ok(map) => {
+            let mut v = Value::Object(map);
+            json::scrub(&mut v);
+            match v {
+                Value::Object(map) => map.into_iter().collect(),
+                _ => Vec::new(),
+            }
+        }
+        Err(_) => Vec::new(),
     }
-    let mut root: Value = serde_json::from_str(payload).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => DecodeError::BadField(e.to_string()),
-        _ => DecodeError::NotJson(e.to_string()),
-    })?;
-    json::scrub(&mut root);
-    Ok(root)
 }

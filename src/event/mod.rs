@@ -171,8 +171,12 @@ pub struct Event<'a> {
     pub trace_id: Option<Cow<'a, str>>,
     pub allowed_tools: Option<Vec<Cow<'a, str>>>,
     pub expected_runtime_s: Option<f64>,
-    /// Unknown fields, in record order, with secret-looking ones removed.
+    /// Unknown fields, in record order, with secret-looking ones removed
+    /// (for an event read through a format: the mapping's custom fields).
     pub extra: Vec<(Cow<'a, str>, serde_json::Value)>,
+    /// The input fields of a record read through a format, kept for rule
+    /// conditions and parsed only when one asks.
+    pub kept: Option<Kept<'a>>,
     /// The JSON object text the event was decoded from (the MSG of a syslog
     /// line): the basis of the trigger fingerprint in alert ids, so the same
     /// event yields the same ids whatever framing carried it.
@@ -211,6 +215,7 @@ impl<'a> Event<'a> {
             payload: "",
             part: 0,
             unclaimed: false,
+            kept: None,
         }
     }
 
@@ -250,13 +255,81 @@ impl<'a> Event<'a> {
         })
     }
 
-    /// An unknown field by name.
+    /// An unknown field by name: an extra field, else a kept input field.
     pub fn extra(&self, name: &str) -> Option<&serde_json::Value> {
         self.extra
             .iter()
             .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v)
+            .or_else(|| {
+                self.kept
+                    .as_ref()?
+                    .fields()
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v)
+            })
+    }
+
+    /// Every unknown field: the extra ones, then the kept input fields.
+    pub fn extras(&self) -> impl Iterator<Item = (&str, &serde_json::Value)> {
+        let kept = self.kept.as_ref().map(Kept::fields).unwrap_or_default();
+        self.extra
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v))
+            .chain(kept.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+}
+
+/// The top-level fields of a record's JSON object, parsed the first time a
+/// rule condition reads one (a format maps from a borrowed tree of its own;
+/// most events are never asked for a product field).
+#[derive(Clone)]
+pub struct Kept<'a> {
+    text: &'a str,
+    /// The decoder's parser (which drops secret-looking fields).
+    parse: fn(&str) -> Vec<(String, serde_json::Value)>,
+    parsed: std::cell::OnceCell<Vec<(String, serde_json::Value)>>,
+}
+
+impl<'a> Kept<'a> {
+    pub fn new(text: &'a str, parse: fn(&str) -> Vec<(String, serde_json::Value)>) -> Kept<'a> {
+        Kept {
+            text,
+            parse,
+            parsed: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Already parsed fields (for records that are not one JSON text).
+    pub fn parsed(fields: Vec<(String, serde_json::Value)>) -> Kept<'a> {
+        let cell = std::cell::OnceCell::new();
+        let _ = cell.set(fields);
+        Kept {
+            text: "",
+            parse: |_| Vec::new(),
+            parsed: cell,
+        }
+    }
+
+    pub fn fields(&self) -> &[(String, serde_json::Value)] {
+        self.parsed.get_or_init(|| (self.parse)(self.text))
+    }
+}
+
+impl fmt::Debug for Kept<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kept")
+            .field("fields", &self.fields())
+            .finish()
+    }
+}
+
+impl PartialEq for Kept<'_> {
+    fn eq(&self, other: &Kept<'_>) -> bool {
+        self.fields() == other.fields()
     }
 }
 

@@ -64,15 +64,29 @@ rule = "auth_failure_burst"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_summarizes_a_running_daemon() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, out) = start(SOURCES, dir.path()).await;
+    // The TCP source detects formats: one record of no known format is
+    // counted as unmapped.
+    let cfg = SOURCES.replace(
+        "type = \"syslog_tcp\"",
+        "type = \"syslog_tcp\"\nformat = \"auto\"",
+    );
+    assert_ne!(cfg, SOURCES);
+    let (daemon, out) = start(&cfg, dir.path()).await;
     let addr = daemon.local_addr("tcp").unwrap();
     let lines = scenario("status");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     for l in &lines {
         writeln!(s, "{l}").unwrap();
     }
+    writeln!(s, r#"{{"level":"info","msg":"not an audit record"}}"#).unwrap();
     s.flush().unwrap();
     wait_for("alerts", || out.alerts().len() >= 8).await;
+    let m = daemon.metrics().clone();
+    wait_for("the unmapped record", || {
+        m.render()
+            .contains("mcp_alertd_records_unmapped_total{source=\"tcp\",format=\"auto\"} 1")
+    })
+    .await;
     let metrics = daemon.metrics_addr().unwrap();
     let status = tokio::task::spawn_blocking(move || {
         Command::new(bin())
@@ -92,7 +106,8 @@ async fn status_summarizes_a_running_daemon() {
         "{text}"
     );
     assert!(text.contains("  tcp "), "{text}");
-    assert!(text.contains("11 records"), "{text}");
+    assert!(text.contains("12 records"), "{text}");
+    assert!(text.contains("1 unmapped"), "{text}");
     assert!(text.contains("alerts: 8 "), "{text}");
     assert!(text.contains("auth_failure_burst 1"), "{text}");
     assert!(text.contains("1 connections"), "{text}");

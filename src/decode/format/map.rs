@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use regex::Regex;
 use serde_json::Value;
 
+use super::tree::J;
 use super::{Conds, Const, Entry, EventName, FieldSpec, Format, Src, Target};
+use crate::condition::{Node, Val};
 use crate::decode::DecodeError;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, Kept};
 
 /// What one record became: its events (each may be rejected on its own,
 /// e.g. a fan-out element without a required field), numbered when there
@@ -18,11 +20,11 @@ pub struct Mapped<'a> {
 }
 
 impl Src {
-    fn any(
+    fn any<'a>(
         &self,
-        root: &Value,
-        item: Option<&Value>,
-        pred: &mut dyn FnMut(&Value) -> bool,
+        root: &J<'a>,
+        item: Option<&J<'a>>,
+        pred: &mut dyn FnMut(&J<'a>) -> bool,
     ) -> bool {
         match self {
             Src::Record(p) => p.any(root, pred),
@@ -31,32 +33,27 @@ impl Src {
         }
     }
 
-    fn first<'v>(&self, root: &'v Value, item: Option<&'v Value>) -> Option<&'v Value> {
+    fn first<'v, 'a>(&self, root: &'v J<'a>, item: Option<&'v J<'a>>) -> Option<&'v J<'a>> {
         match self {
             Src::Record(p) => p.first(root),
-            Src::Item(None) => item.filter(|v| !v.is_null()),
+            Src::Item(None) => item.filter(|v| !Node::is_null(*v)),
             Src::Item(Some(p)) => item.and_then(|v| p.first(v)),
         }
     }
 }
 
 impl Conds {
-    fn holds(&self, root: &Value, item: Option<&Value>) -> bool {
+    fn holds<'a>(&self, root: &J<'a>, item: Option<&J<'a>>) -> bool {
         self.tests.iter().all(|(src, test)| {
-            test.eval_reached(&mut |pred: &mut dyn FnMut(&Value) -> bool| src.any(root, item, pred))
+            test.eval_reached(&mut |pred: &mut dyn FnMut(&J<'a>) -> bool| src.any(root, item, pred))
         })
     }
 }
 
 /// A scalar's text: strings as they are, numbers and booleans as JSON
 /// writes them; lists, objects and null have none.
-fn text(v: &Value) -> Option<Cow<'_, str>> {
-    match v {
-        Value::String(s) => Some(Cow::Borrowed(s)),
-        Value::Number(n) => Some(Cow::Owned(n.to_string())),
-        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-        _ => None,
-    }
+fn text<'v>(v: &'v J<'_>) -> Option<Cow<'v, str>> {
+    v.text()
 }
 
 fn capture<'t>(re: &Regex, text: &'t str) -> Option<&'t str> {
@@ -87,9 +84,27 @@ fn num_text(n: f64) -> String {
 impl FieldSpec {
     /// The field as text, through the capture, port stripping and value
     /// map; the first source that yields a non-empty text wins.
-    fn string(&self, root: &Value, item: Option<&Value>) -> Option<String> {
+    fn string(&self, root: &J, item: Option<&J>) -> Option<String> {
+        self.cow(root, item).map(Cow::into_owned)
+    }
+
+    /// [`FieldSpec::string`] borrowing from the record where the value is
+    /// used as written (no capture, map, prefix or port to strip).
+    fn cow<'a>(&self, root: &J<'a>, item: Option<&J<'a>>) -> Option<Cow<'a, str>> {
+        let plain =
+            self.re.is_none() && self.map.is_none() && self.prefix.is_none() && !self.strip_port;
         for src in &self.sources {
-            let Some(t) = src.first(root, item).and_then(text) else {
+            let Some(v) = src.first(root, item) else {
+                continue;
+            };
+            if plain {
+                match v {
+                    J::Str(Cow::Borrowed(s)) if !s.is_empty() => return Some(Cow::Borrowed(s)),
+                    J::Str(Cow::Borrowed(_)) => continue,
+                    _ => {}
+                }
+            }
+            let Some(t) = text(v) else {
                 continue;
             };
             let t: &str = match &self.re {
@@ -113,44 +128,41 @@ impl FieldSpec {
                 _ => t,
             };
             if !t.is_empty() {
-                return Some(t);
+                return Some(Cow::Owned(t));
             }
         }
         match &self.value {
-            Some(Const::Str(s)) => Some(s.clone()),
-            Some(Const::Num(n)) => Some(num_text(*n)),
-            Some(Const::Bool(b)) => Some(b.to_string()),
+            Some(Const::Str(s)) => Some(Cow::Owned(s.clone())),
+            Some(Const::Num(n)) => Some(Cow::Owned(num_text(*n))),
+            Some(Const::Bool(b)) => Some(Cow::Owned(b.to_string())),
             Some(Const::List(_)) | None => None,
         }
     }
 
     /// The first value a source reaches, as it is.
-    fn raw<'v>(&self, root: &'v Value, item: Option<&'v Value>) -> Option<&'v Value> {
+    fn raw<'v, 'a>(&self, root: &'v J<'a>, item: Option<&'v J<'a>>) -> Option<&'v J<'a>> {
         self.sources.iter().find_map(|s| s.first(root, item))
     }
 
-    fn ts(&self, root: &Value, item: Option<&Value>) -> Result<Option<i64>, DecodeError> {
+    fn ts(&self, root: &J, item: Option<&J>) -> Result<Option<i64>, DecodeError> {
+        let bad = |e: String| DecodeError::BadTimestamp(format!("`ts`: {e}"));
         match self.raw(root, item) {
-            Some(v) => self
-                .time
-                .parse(v)
-                .map(Some)
-                .map_err(|e| DecodeError::BadTimestamp(format!("`ts`: {e}"))),
+            Some(v) => match v.val() {
+                Some(val) => self.time.parse(val).map(Some).map_err(bad),
+                None => Ok(None),
+            },
             None => match &self.value {
-                Some(Const::Num(n)) => self
-                    .time
-                    .parse(&Value::from(*n))
-                    .map(Some)
-                    .map_err(DecodeError::BadTimestamp),
+                Some(Const::Num(n)) => self.time.parse(Val::Num(*n)).map(Some).map_err(bad),
                 _ => Ok(None),
             },
         }
     }
 
-    fn number(&self, root: &Value, item: Option<&Value>) -> Option<f64> {
+    fn number(&self, root: &J, item: Option<&J>) -> Option<f64> {
         let found = self.raw(root, item).and_then(|v| match v {
-            Value::Number(n) => n.as_f64(),
-            Value::String(s) => s.trim().parse().ok(),
+            J::Int(i) => Some(*i as f64),
+            J::Float(f) => Some(*f),
+            J::Str(s) => s.trim().parse().ok(),
             _ => None,
         });
         found.or(match self.value {
@@ -159,22 +171,22 @@ impl FieldSpec {
         })
     }
 
-    fn list(&self, root: &Value, item: Option<&Value>) -> Option<Vec<String>> {
+    fn list(&self, root: &J, item: Option<&J>) -> Option<Vec<String>> {
         let found = self.raw(root, item).and_then(|v| match v {
-            Value::Array(items) => Some(
+            J::Arr(items) => Some(
                 items
                     .iter()
                     .filter_map(|i| text(i).map(Cow::into_owned))
                     .collect(),
             ),
-            Value::String(s) => Some(match &self.split {
+            J::Str(s) => Some(match &self.split {
                 Some(sep) => s
                     .split(sep.as_str())
                     .map(str::trim)
                     .filter(|t| !t.is_empty())
                     .map(str::to_owned)
                     .collect(),
-                None => vec![s.clone()],
+                None => vec![s.to_string()],
             }),
             _ => None,
         });
@@ -186,12 +198,12 @@ impl FieldSpec {
 
     /// A custom field: the value as found (or as text when a capture or a
     /// map applies).
-    fn json(&self, root: &Value, item: Option<&Value>) -> Option<Value> {
+    fn json(&self, root: &J, item: Option<&J>) -> Option<Value> {
         if self.re.is_some() || self.map.is_some() || self.strip_port || self.prefix.is_some() {
             return self.string(root, item).map(Value::String);
         }
         if let Some(v) = self.raw(root, item) {
-            return Some(v.clone());
+            return Some(v.to_value());
         }
         self.value.as_ref().map(|c| match c {
             Const::Str(s) => Value::String(s.clone()),
@@ -203,7 +215,7 @@ impl FieldSpec {
 }
 
 impl Conds {
-    fn holds_any(list: &[Conds], root: &Value) -> bool {
+    fn holds_any(list: &[Conds], root: &J) -> bool {
         list.iter().any(|c| c.holds(root, None))
     }
 }
@@ -212,7 +224,7 @@ impl Format {
     /// Whether a record is this format's (a format without a signature
     /// takes every record). An envelope (`unwrap`) is when any of its
     /// elements is.
-    pub fn recognizes(&self, root: &Value) -> bool {
+    pub fn recognizes(&self, root: &J) -> bool {
         let Some(sig) = &self.signature else {
             return true;
         };
@@ -222,15 +234,19 @@ impl Format {
                 .is_some_and(|items| items.iter().any(|it| Conds::holds_any(sig, it)))
     }
 
-    fn envelope<'v>(&self, root: &'v Value) -> Option<&'v [Value]> {
-        match self.unwrap.as_ref()?.first(root)? {
-            Value::Array(items) => Some(items),
-            _ => None,
-        }
+    fn envelope<'v, 'a>(&self, root: &'v J<'a>) -> Option<&'v [J<'a>]> {
+        self.unwrap.as_ref()?.first(root)?.items()
     }
 
-    /// Maps one record (secrets already dropped). `None`: no entry applies.
-    pub fn map<'a>(&self, root: Value, payload: &'a str) -> Option<Mapped<'a>> {
+    /// Maps one record (secrets already dropped); `payload` is its JSON
+    /// object text, whose fields are kept on each event. `None`: no entry
+    /// applies.
+    pub fn map<'a>(
+        &self,
+        root: J<'a>,
+        payload: &'a str,
+        kept: fn(&str) -> Vec<(String, Value)>,
+    ) -> Option<Mapped<'a>> {
         let mut events = Vec::new();
         let numbered = match self.envelope(&root) {
             Some(items) => {
@@ -240,12 +256,19 @@ impl Format {
                         .as_ref()
                         .is_none_or(|sig| Conds::holds_any(sig, item))
                     {
-                        self.map_one(item.clone(), payload, &mut events);
+                        let fields = match item.to_value() {
+                            Value::Object(m) => m.into_iter().collect(),
+                            _ => Vec::new(),
+                        };
+                        self.map_one(item, payload, || Kept::parsed(fields.clone()), &mut events);
                     }
                 }
                 true
             }
-            None => self.map_one(root, payload, &mut events) || events.len() > 1,
+            None => {
+                self.map_one(&root, payload, || Kept::new(payload, kept), &mut events)
+                    || events.len() > 1
+            }
         };
         if events.is_empty() {
             return None;
@@ -263,8 +286,9 @@ impl Format {
     /// Maps one record into `events`; says whether any came through `each`.
     fn map_one<'a>(
         &self,
-        root: Value,
+        root: &J<'a>,
         payload: &'a str,
+        kept: impl Fn() -> Kept<'a>,
         events: &mut Vec<Result<Event<'a>, DecodeError>>,
     ) -> bool {
         let first = events.len();
@@ -272,46 +296,32 @@ impl Format {
         for group in &self.groups {
             match &group.each {
                 None => {
-                    if let Some(e) = group.entries.iter().find(|e| e.when.holds(&root, None)) {
-                        events.push(build(e, &root, None, payload));
+                    if let Some(e) = group.entries.iter().find(|e| e.when.holds(root, None)) {
+                        events.push(build(e, root, None, payload));
                     }
                 }
                 Some(path) => {
-                    let Some(v) = path.first(&root) else {
+                    let Some(v) = path.first(root) else {
                         continue;
                     };
-                    let items = match v {
-                        Value::Array(items) => items.as_slice(),
-                        other => std::slice::from_ref(other),
+                    let items = match v.items() {
+                        Some(items) => items,
+                        None => std::slice::from_ref(v),
                     };
                     for it in items {
-                        if let Some(e) =
-                            group.entries.iter().find(|e| e.when.holds(&root, Some(it)))
+                        if let Some(e) = group.entries.iter().find(|e| e.when.holds(root, Some(it)))
                         {
                             fanned = true;
-                            events.push(build(e, &root, Some(it), payload));
+                            events.push(build(e, root, Some(it), payload));
                         }
                     }
                 }
             }
         }
-        // Every input field is kept (custom fields of the mapping after
-        // them, so they win a lookup); the last event takes the record's.
-        let mut kept: Vec<(Cow<'a, str>, Value)> = match root {
-            Value::Object(map) => map.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect(),
-            _ => Vec::new(),
-        };
-        let n = events.len();
-        for (i, ev) in events[first..].iter_mut().enumerate() {
-            if let Ok(ev) = ev {
-                let custom = std::mem::take(&mut ev.extra);
-                ev.extra = if first + i + 1 == n {
-                    std::mem::take(&mut kept)
-                } else {
-                    kept.clone()
-                };
-                ev.extra.extend(custom);
-            }
+        // Every input field is kept, parsed only if a rule asks; the
+        // mapping's custom fields (in `extra`) win a lookup.
+        for ev in events[first..].iter_mut().flatten() {
+            ev.kept = Some(kept());
         }
         fanned
     }
@@ -319,8 +329,8 @@ impl Format {
 
 fn build<'a>(
     entry: &Entry,
-    root: &Value,
-    item: Option<&Value>,
+    root: &J<'a>,
+    item: Option<&J<'a>>,
     payload: &'a str,
 ) -> Result<Event<'a>, DecodeError> {
     let mut ev = match &entry.event {
@@ -347,13 +357,13 @@ fn build<'a>(
         match target {
             Target::Ts => ts = spec.ts(root, item)?,
             Target::Tenant => {
-                if let Some(t) = spec.string(root, item) {
-                    ev.tenant = Cow::Owned(t);
+                if let Some(t) = spec.cow(root, item) {
+                    ev.tenant = t;
                 }
             }
             Target::Str(field) => {
-                if let (Some(t), Some(slot)) = (spec.string(root, item), ev.slot_mut(*field)) {
-                    *slot = Some(Cow::Owned(t));
+                if let (Some(t), Some(slot)) = (spec.cow(root, item), ev.slot_mut(*field)) {
+                    *slot = Some(t);
                 }
             }
             Target::AllowedTools => {

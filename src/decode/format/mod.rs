@@ -24,6 +24,7 @@
 
 mod map;
 pub mod time;
+pub mod tree;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -108,6 +109,8 @@ pub struct Format {
     /// An envelope array (`records`): its elements are mapped as records.
     unwrap: Option<Path>,
     groups: Vec<Group>,
+    /// What parsing keeps of a record: the paths the format reads.
+    need: tree::Need,
 }
 
 #[derive(Debug)]
@@ -320,6 +323,7 @@ impl Format {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let need = need_of(signature.as_deref(), unwrap.as_ref(), &groups);
         Ok(Format {
             name: name.into(),
             title,
@@ -327,7 +331,13 @@ impl Format {
             signature,
             unwrap,
             groups,
+            need,
         })
+    }
+
+    /// What parsing keeps of a record for this format.
+    pub(crate) fn need(&self) -> &tree::Need {
+        &self.need
     }
 
     /// Whether the format has a signature `auto` can detect it by.
@@ -349,6 +359,52 @@ impl Format {
         }
         out
     }
+}
+
+/// Every path a format reads, as the tree of members parsing keeps.
+fn need_of(signature: Option<&[Conds]>, unwrap: Option<&Path>, groups: &[Group]) -> tree::Need {
+    use tree::Need;
+    fn add(n: &mut Need, src: &Src, each: Option<&Path>) {
+        match (src, each) {
+            (Src::Record(p), _) => n.add(p, &|e| e.everything()),
+            (Src::Item(None), Some(each)) => n.add(each, &|e| e.everything()),
+            (Src::Item(Some(p)), Some(each)) => n.add(each, &|e| e.add(p, &|x| x.everything())),
+            (Src::Item(_), None) => {}
+        }
+    }
+    let mut root = Need::default();
+    for conds in signature.unwrap_or_default() {
+        for (src, _) in &conds.tests {
+            add(&mut root, src, None);
+        }
+    }
+    for group in groups {
+        let each = group.each.as_ref();
+        if let Some(each) = each {
+            // The elements are counted even when nothing of them is read.
+            root.add(each, &|_| {});
+        }
+        for entry in &group.entries {
+            for (src, _) in &entry.when.tests {
+                add(&mut root, src, each);
+            }
+            let specs = entry.fields.iter().map(|(_, s)| s);
+            let named = match &entry.event {
+                EventName::From(spec) => Some(spec),
+                EventName::Fixed(..) => None,
+            };
+            for spec in specs.chain(named) {
+                for src in &spec.sources {
+                    add(&mut root, src, each);
+                }
+            }
+        }
+    }
+    if let Some(path) = unwrap {
+        let record = root.clone();
+        root.add(path, &|n| n.merge(&record));
+    }
+    root
 }
 
 fn compile_entry(
@@ -701,6 +757,8 @@ pub struct FormatSet {
     /// The detection order of `auto`: built-ins in their listed order, then
     /// user formats by name.
     order: Vec<Arc<Format>>,
+    /// What `auto` keeps of a record: every format's paths and `event`.
+    auto_need: tree::Need,
 }
 
 impl FormatSet {
@@ -770,11 +828,22 @@ impl FormatSet {
         if !errors.is_empty() {
             return Err(FormatSetError { errors });
         }
-        let order = order
+        let order: Vec<Arc<Format>> = order
             .iter()
             .filter_map(|n| formats.get(n).cloned())
             .collect();
-        Ok(FormatSet { formats, order })
+        let mut auto_need = tree::Need::default();
+        if let Ok(event) = Path::parse("event") {
+            auto_need.add(&event, &|n| n.everything());
+        }
+        for f in &order {
+            auto_need.merge(&f.need);
+        }
+        Ok(FormatSet {
+            formats,
+            order,
+            auto_need,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Format>> {
@@ -796,5 +865,10 @@ impl FormatSet {
     /// Formats in `auto`'s detection order.
     pub(crate) fn detection_order(&self) -> &[Arc<Format>] {
         &self.order
+    }
+
+    /// What `auto` keeps of a record.
+    pub(crate) fn auto_need(&self) -> &tree::Need {
+        &self.auto_need
     }
 }

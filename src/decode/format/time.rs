@@ -4,7 +4,7 @@
 //! milliseconds, microseconds or nanoseconds, chosen by the format or by
 //! magnitude; and agentgateway's unpadded microseconds.
 
-use serde_json::Value;
+use crate::condition::Val;
 
 /// How a format reads `ts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,10 +42,10 @@ impl TimeFormat {
         })
     }
 
-    /// Epoch milliseconds of a JSON value, or why not.
-    pub fn parse(self, value: &Value) -> Result<i64, String> {
+    /// Epoch milliseconds of a value, or why not.
+    pub fn parse(self, value: Val<'_>) -> Result<i64, String> {
         match value {
-            Value::String(s) => match self {
+            Val::Str(s) => match self {
                 TimeFormat::Auto | TimeFormat::Rfc3339 => rfc3339(s),
                 TimeFormat::UnpaddedMicros => unpadded_micros(s),
                 _ => {
@@ -56,16 +56,14 @@ impl TimeFormat {
                     self.epoch(n)
                 }
             },
-            Value::Number(n) => {
-                let n = n.as_f64().ok_or("not a finite number")?;
-                match self {
-                    TimeFormat::Rfc3339 | TimeFormat::UnpaddedMicros => {
-                        Err("a number where an RFC 3339 string was expected".to_owned())
-                    }
-                    _ => self.epoch(n),
+            Val::Num(n) => match self {
+                TimeFormat::Rfc3339 | TimeFormat::UnpaddedMicros => {
+                    Err("a number where an RFC 3339 string was expected".to_owned())
                 }
-            }
-            other => Err(format!("a JSON {} is no timestamp", kind(other))),
+                _ => self.epoch(n),
+            },
+            Val::Bool(_) => Err("a boolean is no timestamp".to_owned()),
+            _ => Err("a list or an object is no timestamp".to_owned()),
         }
     }
 
@@ -95,17 +93,6 @@ impl TimeFormat {
             return Err(format!("{n} is out of range"));
         }
         Ok(ms as i64)
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
     }
 }
 

@@ -1,0 +1,341 @@
+//! The borrowed JSON tree a format maps from: strings borrow from the
+//! record wherever they have no escapes, objects are small vectors (no
+//! hashing, no key copies), and secret-looking members are skipped while
+//! parsing, at any depth, so no mapping can ever read them.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use crate::condition::{Node, Path, Val};
+use crate::decode::json::CowStr;
+use crate::decode::{DecodeError, is_secret_field};
+
+/// One JSON value of a record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum J<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    Arr(Vec<J<'a>>),
+    Obj(Vec<(Cow<'a, str>, J<'a>)>),
+}
+
+/// Which members of a record a format reads: every path of its
+/// signature, conditions and fields, as a tree of keys (literal dotted keys
+/// included). Parsing keeps only these and skips the rest unread, so a
+/// format costs what it uses, not what the product writes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Need {
+    /// The whole value is read (a path ends here).
+    everything: bool,
+    children: Vec<(Box<str>, Need)>,
+}
+
+impl Need {
+    /// Every member (no restriction).
+    pub fn all() -> Need {
+        Need {
+            everything: true,
+            children: Vec::new(),
+        }
+    }
+
+    fn child(&mut self, key: &str) -> &mut Need {
+        let i = match self.children.iter().position(|(k, _)| &**k == key) {
+            Some(i) => i,
+            None => {
+                self.children.push((key.into(), Need::default()));
+                self.children.len() - 1
+            }
+        };
+        &mut self.children[i].1
+    }
+
+    fn find(&self, key: &str) -> Option<&Need> {
+        self.children
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, n)| n)
+    }
+
+    /// Adds what `path` reads; at its end, `at_end` says what is read
+    /// below (everything, or the paths of `each` elements).
+    pub fn add(&mut self, path: &Path, at_end: &dyn Fn(&mut Need)) {
+        self.add_from(path, 0, at_end);
+    }
+
+    fn add_from(&mut self, path: &Path, i: usize, at_end: &dyn Fn(&mut Need)) {
+        if self.everything {
+            return;
+        }
+        if i == path.len() {
+            at_end(self);
+            return;
+        }
+        // An index reads an array's element: what follows applies to the
+        // elements, which share their array's need.
+        if path.is_index(i) {
+            self.add_from(path, i + 1, at_end);
+        }
+        for j in path.runs(i) {
+            let child = self.child(path.key_run(i, j));
+            if let Some(k) = path.filter_key(j) {
+                child.child(k).everything = true;
+            }
+            child.add_from(path, j + 1, at_end);
+        }
+    }
+
+    /// Reads the whole value here.
+    pub fn everything(&mut self) {
+        self.everything = true;
+        self.children.clear();
+    }
+
+    /// Adds everything `other` reads.
+    pub fn merge(&mut self, other: &Need) {
+        if self.everything {
+            return;
+        }
+        if other.everything {
+            self.everything();
+            return;
+        }
+        for (k, n) in &other.children {
+            self.child(k).merge(n);
+        }
+    }
+}
+
+/// Parses a record's JSON object, keeping what `need` reads.
+pub fn parse<'a>(text: &'a str, need: &Need) -> Result<J<'a>, DecodeError> {
+    if !text.starts_with('{') {
+        return Err(DecodeError::NotJson("expected a JSON object".to_owned()));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let root = if need.everything {
+        de.deserialize_any(TreeVisitor)
+    } else {
+        de.deserialize_any(Restricted(need))
+    }
+    .map_err(classify)?;
+    de.end().map_err(classify)?;
+    Ok(root)
+}
+
+fn classify(e: serde_json::Error) -> DecodeError {
+    match e.classify() {
+        serde_json::error::Category::Data => DecodeError::BadField(e.to_string()),
+        _ => DecodeError::NotJson(e.to_string()),
+    }
+}
+
+impl J<'_> {
+    /// The text of a scalar: strings as they are, numbers and booleans as
+    /// JSON writes them.
+    pub fn text(&self) -> Option<Cow<'_, str>> {
+        match self {
+            J::Str(s) => Some(Cow::Borrowed(s)),
+            J::Int(i) => Some(Cow::Owned(i.to_string())),
+            J::Float(f) => Some(Cow::Owned(float_text(*f))),
+            J::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+            _ => None,
+        }
+    }
+
+    /// As a `serde_json::Value` (for fields kept on an event).
+    pub fn to_value(&self) -> Value {
+        match self {
+            J::Null => Value::Null,
+            J::Bool(b) => Value::Bool(*b),
+            J::Int(i) => Value::from(*i),
+            J::Float(f) => Value::from(*f),
+            J::Str(s) => Value::String(s.to_string()),
+            J::Arr(items) => Value::Array(items.iter().map(J::to_value).collect()),
+            J::Obj(members) => Value::Object(
+                members
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+fn float_text(f: f64) -> String {
+    if f.fract() == 0.0 && f.abs() < 9.0e15 {
+        format!("{}", f as i64)
+    } else {
+        f.to_string()
+    }
+}
+
+impl Node for J<'_> {
+    fn get(&self, key: &str) -> Option<&Self> {
+        match self {
+            J::Obj(members) => members.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+    fn items(&self) -> Option<&[Self]> {
+        match self {
+            J::Arr(items) => Some(items),
+            _ => None,
+        }
+    }
+    fn is_null(&self) -> bool {
+        matches!(self, J::Null)
+    }
+    fn val(&self) -> Option<Val<'_>> {
+        Some(match self {
+            J::Null => return None,
+            J::Bool(b) => Val::Bool(*b),
+            J::Int(i) => Val::Num(*i as f64),
+            J::Float(f) => Val::Num(*f),
+            J::Str(s) => Val::Str(s),
+            J::Arr(_) | J::Obj(_) => Val::Object,
+        })
+    }
+    fn reads(&self, want: &str) -> bool {
+        self.text().is_some_and(|t| t == want)
+    }
+}
+
+struct TreeVisitor;
+
+impl<'de> de::DeserializeSeed<'de> for TreeVisitor {
+    type Value = J<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<J<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TreeVisitor {
+    type Value = J<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<J<'de>, E> {
+        Ok(J::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<J<'de>, E> {
+        Ok(J::Null)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<J<'de>, E> {
+        Ok(J::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<J<'de>, E> {
+        Ok(J::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<J<'de>, E> {
+        Ok(i64::try_from(v).map_or(J::Float(v as f64), J::Int))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<J<'de>, E> {
+        Ok(J::Float(v))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<J<'de>, E> {
+        Ok(J::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<J<'de>, E> {
+        Ok(J::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<J<'de>, E> {
+        Ok(J::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<J<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
+        while let Some(item) = seq.next_element_seed(TreeVisitor)? {
+            items.push(item);
+        }
+        Ok(J::Arr(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<J<'de>, A::Error> {
+        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
+        while let Some(key) = map.next_key_seed(CowStr)? {
+            if is_secret_field(&key) {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            let value = map.next_value_seed(TreeVisitor)?;
+            members.push((key, value));
+        }
+        Ok(J::Obj(members))
+    }
+}
+
+/// A value of which only the members `need` reads are kept.
+struct Restricted<'n>(&'n Need);
+
+impl<'de> de::DeserializeSeed<'de> for Restricted<'_> {
+    type Value = J<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<J<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Restricted<'_> {
+    type Value = J<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<J<'de>, E> {
+        Ok(J::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<J<'de>, E> {
+        Ok(J::Null)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<J<'de>, E> {
+        TreeVisitor.visit_bool(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<J<'de>, E> {
+        TreeVisitor.visit_i64(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<J<'de>, E> {
+        TreeVisitor.visit_u64(v)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<J<'de>, E> {
+        TreeVisitor.visit_f64(v)
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<J<'de>, E> {
+        TreeVisitor.visit_borrowed_str(v)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<J<'de>, E> {
+        TreeVisitor.visit_str(v)
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<J<'de>, E> {
+        TreeVisitor.visit_string(v)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<J<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
+        while let Some(item) = seq.next_element_seed(Restricted(self.0))? {
+            items.push(item);
+        }
+        Ok(J::Arr(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<J<'de>, A::Error> {
+        let mut members = Vec::with_capacity(self.0.children.len().min(16));
+        while let Some(key) = map.next_key_seed(CowStr)? {
+            let need = match self.0.find(&key) {
+                Some(n) if !is_secret_field(&key) => n,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            let value = if need.everything {
+                map.next_value_seed(TreeVisitor)?
+            } else {
+                map.next_value_seed(Restricted(need))?
+            };
+            members.push((key, value));
+        }
+        Ok(J::Obj(members))
+    }
+}
