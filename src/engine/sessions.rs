@@ -15,11 +15,15 @@ use super::keys::{KeyMap, oldest};
 use crate::event::{Event, EventKind};
 
 /// The current derived session of one (tenant, agent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Current {
     start: i64,
     last: i64,
     idle_ms: i64,
+    /// The session id, made once (not saved: it follows from the key and
+    /// `start`).
+    #[serde(skip)]
+    id: String,
 }
 
 /// Every (tenant, agent)'s current derived session.
@@ -55,14 +59,17 @@ impl Sessions {
         key.push(KEY_SEP);
         key.push_str(agent);
         let mut evicted = 0;
-        let start = match self.current.get_mut(key.as_str()) {
+        let id = match self.current.get_mut(key.as_str()) {
             Some(c)
                 if ev.kind != EventKind::SessionStart
                     && ev.ts - c.last <= c.idle_ms.max(idle_ms) =>
             {
                 c.last = c.last.max(ev.ts);
                 c.idle_ms = idle_ms;
-                c.start
+                if c.id.is_empty() {
+                    c.id = session_id(agent, c.start);
+                }
+                c.id.clone()
             }
             found => {
                 if found.is_none() && self.current.len() >= cap.max(1) {
@@ -72,18 +79,19 @@ impl Sessions {
                     }
                     evicted = n;
                 }
+                let id = session_id(agent, ev.ts);
                 self.current.insert(
                     key.as_str().into(),
                     Current {
                         start: ev.ts,
                         last: ev.ts,
                         idle_ms,
+                        id: id.clone(),
                     },
                 );
-                ev.ts
+                id
             }
         };
-        let id = format!("{agent}@{}", crate::alert::format_ts(start));
         if ev.kind == EventKind::SessionEnd {
             self.current.remove(key.as_str());
         }
@@ -97,4 +105,9 @@ impl Sessions {
         self.current
             .retain(|_, c| c.last.saturating_add(c.idle_ms) >= clock);
     }
+}
+
+/// `<agent_id>@<start, RFC 3339 UTC with milliseconds>`.
+fn session_id(agent: &str, start: i64) -> String {
+    format!("{agent}@{}", crate::alert::format_ts(start))
 }
