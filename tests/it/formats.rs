@@ -1031,3 +1031,64 @@ fn the_examples_rendered_as_each_format_give_the_native_alerts() {
         assert!(total > 0, "{format}: no alert to compare");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_the_format_files_again_and_refuses_invalid_ones() {
+    use crate::support::{append, file_config, start, wait_for};
+    let dir = tempfile::tempdir().unwrap();
+    let formats = dir.path().join("formats");
+    std::fs::create_dir(&formats).unwrap();
+    let mine = |event: &str| {
+        format!(
+            "signature = {{ kind = {{ exists = true }} }}\n[fields]\nts = \"t\"\nagent_id = \"who\"\nsession_id = \"s\"\ntool = \"what\"\n[[map]]\nevent = \"{event}\"\nwhen = {{ kind = \"call\" }}\n"
+        )
+    };
+    std::fs::write(formats.join("mine.toml"), mine("tool.invoke")).unwrap();
+    let log = dir.path().join("audit.log");
+    let cfg = format!(
+        "formats_dir = \"{}\"\n{}",
+        formats.display(),
+        file_config(&log).replace("type = \"file\"", "type = \"file\"\nformat = \"mine\"")
+    );
+    let (mut daemon, out) = start(&cfg, dir.path()).await;
+    let t = jiff::Timestamp::now().as_millisecond() - 60_000;
+    let record = |n: i64| {
+        format!(
+            r#"{{"t":{},"kind":"call","who":"a1","s":"s1","what":"drop_db","n":{n}}}"#,
+            t + n
+        )
+    };
+    append(&log, &[record(0)]);
+    let m = daemon.metrics().clone();
+    wait_for("a tool.invoke", || {
+        m.render()
+            .contains("mcp_alertd_events_total{type=\"tool.invoke\"} 1")
+    })
+    .await;
+
+    // An invalid format file: the reload is refused, the running one stays.
+    std::fs::write(formats.join("mine.toml"), "[[map]]\nevent = 3\n").unwrap();
+    let config = mcp_alertd::config::Config::parse(&format!(
+        "state_dir = \"{}\"\n{cfg}",
+        dir.path().display()
+    ))
+    .unwrap();
+    let refused = daemon
+        .reload(config.clone(), config.load_rules().unwrap())
+        .await;
+    assert!(refused.is_err());
+    // The file now maps calls to denials: after the reload they alert.
+    std::fs::write(formats.join("mine.toml"), mine("tool.denied")).unwrap();
+    daemon
+        .reload(config.clone(), config.load_rules().unwrap())
+        .await
+        .unwrap();
+    append(&log, &[record(1)]);
+    wait_for("the denial alert", || {
+        out.alerts()
+            .iter()
+            .any(|a| a["rule"] == "unauthorized_tool_attempt")
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+}

@@ -247,7 +247,7 @@ impl Format {
         payload: &'a str,
         kept: fn(&str) -> Vec<(String, Value)>,
     ) -> Option<Mapped<'a>> {
-        let mut events = Vec::new();
+        let mut events = Vec::with_capacity(2);
         let numbered = match self.envelope(&root) {
             Some(items) => {
                 for item in items {
