@@ -67,14 +67,16 @@ pub enum Command {
     ///
     /// Reads each FILE in order (`-` or nothing: standard input) as one
     /// stream, writes alerts as JSON lines to stdout and a summary (records,
-    /// events by type, rejections with positions, alerts by rule, speed) to
-    /// stderr. Event time drives every window and deadline; deadlines that
+    /// events by type, unmapped records, rejections with positions, alerts
+    /// by rule, speed) to stderr. `--format` reads a product's records
+    /// (ToolHive, agentgateway, OCSF, Kong, ...) through its format. Event time drives every window and deadline; deadlines that
     /// are due at the end of the input fire before it exits.
     Replay(ReplayArgs),
-    /// Validate the configuration and the rules, and list the rules.
+    /// Validate the configuration, the rules and the formats, and list them.
     ///
     /// Exits 0 when valid, 78 with every error (file, rule, message) when
-    /// not; nothing of an invalid set is ever used.
+    /// not; nothing of an invalid set is ever used. Each source is listed
+    /// with its format, and each format with whether a source uses it.
     Check(CheckArgs),
     /// Write a synthetic, deterministic audit log (for benchmarks and demos).
     Generate(GenerateArgs),

@@ -1092,3 +1092,42 @@ async fn a_reload_reads_the_format_files_again_and_refuses_invalid_ones() {
     .await;
     daemon.shutdown().await.unwrap();
 }
+
+#[test]
+fn rule_tests_read_events_through_a_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("toolhive.toml");
+    let denied = fixture("toolhive")[3].replace('\'', "");
+    std::fs::write(
+        &file,
+        format!(
+            "[[case]]\nname = \"a denied call\"\nevents = ['{denied}']\n[[case.expect]]\nrule = \"unauthorized_tool_attempt\"\ntenant = \"acme\"\n"
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::cargo_bin("mcp-alertd")
+            .unwrap()
+            .args(["rules", "test"])
+            .args(args)
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&[
+        "--format",
+        "toolhive",
+        "--tenant",
+        "acme",
+        "--derive-sessions",
+        "30m",
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    // The same events read as native ones are not events at all.
+    let bad = run(&[]);
+    assert_eq!(bad.status.code(), Some(78));
+}
