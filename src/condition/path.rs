@@ -30,6 +30,11 @@ pub trait Node: Sized {
     /// Whether a scalar reads `want` (strings as they are, numbers and
     /// booleans as JSON writes them): element filters `[key=value]`.
     fn reads(&self, want: &str) -> bool;
+    /// Whether an object may have member names with dots (when it cannot,
+    /// a path tries only its next segment as the key).
+    fn dotted_keys(&self) -> bool {
+        true
+    }
 }
 
 impl Node for Value {
@@ -252,6 +257,11 @@ impl Path {
                 _ => items.iter().find_map(|it| self.first_from(it, i)),
             };
         }
+        if !v.dotted_keys() {
+            return v
+                .get(self.key_run(i, i))
+                .and_then(|c| self.first_after(c, i));
+        }
         for j in self.literal_runs(i) {
             let key = &self.text[self.segs[i].start..self.segs[j].end];
             if let Some(child) = v.get(key) {
@@ -314,6 +324,11 @@ impl Path {
                 }
                 _ => items.iter().any(|it| self.walk(it, i, f)),
             };
+        }
+        if !v.dotted_keys() {
+            return v
+                .get(self.key_run(i, i))
+                .is_some_and(|c| self.after(c, i, f));
         }
         for j in self.literal_runs(i) {
             let key = &self.text[self.segs[i].start..self.segs[j].end];

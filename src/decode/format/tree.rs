@@ -22,7 +22,9 @@ pub enum J<'a> {
     Float(f64),
     Str(Cow<'a, str>),
     Arr(Vec<J<'a>>),
-    Obj(Vec<(Cow<'a, str>, J<'a>)>),
+    /// Members, and whether any member's name has a dot (only then can a
+    /// path's literal dotted key match here).
+    Obj(Vec<(Cow<'a, str>, J<'a>)>, bool),
 }
 
 /// Which members of a record a format reads: every path of its
@@ -157,7 +159,7 @@ impl J<'_> {
             J::Float(f) => Value::from(*f),
             J::Str(s) => Value::String(s.to_string()),
             J::Arr(items) => Value::Array(items.iter().map(J::to_value).collect()),
-            J::Obj(members) => Value::Object(
+            J::Obj(members, _) => Value::Object(
                 members
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_value()))
@@ -178,7 +180,7 @@ fn float_text(f: f64) -> String {
 impl Node for J<'_> {
     fn get(&self, key: &str) -> Option<&Self> {
         match self {
-            J::Obj(members) => members.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            J::Obj(members, _) => members.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -198,11 +200,14 @@ impl Node for J<'_> {
             J::Int(i) => Val::Num(*i as f64),
             J::Float(f) => Val::Num(*f),
             J::Str(s) => Val::Str(s),
-            J::Arr(_) | J::Obj(_) => Val::Object,
+            J::Arr(_) | J::Obj(..) => Val::Object,
         })
     }
     fn reads(&self, want: &str) -> bool {
         self.text().is_some_and(|t| t == want)
+    }
+    fn dotted_keys(&self) -> bool {
+        matches!(self, J::Obj(_, true))
     }
 }
 
@@ -257,15 +262,17 @@ impl<'de> Visitor<'de> for TreeVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<J<'de>, A::Error> {
         let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
+        let mut dotted = false;
         while let Some(key) = map.next_key_seed(CowStr)? {
             if is_secret_field(&key) {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
             let value = map.next_value_seed(TreeVisitor)?;
+            dotted |= key.contains('.');
             members.push((key, value));
         }
-        Ok(J::Obj(members))
+        Ok(J::Obj(members, dotted))
     }
 }
 
@@ -321,6 +328,7 @@ impl<'de> Visitor<'de> for Restricted<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<J<'de>, A::Error> {
         let mut members = Vec::with_capacity(self.0.children.len().min(16));
+        let mut dotted = false;
         while let Some(key) = map.next_key_seed(CowStr)? {
             let need = match self.0.find(&key) {
                 Some(n) if !is_secret_field(&key) => n,
@@ -334,8 +342,9 @@ impl<'de> Visitor<'de> for Restricted<'_> {
             } else {
                 map.next_value_seed(Restricted(need))?
             };
+            dotted |= key.contains('.');
             members.push((key, value));
         }
-        Ok(J::Obj(members))
+        Ok(J::Obj(members, dotted))
     }
 }
