@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::corpus::{Corpus, CorpusConfig};
-use crate::decode::{DEFAULT_MAX_RECORD_BYTES, Decoder, Framing, Selector};
+use crate::decode::{DEFAULT_MAX_RECORD_BYTES, Decoder, Framing};
 use crate::duration;
 use crate::engine::EngineConfig;
 use crate::replay::{self, Input, ReplayOptions};
@@ -166,18 +166,18 @@ impl DecodeArgs {
                 .error(clap::error::ErrorKind::InvalidValue, msg)
                 .exit()
         };
-        let format =
-            Selector::named(&self.format, &set).unwrap_or_else(|e| usage(format!("--format: {e}")));
         if self.tenant.as_deref().is_some_and(str::is_empty) {
             usage("--tenant must not be empty".to_owned());
         }
-        Ok(Decoder {
+        let decode = crate::config::SourceDecode {
             framing: self.framing,
-            max_record_bytes,
-            format,
-            tenant: self.tenant.as_deref().map(Arc::from),
+            format: self.format.clone(),
+            tenant: self.tenant.clone(),
             derive_sessions_ms: self.derive_sessions,
-        })
+        };
+        Ok(decode
+            .decoder(&set, max_record_bytes)
+            .unwrap_or_else(|e| usage(format!("--format: {e}"))))
     }
 }
 

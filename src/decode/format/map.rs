@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use regex::Regex;
 use serde_json::Value;
 
-use super::tree::J;
+use super::tree::{J, float_text};
 use super::{Conds, Const, Entry, EventName, FieldSpec, Format, Src, Target};
 use crate::condition::{Node, Val};
 use crate::decode::DecodeError;
@@ -50,12 +50,6 @@ impl Conds {
     }
 }
 
-/// A scalar's text: strings as they are, numbers and booleans as JSON
-/// writes them; lists, objects and null have none.
-fn text<'v>(v: &'v J<'_>) -> Option<Cow<'v, str>> {
-    v.text()
-}
-
 fn capture<'t>(re: &Regex, text: &'t str) -> Option<&'t str> {
     let caps = re.captures(text)?;
     caps.name("v")
@@ -70,14 +64,6 @@ fn strip_port(text: &str) -> Cow<'_, str> {
     match text.parse::<SocketAddr>() {
         Ok(addr) => Cow::Owned(addr.ip().to_string()),
         Err(_) => Cow::Borrowed(text),
-    }
-}
-
-fn num_text(n: f64) -> String {
-    if n.fract() == 0.0 && n.abs() < 9.0e15 {
-        format!("{}", n as i64)
-    } else {
-        n.to_string()
     }
 }
 
@@ -104,7 +90,7 @@ impl FieldSpec {
                     _ => {}
                 }
             }
-            let Some(t) = text(v) else {
+            let Some(t) = v.text() else {
                 continue;
             };
             let t: &str = match &self.re {
@@ -133,7 +119,7 @@ impl FieldSpec {
         }
         match &self.value {
             Some(Const::Str(s)) => Some(Cow::Owned(s.clone())),
-            Some(Const::Num(n)) => Some(Cow::Owned(num_text(*n))),
+            Some(Const::Num(n)) => Some(Cow::Owned(float_text(*n))),
             Some(Const::Bool(b)) => Some(Cow::Owned(b.to_string())),
             Some(Const::List(_)) | None => None,
         }
@@ -176,7 +162,7 @@ impl FieldSpec {
             J::Arr(items) => Some(
                 items
                     .iter()
-                    .filter_map(|i| text(i).map(Cow::into_owned))
+                    .filter_map(|i| i.text().map(Cow::into_owned))
                     .collect(),
             ),
             J::Str(s) => Some(match &self.split {

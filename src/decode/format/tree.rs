@@ -120,12 +120,7 @@ pub fn parse<'a>(text: &'a str, need: &Need) -> Result<J<'a>, DecodeError> {
         return Err(DecodeError::NotJson("expected a JSON object".to_owned()));
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    let root = if need.everything {
-        de.deserialize_any(TreeVisitor)
-    } else {
-        de.deserialize_any(Restricted(need))
-    }
-    .map_err(classify)?;
+    let root = de.deserialize_any(Tree::below(need)).map_err(classify)?;
     de.end().map_err(classify)?;
     Ok(root)
 }
@@ -169,7 +164,8 @@ impl J<'_> {
     }
 }
 
-fn float_text(f: f64) -> String {
+/// A number as text: whole numbers without a fraction.
+pub(super) fn float_text(f: f64) -> String {
     if f.fract() == 0.0 && f.abs() < 9.0e15 {
         format!("{}", f as i64)
     } else {
@@ -211,16 +207,26 @@ impl Node for J<'_> {
     }
 }
 
-struct TreeVisitor;
+/// The visitor building a [`J`]: with a need, only the members it reads
+/// are kept (the rest skipped unread); without, every member.
+#[derive(Clone, Copy)]
+struct Tree<'n>(Option<&'n Need>);
 
-impl<'de> de::DeserializeSeed<'de> for TreeVisitor {
+impl<'n> Tree<'n> {
+    /// The visitor of a member's value that `need` reads.
+    fn below(need: &'n Need) -> Tree<'n> {
+        Tree((!need.everything).then_some(need))
+    }
+}
+
+impl<'de> de::DeserializeSeed<'de> for Tree<'_> {
     type Value = J<'de>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<J<'de>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for TreeVisitor {
+impl<'de> Visitor<'de> for Tree<'_> {
     type Value = J<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -255,93 +261,27 @@ impl<'de> Visitor<'de> for TreeVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<J<'de>, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
-        while let Some(item) = seq.next_element_seed(TreeVisitor)? {
+        // Elements share their array's need.
+        while let Some(item) = seq.next_element_seed(self)? {
             items.push(item);
         }
         Ok(J::Arr(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<J<'de>, A::Error> {
-        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
+        let capacity = self.0.map_or(8, |n| n.children.len()).min(16);
+        let mut members = Vec::with_capacity(capacity);
         let mut dotted = false;
         while let Some(key) = map.next_key_seed(CowStr)? {
-            if is_secret_field(&key) {
+            let below = match self.0 {
+                _ if is_secret_field(&key) => None,
+                None => Some(Tree(None)),
+                Some(need) => need.find(&key).map(Tree::below),
+            };
+            let Some(below) = below else {
                 map.next_value::<IgnoredAny>()?;
                 continue;
-            }
-            let value = map.next_value_seed(TreeVisitor)?;
-            dotted |= key.contains('.');
-            members.push((key, value));
-        }
-        Ok(J::Obj(members, dotted))
-    }
-}
-
-/// A value of which only the members `need` reads are kept.
-struct Restricted<'n>(&'n Need);
-
-impl<'de> de::DeserializeSeed<'de> for Restricted<'_> {
-    type Value = J<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<J<'de>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Restricted<'_> {
-    type Value = J<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<J<'de>, E> {
-        Ok(J::Null)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<J<'de>, E> {
-        Ok(J::Null)
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<J<'de>, E> {
-        TreeVisitor.visit_bool(v)
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<J<'de>, E> {
-        TreeVisitor.visit_i64(v)
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<J<'de>, E> {
-        TreeVisitor.visit_u64(v)
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<J<'de>, E> {
-        TreeVisitor.visit_f64(v)
-    }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<J<'de>, E> {
-        TreeVisitor.visit_borrowed_str(v)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<J<'de>, E> {
-        TreeVisitor.visit_str(v)
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<J<'de>, E> {
-        TreeVisitor.visit_string(v)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<J<'de>, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
-        while let Some(item) = seq.next_element_seed(Restricted(self.0))? {
-            items.push(item);
-        }
-        Ok(J::Arr(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<J<'de>, A::Error> {
-        let mut members = Vec::with_capacity(self.0.children.len().min(16));
-        let mut dotted = false;
-        while let Some(key) = map.next_key_seed(CowStr)? {
-            let need = match self.0.find(&key) {
-                Some(n) if !is_secret_field(&key) => n,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
             };
-            let value = if need.everything {
-                map.next_value_seed(TreeVisitor)?
-            } else {
-                map.next_value_seed(Restricted(need))?
-            };
+            let value = map.next_value_seed(below)?;
             dotted |= key.contains('.');
             members.push((key, value));
         }
