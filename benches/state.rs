@@ -21,6 +21,7 @@ fn engine_with_keys(rules: &Arc<RuleSet>) -> Engine {
         rules.clone(),
         EngineConfig {
             max_keys_per_rule: 2_000_000,
+            ..EngineConfig::default()
         },
     );
     let decoder = Decoder::default();
@@ -65,6 +66,7 @@ fn restore(rules: &Arc<RuleSet>, store: &Store) -> Engine {
             rules.clone(),
             EngineConfig {
                 max_keys_per_rule: 2_000_000,
+                ..EngineConfig::default()
             },
             &u.engine,
         )

@@ -443,6 +443,7 @@ fn replay_cmd(args: ReplayArgs) -> Result<u8> {
         allowed_lateness_ms: args.allowed_lateness,
         engine: EngineConfig {
             max_keys_per_rule: usize::try_from(args.max_keys_per_rule)?,
+            lateness_ms: args.allowed_lateness,
         },
     };
     let stdout = io::stdout().lock();

@@ -251,7 +251,16 @@ pub fn replay(
 ) -> io::Result<Summary> {
     let started = Instant::now();
     let mut run = Run {
-        replayer: Replayer::new(Engine::new(rules, opts.engine), opts.allowed_lateness_ms),
+        replayer: Replayer::new(
+            Engine::new(
+                rules,
+                EngineConfig {
+                    lateness_ms: opts.allowed_lateness_ms,
+                    ..opts.engine
+                },
+            ),
+            opts.allowed_lateness_ms,
+        ),
         opts,
         summary: Summary::default(),
         alerts: Vec::with_capacity(16),

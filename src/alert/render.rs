@@ -33,6 +33,21 @@ pub enum What {
     Lifetime { condition: Arc<str> },
     /// No stop event between the start at `since` and the deadline `ts`.
     Absence { since: i64 },
+    /// A `then` event in `[start, end]` after the `first` event at `ts`.
+    Sequence { start: i64, end: i64 },
+    /// The window `(ts - window_ms, ts]` holds `count` distinct values of
+    /// `field`, meeting `condition`.
+    Distinct {
+        window_ms: i64,
+        condition: Arc<str>,
+        field: Arc<str>,
+    },
+    /// The check event's `field` is not in the `set` defined at `since`.
+    Outside {
+        field: Arc<str>,
+        set: Arc<str>,
+        since: i64,
+    },
     /// The rule `rule` reached its cap of `cap` keys; `count` were evicted.
     Pressure { rule: Arc<str>, cap: usize },
 }
@@ -49,6 +64,9 @@ pub struct Detection {
     pub what: What,
     /// The triggering event.
     pub event: EventRef,
+    /// An earlier event the alert is about (a sequence's `first`), listed
+    /// before the trigger.
+    pub earlier: Option<EventRef>,
     /// Its fingerprint (the id's basis).
     pub fingerprint: Fingerprint,
 }
@@ -62,8 +80,11 @@ pub fn render(d: Detection, detected_at: Option<i64>) -> Alert {
         _ => &*d.key,
     };
     let (window_start, window_end) = match &d.what {
-        What::Window { window_ms, .. } => (Some(d.ts - window_ms), Some(d.ts)),
+        What::Window { window_ms, .. } | What::Distinct { window_ms, .. } => {
+            (Some(d.ts - window_ms), Some(d.ts))
+        }
         What::Absence { since } => (Some(*since), Some(d.ts)),
+        What::Sequence { start, end } => (Some(*start), Some(*end)),
         _ => (None, None),
     };
     Alert {
@@ -79,7 +100,7 @@ pub fn render(d: Detection, detected_at: Option<i64>) -> Alert {
         window_start,
         window_end,
         summary: summary(&d),
-        events: vec![d.event],
+        events: d.earlier.into_iter().chain([d.event]).collect(),
     }
 }
 
@@ -122,6 +143,48 @@ fn summary(d: &Detection) -> String {
             ev.event,
             format_ts(*since)
         ),
+        What::Sequence { start, end } => {
+            let first = d
+                .earlier
+                .as_ref()
+                .map_or("first event", |e| e.event.as_str());
+            format!(
+                "{} at {} for {}, then {} at {} (within {} to {} after it).",
+                first,
+                format_ts(d.ts),
+                describe_key(&d.rule, &d.key),
+                ev.event,
+                format_ts(ev.ts),
+                display_ms(start - d.ts),
+                display_ms(end - d.ts)
+            )
+        }
+        What::Distinct {
+            window_ms,
+            condition,
+            field,
+        } => format!(
+            "{} distinct {field} values among matching events ({}) for {} within the {} window ending {} (threshold {condition}).",
+            d.count,
+            ev.event,
+            describe_key(&d.rule, &d.key),
+            display_ms(*window_ms),
+            format_ts(d.ts)
+        ),
+        What::Outside { field, set, since } => {
+            let value = match &**field {
+                "tool" => ev.tool.as_deref(),
+                _ => None,
+            };
+            let value = value.map_or_else(String::new, |v| format!(" `{v}`"));
+            format!(
+                "{} for {}: {field}{value} is not in the {set} set at {} (defined at {}).",
+                ev.event,
+                describe_key(&d.rule, &d.key),
+                format_ts(ev.ts),
+                format_ts(*since)
+            )
+        }
         What::Pressure { rule, cap } => format!(
             "Rule {rule} reached its cap of {cap} live keys; the {} oldest keys were evicted and their state lost. Raise max_keys_per_rule or narrow the rule.",
             d.count

@@ -167,6 +167,8 @@ impl<'de> Visitor<'de> for EventVisitor<'_, 'de> {
                 "server" => FieldId::Server,
                 "source_ip" => FieldId::SourceIp,
                 "trace_id" => FieldId::TraceId,
+                "replaces" => FieldId::Replaces,
+                "operation_token_id" => FieldId::OperationTokenId,
                 name if is_secret_field(name) => {
                     map.next_value::<IgnoredAny>()?;
                     continue;

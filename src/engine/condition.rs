@@ -68,9 +68,18 @@ impl FieldRef {
     }
 }
 
+/// The key of a condition table naming another rule's alerts.
+pub const ALERT_KEY: &str = "alert";
+/// The event name of a rule's alerts applied as events.
+pub const ALERT_EVENT_PREFIX: &str = "alert.";
+
 /// A compiled condition table: all fields must hold.
 #[derive(Debug, Clone, Default)]
 pub struct Cond {
+    /// `alert = "<rule id>"`: the condition matches only that rule's
+    /// alerts, as `alert.<rule id>` events; without it, it matches only
+    /// input events.
+    alert: Option<(Box<str>, Box<str>)>,
     /// A test of `event` against known event types, compiled to a check of
     /// the decoded kind (no string comparison per event).
     kinds: Option<Vec<EventKind>>,
@@ -79,6 +88,11 @@ pub struct Cond {
 
 impl Cond {
     pub fn matches(&self, ev: &Event<'_>) -> bool {
+        match &self.alert {
+            None if ev.is_alert => return false,
+            Some((_, name)) if !ev.is_alert || ev.event != **name => return false,
+            _ => {}
+        }
         if let Some(kinds) = &self.kinds
             && !kinds.contains(&ev.kind)
         {
@@ -92,10 +106,33 @@ impl Cond {
         })
     }
 
+    /// The rule whose alerts this condition names, if it does.
+    pub fn alert(&self) -> Option<&str> {
+        self.alert.as_ref().map(|(rule, _)| &**rule)
+    }
+
+    /// The event kinds an input event must have to match (`None`: any).
+    pub fn kinds(&self) -> Option<&[EventKind]> {
+        self.kinds.as_deref()
+    }
+
     /// Compiles a TOML condition table, appending every problem to `errors`.
     pub fn compile(table: &toml::Table, errors: &mut Vec<String>) -> Cond {
         let mut tests = Vec::with_capacity(table.len());
+        let mut alert = None;
         for (name, value) in table {
+            if name == ALERT_KEY {
+                match value.as_str() {
+                    Some(rule) if !rule.is_empty() => {
+                        let event = format!("{ALERT_EVENT_PREFIX}{rule}");
+                        alert = Some((rule.into(), event.into()));
+                    }
+                    _ => errors.push(format!(
+                        "`{ALERT_KEY}` names the rule whose alerts are the events here: a rule id string"
+                    )),
+                }
+                continue;
+            }
             let field = FieldRef::parse(name);
             if let Some(test) = compile_test(name, value, errors) {
                 tests.push((field, test));
@@ -124,6 +161,10 @@ impl Cond {
         }
         // Cheap equality on `event` first: most events fail there.
         tests.sort_by_key(|(field, _)| *field != FieldRef::Known(FieldId::Event));
-        Cond { kinds, tests }
+        Cond {
+            alert,
+            kinds,
+            tests,
+        }
     }
 }

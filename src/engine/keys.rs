@@ -14,14 +14,23 @@ use crate::event::{Event, FieldId, UNKNOWN_AGENT};
 /// relied on (eviction sorts by age and key).
 pub type KeyMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
-/// Writes `tenant SEP v1 SEP v2 ...` into `buf`. A missing field reads
+/// Writes `tenant SEP v1 SEP v2 ...` into `buf` (with an empty tenant for
+/// a rule that is not tenant-scoped). A missing field reads
 /// `unknown`, or with `require_all` makes the key (and the event) not count.
 /// An auth failure that claims no identity is keyed by its `source_ip` in
 /// place of `agent_id` when it has one (DESIGN §2b), marked so that the
 /// alert names the field `source_ip`.
-pub fn build_key(buf: &mut String, ev: &Event<'_>, fields: &[FieldRef], require_all: bool) -> bool {
+pub fn build_key(
+    buf: &mut String,
+    ev: &Event<'_>,
+    fields: &[FieldRef],
+    require_all: bool,
+    tenant_scoped: bool,
+) -> bool {
     buf.clear();
-    buf.push_str(&ev.tenant);
+    if tenant_scoped {
+        buf.push_str(&ev.tenant);
+    }
     for field in fields {
         buf.push(KEY_SEP);
         if ev.unclaimed

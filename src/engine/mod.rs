@@ -32,11 +32,12 @@ pub use rules::{CountCondition, CountOp, Rule, RuleError, RuleKind, RuleSet, Rul
 pub use snapshot::SnapshotError;
 
 use crate::alert::{self, Detection, EventRef, RuleInfo, Severity, What};
-use crate::event::{Event, Position};
+use crate::event::{Event, FieldId, Position};
 use keys::build_key;
-use kinds::RuleState;
-use kinds::absence::{self, Trigger};
+use kinds::absence;
+use kinds::membership::{self, Verdict};
 use kinds::threshold;
+use kinds::{RuleState, Trigger};
 
 /// The rule id of internal alerts raised when state is evicted at the cap.
 pub const STATE_PRESSURE_RULE: &str = "state_pressure";
@@ -51,15 +52,21 @@ pub type Rules = Arc<RuleSet>;
 pub struct EngineConfig {
     /// Live keys per rule before the oldest are evicted.
     pub max_keys_per_rule: usize,
+    /// The allowed lateness of the clock (DESIGN §3): how long a sequence
+    /// keeps its `then` events for `first` events that arrive late.
+    pub lateness_ms: i64,
 }
 
 /// Default cap of live keys per rule.
 pub const DEFAULT_MAX_KEYS_PER_RULE: usize = 1_000_000;
+/// Default allowed lateness (DESIGN §3).
+pub const DEFAULT_LATENESS_MS: i64 = 5_000;
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             max_keys_per_rule: DEFAULT_MAX_KEYS_PER_RULE,
+            lateness_ms: DEFAULT_LATENESS_MS,
         }
     }
 }
@@ -81,8 +88,10 @@ pub struct Engine {
     next_sweep: i64,
     late: u64,
     evicted: u64,
-    /// Reused buffer for building state keys: no allocation per event.
+    /// Reused buffers for building state keys and distinct values: no
+    /// allocation per event.
     key_buf: String,
+    value_buf: String,
     /// Derived sessions of sources that ask for them.
     sessions: sessions::Sessions,
 }
@@ -99,6 +108,7 @@ impl Engine {
             late: 0,
             evicted: 0,
             key_buf: String::with_capacity(128),
+            value_buf: String::with_capacity(64),
             sessions: sessions::Sessions::default(),
         }
     }
@@ -178,17 +188,20 @@ impl Engine {
                 break;
             };
             if let Some(p) = pending {
+                let from = out.len();
                 out.push(Detection {
                     rule: rule.info.clone(),
-                    key,
+                    key: alert_key(rule, &key, &p.trigger.tenant),
                     ts: deadline,
                     count: 1,
                     what: What::Absence {
                         since: p.trigger.ts,
                     },
                     event: p.trigger.event_ref(),
+                    earlier: None,
                     fingerprint: p.trigger.fingerprint,
                 });
+                self.chain(from, out);
             }
         }
         if clock >= self.next_sweep {
@@ -197,8 +210,10 @@ impl Engine {
         }
     }
 
-    /// Applies one event to every rule. Call [`advance_to`](Self::advance_to)
-    /// first with the time this event's arrival moved the clock to.
+    /// Applies one event to every rule whose conditions its kind can
+    /// match, then the alerts it raised to the rules that name them. Call
+    /// [`advance_to`](Self::advance_to) first with the time this event's
+    /// arrival moved the clock to.
     pub fn on_event(&mut self, ev: &Event<'_>, pos: Option<&Position>, out: &mut Vec<Detection>) {
         let clock = match self.clock {
             Some(c) => c,
@@ -211,31 +226,67 @@ impl Engine {
             self.late += 1;
         }
         let rules = Arc::clone(&self.rules);
-        for (i, rule) in rules.rules().iter().enumerate() {
-            match &rule.kind {
-                RuleKind::Match { when, group_by } => {
-                    if when.matches(ev) {
-                        build_key(&mut self.key_buf, ev, group_by, false);
-                        out.push(detection(
-                            rule,
-                            &self.key_buf,
-                            ev.ts,
-                            1,
-                            What::Match,
-                            ev,
-                            pos,
-                        ));
-                    }
-                }
-                RuleKind::Threshold { when, group_by, .. } => {
-                    if when.matches(ev) {
-                        build_key(&mut self.key_buf, ev, group_by, false);
-                        self.make_room(i, ev, pos, out);
-                        self.threshold(i, rule, clock, ev, pos, out);
-                    }
-                }
-                RuleKind::Absence { .. } => self.absence(i, rule, ev, pos, out),
+        let from = out.len();
+        for &i in rules.for_kind(ev.kind) {
+            self.apply(i, &rules.rules()[i], clock, ev, pos, out);
+        }
+        self.chain(from, out);
+    }
+
+    /// Applies the alerts of `out[from..]` (and those they raise in turn)
+    /// as `alert.<rule id>` events to the rules that name them, each right
+    /// after the one that raised it. Chains are acyclic (checked at load),
+    /// so this ends.
+    fn chain(&mut self, mut from: usize, out: &mut Vec<Detection>) {
+        if !self.rules.has_chains() {
+            return;
+        }
+        let rules = Arc::clone(&self.rules);
+        let clock = self.clock.unwrap_or(i64::MIN);
+        while from < out.len() {
+            let raised = match rules.index_of(&out[from].rule.id) {
+                Some(i) if !rules.consumers(i).is_empty() => Some((i, Raised::of(&out[from]))),
+                _ => None,
+            };
+            from += 1;
+            let Some((i, raised)) = raised else { continue };
+            let ev = raised.event();
+            for &c in rules.consumers(i) {
+                self.apply(c, &rules.rules()[c], clock, &ev, None, out);
             }
+        }
+    }
+
+    /// Applies one event to rule `i`.
+    fn apply(
+        &mut self,
+        i: usize,
+        rule: &Rule,
+        clock: i64,
+        ev: &Event<'_>,
+        pos: Option<&Position>,
+        out: &mut Vec<Detection>,
+    ) {
+        let scoped = rule.tenant_scoped;
+        match &rule.kind {
+            RuleKind::Match { when, group_by } => {
+                if when.matches(ev) {
+                    build_key(&mut self.key_buf, ev, group_by, false, scoped);
+                    let key = alert_key(rule, &self.key_buf, &ev.tenant);
+                    out.push(detection(rule, &key, ev.ts, 1, What::Match, ev, pos));
+                }
+            }
+            RuleKind::Threshold { when, group_by, .. } => {
+                if when.matches(ev) {
+                    build_key(&mut self.key_buf, ev, group_by, false, scoped);
+                    self.make_room(i, ev, pos, out);
+                    self.threshold(i, rule, clock, ev, pos, out);
+                }
+            }
+            RuleKind::Absence { .. } => self.absence(i, rule, ev, pos, out),
+            RuleKind::Sequence { .. } => self.sequence(i, rule, clock, ev, pos, out),
+            RuleKind::Cardinality { .. } => self.cardinality(i, rule, clock, ev, pos, out),
+            RuleKind::Membership { .. } => self.membership(i, rule, clock, ev, pos, out),
         }
     }
 
@@ -260,6 +311,7 @@ impl Engine {
             return;
         };
         let key = self.key_buf.as_str();
+        let shown = alert_key(rule, key, &ev.tenant);
         match (&mut self.states[i], window) {
             (RuleState::Window(keys), Some(ws)) => {
                 if let Some((t, count)) =
@@ -269,7 +321,7 @@ impl Engine {
                         window_ms: ws.0,
                         condition: condition_text.clone(),
                     };
-                    out.push(detection(rule, key, t, count, what, ev, pos));
+                    out.push(detection(rule, &shown, t, count, what, ev, pos));
                 }
             }
             (RuleState::Lifetime(keys), None) => {
@@ -279,7 +331,7 @@ impl Engine {
                     let what = What::Lifetime {
                         condition: condition_text.clone(),
                     };
-                    out.push(detection(rule, key, ev.ts, count, what, ev, pos));
+                    out.push(detection(rule, &shown, ev.ts, count, what, ev, pos));
                 }
             }
             _ => {}
@@ -307,7 +359,9 @@ impl Engine {
         };
         let is_stop = stop.matches(ev);
         let is_start = start.matches(ev);
-        if !(is_stop || is_start) || !build_key(&mut self.key_buf, ev, key, true) {
+        if !(is_stop || is_start)
+            || !build_key(&mut self.key_buf, ev, key, true, rule.tenant_scoped)
+        {
             return;
         }
         if is_stop && let RuleState::Absence(a) = &mut self.states[i] {
@@ -324,10 +378,271 @@ impl Engine {
         }
     }
 
+    /// An event for sequence rule `i`: as a `then`, it completes the
+    /// waiting `first`s it is in time for; as a `first`, it is completed by
+    /// the earliest kept `then` in its range, or waits; a `then` is kept
+    /// for `first`s that arrive late.
+    fn sequence(
+        &mut self,
+        i: usize,
+        rule: &Rule,
+        clock: i64,
+        ev: &Event<'_>,
+        pos: Option<&Position>,
+        out: &mut Vec<Detection>,
+    ) {
+        let RuleKind::Sequence {
+            first,
+            then,
+            first_key,
+            then_key,
+            within_ms,
+            after_ms,
+        } = &rule.kind
+        else {
+            return;
+        };
+        let (is_first, is_then) = (first.matches(ev), then.matches(ev));
+        let (scoped, lateness) = (rule.tenant_scoped, self.config.lateness_ms);
+        let what = |a: i64| What::Sequence {
+            start: a.saturating_add(*after_ms),
+            end: a.saturating_add(*within_ms),
+        };
+        let is_then = is_then && build_key(&mut self.key_buf, ev, then_key, true, scoped);
+        if is_then
+            && let RuleState::Sequence(keys) = &mut self.states[i]
+            && let Some(k) = keys.get_mut(self.key_buf.as_str())
+        {
+            k.expire(clock, *within_ms, lateness);
+            let shown = alert_key(rule, &self.key_buf, &ev.tenant);
+            for a in k.complete(ev.ts, *after_ms, *within_ms) {
+                let mut d = detection(rule, &shown, a.ts, 1, what(a.ts), ev, pos);
+                d.earlier = Some(a.event_ref());
+                out.push(d);
+            }
+        }
+        if is_first && build_key(&mut self.key_buf, ev, first_key, true, scoped) {
+            let a = ev.ts;
+            let waits = clock <= a.saturating_add(*within_ms);
+            let completed = match &mut self.states[i] {
+                RuleState::Sequence(keys) => keys.get_mut(self.key_buf.as_str()).and_then(|k| {
+                    k.expire(clock, *within_ms, lateness);
+                    k.completed_by(a, *after_ms, *within_ms).cloned()
+                }),
+                _ => None,
+            };
+            if let Some(b) = completed {
+                out.push(Detection {
+                    rule: rule.info.clone(),
+                    key: alert_key(rule, &self.key_buf, &b.tenant),
+                    ts: a,
+                    count: 1,
+                    what: what(a),
+                    event: b.event_ref(),
+                    earlier: Some(event_ref(ev, pos)),
+                    fingerprint: b.fingerprint,
+                });
+            } else if waits && let Some(k) = self.sequence_key(i, ev, pos, out) {
+                k.wait(Trigger::of(ev, pos));
+            }
+        }
+        if is_then
+            && clock <= ev.ts.saturating_add(lateness)
+            && build_key(&mut self.key_buf, ev, then_key, true, scoped)
+            && let Some(k) = self.sequence_key(i, ev, pos, out)
+        {
+            k.keep(Trigger::of(ev, pos));
+        }
+    }
+
+    /// The state of the key in `key_buf` of sequence rule `i`, made
+    /// (within the cap) if new.
+    fn sequence_key(
+        &mut self,
+        i: usize,
+        ev: &Event<'_>,
+        pos: Option<&Position>,
+        out: &mut Vec<Detection>,
+    ) -> Option<&mut kinds::sequence::SequenceKey> {
+        if !self.states[i].contains(&self.key_buf) {
+            self.make_room(i, ev, pos, out);
+        }
+        match &mut self.states[i] {
+            RuleState::Sequence(keys) => {
+                Some(keys.entry(self.key_buf.as_str().into()).or_default())
+            }
+            _ => None,
+        }
+    }
+
+    /// A matching event of cardinality rule `i` that has its `distinct`
+    /// field.
+    fn cardinality(
+        &mut self,
+        i: usize,
+        rule: &Rule,
+        clock: i64,
+        ev: &Event<'_>,
+        pos: Option<&Position>,
+        out: &mut Vec<Detection>,
+    ) {
+        let RuleKind::Cardinality {
+            when,
+            group_by,
+            distinct,
+            condition,
+            condition_text,
+            window,
+        } = &rule.kind
+        else {
+            return;
+        };
+        if !when.matches(ev) {
+            return;
+        }
+        // An unclaimed identity reads `unknown`: it is no distinct value.
+        let claimed = !(ev.unclaimed && *distinct == FieldRef::Known(FieldId::AgentId));
+        self.value_buf.clear();
+        if !claimed || !distinct.key_text(ev, &mut self.value_buf) || self.value_buf.is_empty() {
+            return;
+        }
+        build_key(&mut self.key_buf, ev, group_by, false, rule.tenant_scoped);
+        self.make_room(i, ev, pos, out);
+        let RuleState::Distinct(keys) = &mut self.states[i] else {
+            return;
+        };
+        let state = match keys.get_mut(self.key_buf.as_str()) {
+            Some(state) => state,
+            None => keys.entry(self.key_buf.as_str().into()).or_default(),
+        };
+        if let Some((t, count)) = state.arrive(ev.ts, &self.value_buf, clock, *window, *condition) {
+            let what = What::Distinct {
+                window_ms: window.0,
+                condition: condition_text.clone(),
+                field: distinct.name().into(),
+            };
+            let key = alert_key(rule, &self.key_buf, &ev.tenant);
+            out.push(detection(rule, &key, t, count, what, ev, pos));
+        }
+    }
+
+    /// An event for membership rule `i`: judged as a check (held while its
+    /// key has no set), then as a define (judging the held checks it
+    /// covers), then as an until.
+    fn membership(
+        &mut self,
+        i: usize,
+        rule: &Rule,
+        clock: i64,
+        ev: &Event<'_>,
+        pos: Option<&Position>,
+        out: &mut Vec<Detection>,
+    ) {
+        let RuleKind::Membership {
+            define,
+            check,
+            until,
+            key,
+            set,
+            field,
+            key_ttl_ms,
+        } = &rule.kind
+        else {
+            return;
+        };
+        let is_check = check.matches(ev);
+        let is_define = define.matches(ev);
+        let is_until = until.as_ref().is_some_and(|u| u.matches(ev));
+        if !(is_check || is_define || is_until)
+            || !build_key(&mut self.key_buf, ev, key, true, rule.tenant_scoped)
+        {
+            return;
+        }
+        let outside = |since: i64| What::Outside {
+            field: field.name().into(),
+            set: set.name().into(),
+            since,
+        };
+        self.value_buf.clear();
+        if is_check && field.key_text(ev, &mut self.value_buf) {
+            let verdict = match &mut self.states[i] {
+                RuleState::Membership(keys) => match keys.get_mut(self.key_buf.as_str()) {
+                    Some(k) => {
+                        k.expire(clock, *key_ttl_ms);
+                        k.judge(ev.ts, &self.value_buf)
+                    }
+                    None => Verdict::NoSet,
+                },
+                _ => Verdict::Inside,
+            };
+            match verdict {
+                Verdict::Outside { since } => {
+                    let shown = alert_key(rule, &self.key_buf, &ev.tenant);
+                    out.push(detection(rule, &shown, ev.ts, 1, outside(since), ev, pos));
+                }
+                Verdict::NoSet if clock <= ev.ts => {
+                    let value = std::mem::take(&mut self.value_buf);
+                    if let Some(k) = self.member_key(i, ev, pos, out) {
+                        k.hold(&value, Trigger::of(ev, pos));
+                    }
+                    self.value_buf = value;
+                }
+                _ => {}
+            }
+        }
+        if is_define && let Some(members) = membership::members(set, ev) {
+            let judged = match self.member_key(i, ev, pos, out) {
+                Some(k) => {
+                    k.expire(clock, *key_ttl_ms);
+                    k.define(ev.ts, members)
+                }
+                None => Vec::new(),
+            };
+            for (held, verdict) in judged {
+                if let Verdict::Outside { since } = verdict {
+                    let t = held.trigger;
+                    out.push(Detection {
+                        rule: rule.info.clone(),
+                        key: alert_key(rule, &self.key_buf, &t.tenant),
+                        ts: t.ts,
+                        count: 1,
+                        what: outside(since),
+                        event: t.event_ref(),
+                        earlier: None,
+                        fingerprint: t.fingerprint,
+                    });
+                }
+            }
+        }
+        if is_until && let Some(k) = self.member_key(i, ev, pos, out) {
+            k.until(ev.ts);
+        }
+    }
+
+    /// The state of the key in `key_buf` of membership rule `i`, made
+    /// (within the cap) if new.
+    fn member_key(
+        &mut self,
+        i: usize,
+        ev: &Event<'_>,
+        pos: Option<&Position>,
+        out: &mut Vec<Detection>,
+    ) -> Option<&mut kinds::membership::MemberKey> {
+        if !self.states[i].contains(&self.key_buf) {
+            self.make_room(i, ev, pos, out);
+        }
+        match &mut self.states[i] {
+            RuleState::Membership(keys) => {
+                Some(keys.entry(self.key_buf.as_str().into()).or_default())
+            }
+            _ => None,
+        }
+    }
+
     /// Drops expired keys (memory only: expiry is also checked on access).
     fn sweep(&mut self, clock: i64) {
         for (rule, state) in self.rules.rules().iter().zip(&mut self.states) {
-            state.sweep(rule, clock);
+            state.sweep(rule, clock, self.config.lateness_ms);
         }
         self.sessions.sweep(clock);
     }
@@ -427,7 +742,72 @@ fn detection(
         count,
         what,
         event: event_ref(ev, pos),
+        earlier: None,
         fingerprint: alert::fingerprint(ev.payload, ev.part),
+    }
+}
+
+/// The key an alert shows: the state key, or for a rule that is not
+/// tenant-scoped (whose state keys begin with an empty tenant) the
+/// trigger's tenant in front.
+fn alert_key(rule: &Rule, state_key: &str, tenant: &str) -> Box<str> {
+    if rule.tenant_scoped {
+        state_key.into()
+    } else {
+        format!("{tenant}{state_key}").into()
+    }
+}
+
+/// An alert as an event (DESIGN §4): `alert.<rule id>` with the alert's
+/// tenant, key fields and time; its text (the trigger fingerprint of what
+/// it raises) is the alert's id.
+struct Raised {
+    ts: i64,
+    name: String,
+    tenant: String,
+    fields: Vec<(String, String)>,
+    id: String,
+}
+
+impl Raised {
+    fn of(d: &Detection) -> Raised {
+        let mut parts = d.key.split(KEY_SEP);
+        let tenant = parts.next().unwrap_or_default().to_owned();
+        let fields = d
+            .rule
+            .key_fields
+            .iter()
+            .zip(parts)
+            .map(|(f, v)| match v.strip_prefix(alert::BY_SOURCE_IP) {
+                Some(ip) => ("source_ip".to_owned(), ip.to_owned()),
+                None => (f.clone(), v.to_owned()),
+            })
+            .collect();
+        Raised {
+            ts: d.ts,
+            name: format!("{}{}", condition::ALERT_EVENT_PREFIX, d.rule.id),
+            id: alert::alert_id(&d.rule.id, &tenant, &d.key, d.ts, &d.fingerprint),
+            tenant,
+            fields,
+        }
+    }
+
+    fn event(&self) -> Event<'_> {
+        let mut ev = Event::new(self.ts, crate::event::EventKind::Other);
+        ev.event = self.name.as_str().into();
+        ev.tenant = self.tenant.as_str().into();
+        ev.payload = &self.id;
+        ev.is_alert = true;
+        for (name, value) in &self.fields {
+            match FieldId::from_name(name).and_then(|f| ev.slot_mut(f)) {
+                Some(slot) => *slot = Some(value.as_str().into()),
+                None => ev.extra.push((
+                    name.as_str().into(),
+                    serde_json::Value::from(value.as_str()),
+                )),
+            }
+        }
+        ev
     }
 }
 
@@ -456,6 +836,7 @@ fn pressure(
             cap,
         },
         event: event_ref(ev, pos),
+        earlier: None,
         fingerprint: alert::fingerprint(ev.payload, ev.part),
     }
 }

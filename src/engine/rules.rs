@@ -12,9 +12,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::condition::{Cond, FieldRef};
-use super::kinds::{absence, matching, threshold};
+use super::kinds::{absence, cardinality, matching, membership, sequence, threshold};
 use crate::alert::{RuleInfo, Severity};
 use crate::duration::{self, display_ms};
+use crate::event::EventKind;
 use crate::options::section::{self, fields_of};
 
 /// Default life of a lifetime-threshold key after its last event.
@@ -101,11 +102,39 @@ pub enum RuleKind {
         key: Vec<FieldRef>,
         deadline: DeadlineSpec,
     },
+    Sequence {
+        first: Cond,
+        then: Cond,
+        /// Key fields of the `first` side and, in the same order, of the
+        /// `then` side (the alert's key names the latter).
+        first_key: Vec<FieldRef>,
+        then_key: Vec<FieldRef>,
+        within_ms: i64,
+        after_ms: i64,
+    },
+    Cardinality {
+        when: Cond,
+        group_by: Vec<FieldRef>,
+        distinct: FieldRef,
+        condition: CountCondition,
+        condition_text: Arc<str>,
+        /// (window, suppress), milliseconds.
+        window: (i64, i64),
+    },
+    Membership {
+        define: Cond,
+        check: Cond,
+        until: Option<Cond>,
+        key: Vec<FieldRef>,
+        set: FieldRef,
+        field: FieldRef,
+        key_ttl_ms: i64,
+    },
 }
 
 impl RuleKind {
     /// Every `kind` a rule may have.
-    pub const KINDS: &str = "match, threshold or absence";
+    pub const KINDS: &str = "match, threshold, absence, sequence, cardinality or membership";
 
     /// Compiles the kind's own keys of a `[[rule]]` (the common ones taken
     /// out); keys of another kind are reported as not applying.
@@ -119,6 +148,9 @@ impl RuleKind {
             fields_of::<matching::Raw>(),
             fields_of::<threshold::Raw>(),
             fields_of::<absence::Raw>(),
+            fields_of::<sequence::Raw>(),
+            fields_of::<cardinality::Raw>(),
+            fields_of::<membership::Raw>(),
         ];
         let at = ("kind", kind);
         match kind {
@@ -128,6 +160,12 @@ impl RuleKind {
                 .and_then(|r| r.compile(errors)),
             "absence" => section::kind::<absence::Raw>(table, "", at, &kinds, errors)
                 .and_then(|r| r.compile(tables, errors)),
+            "sequence" => section::kind::<sequence::Raw>(table, "", at, &kinds, errors)
+                .and_then(|r| r.compile(errors)),
+            "cardinality" => section::kind::<cardinality::Raw>(table, "", at, &kinds, errors)
+                .and_then(|r| r.compile(errors)),
+            "membership" => section::kind::<membership::Raw>(table, "", at, &kinds, errors)
+                .and_then(|r| r.compile(errors)),
             other => {
                 errors.push(format!("unknown kind `{other}` (expected {})", Self::KINDS));
                 None
@@ -140,14 +178,41 @@ impl RuleKind {
             RuleKind::Match { .. } => "match",
             RuleKind::Threshold { .. } => "threshold",
             RuleKind::Absence { .. } => "absence",
+            RuleKind::Sequence { .. } => "sequence",
+            RuleKind::Cardinality { .. } => "cardinality",
+            RuleKind::Membership { .. } => "membership",
+        }
+    }
+
+    /// Every condition of the rule.
+    pub fn conds(&self) -> Vec<&Cond> {
+        match self {
+            RuleKind::Match { when, .. }
+            | RuleKind::Threshold { when, .. }
+            | RuleKind::Cardinality { when, .. } => vec![when],
+            RuleKind::Absence { start, stop, .. } => vec![start, stop],
+            RuleKind::Sequence { first, then, .. } => vec![first, then],
+            RuleKind::Membership {
+                define,
+                check,
+                until,
+                ..
+            } => {
+                let mut all = vec![define, check];
+                all.extend(until);
+                all
+            }
         }
     }
 
     /// The fields forming the alert key (tenant excluded).
     pub fn key_fields(&self) -> &[FieldRef] {
         match self {
-            RuleKind::Match { group_by, .. } | RuleKind::Threshold { group_by, .. } => group_by,
-            RuleKind::Absence { key, .. } => key,
+            RuleKind::Match { group_by, .. }
+            | RuleKind::Threshold { group_by, .. }
+            | RuleKind::Cardinality { group_by, .. } => group_by,
+            RuleKind::Absence { key, .. } | RuleKind::Membership { key, .. } => key,
+            RuleKind::Sequence { then_key, .. } => then_key,
         }
     }
 }
@@ -162,6 +227,9 @@ pub struct Rule {
     /// The file it was loaded from.
     pub file: String,
     pub kind: RuleKind,
+    /// `false`: the tenant is not part of the rule's keys (cross-tenant
+    /// rules); the alert's tenant is its trigger's.
+    pub tenant_scoped: bool,
     /// What its alerts say about it.
     pub info: Arc<RuleInfo>,
     /// The rule's definition in canonical form (and its task table, if it
@@ -173,10 +241,15 @@ pub struct Rule {
 impl Rule {
     /// One line describing what the rule does (for `check`).
     pub fn describe(&self) -> String {
+        let scoped = self.tenant_scoped;
         let fields = |f: &[FieldRef]| {
-            let mut names = vec!["tenant"];
+            let mut names = if scoped { vec!["tenant"] } else { Vec::new() };
             names.extend(f.iter().map(FieldRef::name));
-            names.join(", ")
+            let mut text = names.join(", ");
+            if !scoped {
+                text.push_str("; across tenants");
+            }
+            text
         };
         match &self.kind {
             RuleKind::Match { group_by, .. } => {
@@ -216,6 +289,59 @@ impl Rule {
                     by.join(" > ")
                 )
             }
+            RuleKind::Sequence {
+                first_key,
+                then_key,
+                within_ms,
+                after_ms,
+                ..
+            } => {
+                let key = if first_key == then_key {
+                    fields(then_key)
+                } else {
+                    let names = |f: &[FieldRef]| {
+                        f.iter().map(FieldRef::name).collect::<Vec<_>>().join(", ")
+                    };
+                    format!("{} = first's {}", fields(then_key), names(first_key))
+                };
+                let after = if *after_ms > 0 {
+                    format!("after {}, ", display_ms(*after_ms))
+                } else {
+                    String::new()
+                };
+                format!(
+                    "first, then {after}within {} by ({key}); once per first",
+                    display_ms(*within_ms)
+                )
+            }
+            RuleKind::Cardinality {
+                group_by,
+                distinct,
+                condition,
+                window: (w, s),
+                ..
+            } => format!(
+                "distinct {} {condition} within {} by ({}), suppress {}",
+                distinct.name(),
+                display_ms(*w),
+                fields(group_by),
+                display_ms(*s)
+            ),
+            RuleKind::Membership {
+                key,
+                set,
+                field,
+                until,
+                key_ttl_ms,
+                ..
+            } => format!(
+                "check's {} not in define's {} by ({}); set ends at {}key ttl {}",
+                field.name(),
+                set.name(),
+                fields(key),
+                if until.is_some() { "until or " } else { "" },
+                display_ms(*key_ttl_ms)
+            ),
         }
     }
 }
@@ -261,6 +387,11 @@ impl fmt::Display for RuleSetError {
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     rules: Vec<Rule>,
+    /// Per event kind, the rules (indexes, ascending) with a condition an
+    /// input event of that kind can match: the prefilter.
+    by_kind: Vec<Vec<usize>>,
+    /// Per rule, the rules that name its alerts (ascending).
+    consumers: Vec<Vec<usize>>,
     /// Where the set came from (`embedded` or a directory), for messages.
     pub origin: String,
 }
@@ -320,7 +451,10 @@ impl RuleSet {
             return Err(RuleSetError { errors });
         }
         rules.sort_by(|a, b| a.id.cmp(&b.id));
+        let consumers = alert_chains(&rules).map_err(|errors| RuleSetError { errors })?;
         Ok(RuleSet {
+            by_kind: prefilter(&rules),
+            consumers,
             rules,
             origin: origin.to_owned(),
         })
@@ -330,8 +464,136 @@ impl RuleSet {
         &self.rules
     }
 
+    /// The rules an input event of `kind` can match, ascending.
+    pub fn for_kind(&self, kind: EventKind) -> &[usize] {
+        self.by_kind.get(kind.index()).map_or(&[], Vec::as_slice)
+    }
+
+    /// The rules that name the alerts of rule `i`, ascending.
+    pub fn consumers(&self, i: usize) -> &[usize] {
+        self.consumers.get(i).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether any rule names another's alerts.
+    pub fn has_chains(&self) -> bool {
+        self.consumers.iter().any(|c| !c.is_empty())
+    }
+
+    /// The index of the rule with this id.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.rules.binary_search_by(|r| (*r.id).cmp(id)).ok()
+    }
+
     pub fn get(&self, id: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| &*r.id == id)
+    }
+}
+
+/// Per event kind, the rules whose conditions an input event of that kind
+/// can match (a condition without an `event` test matches every kind).
+fn prefilter(rules: &[Rule]) -> Vec<Vec<usize>> {
+    let mut by_kind = vec![Vec::new(); EventKind::COUNT];
+    for (i, rule) in rules.iter().enumerate() {
+        let mut kinds = [false; EventKind::COUNT];
+        for cond in rule.kind.conds() {
+            if cond.alert().is_some() {
+                continue;
+            }
+            match cond.kinds() {
+                Some(ks) => ks.iter().for_each(|k| kinds[k.index()] = true),
+                None => kinds = [true; EventKind::COUNT],
+            }
+        }
+        for (k, on) in kinds.iter().enumerate() {
+            if *on {
+                by_kind[k].push(i);
+            }
+        }
+    }
+    by_kind
+}
+
+/// Checks every `alert = "<rule id>"` names a rule of the set and that no
+/// chain of them comes back to where it began; returns, per rule, the
+/// rules that consume its alerts.
+fn alert_chains(rules: &[Rule]) -> Result<Vec<Vec<usize>>, Vec<RuleError>> {
+    let mut errors = Vec::new();
+    let mut consumers = vec![Vec::new(); rules.len()];
+    let mut names: Vec<Vec<usize>> = vec![Vec::new(); rules.len()];
+    for (i, rule) in rules.iter().enumerate() {
+        for cond in rule.kind.conds() {
+            let Some(id) = cond.alert() else { continue };
+            match rules.binary_search_by(|r| (*r.id).cmp(id)) {
+                Ok(j) if j == i => errors.push(RuleError {
+                    file: rule.file.clone(),
+                    rule: Some(rule.id.to_string()),
+                    message: "`alert` names the rule itself: its alerts would feed it for ever"
+                        .to_owned(),
+                }),
+                Ok(j) => {
+                    if !consumers[j].contains(&i) {
+                        consumers[j].push(i);
+                        names[i].push(j);
+                    }
+                }
+                Err(_) => errors.push(RuleError {
+                    file: rule.file.clone(),
+                    rule: Some(rule.id.to_string()),
+                    message: format!("`alert` names `{id}`, which is no enabled rule of this set"),
+                }),
+            }
+        }
+    }
+    // A cycle: depth-first over "names", colouring rules in progress.
+    let mut state = vec![0u8; rules.len()]; // 0 new, 1 on the path, 2 done
+    fn visit(
+        i: usize,
+        names: &[Vec<usize>],
+        state: &mut [u8],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        state[i] = 1;
+        path.push(i);
+        for &j in &names[i] {
+            if state[j] == 1 {
+                let from = path.iter().position(|&p| p == j).unwrap_or(0);
+                let mut cycle = path[from..].to_vec();
+                cycle.push(j);
+                return Some(cycle);
+            }
+            if state[j] == 0
+                && let Some(c) = visit(j, names, state, path)
+            {
+                return Some(c);
+            }
+        }
+        path.pop();
+        state[i] = 2;
+        None
+    }
+    for i in 0..rules.len() {
+        if state[i] == 0
+            && let Some(cycle) = visit(i, &names, &mut state, &mut Vec::new())
+        {
+            let chain: Vec<&str> = cycle.iter().map(|&k| &*rules[k].id).collect();
+            errors.push(RuleError {
+                file: rules[i].file.clone(),
+                rule: Some(rules[cycle[0]].id.to_string()),
+                message: format!(
+                    "alert chains must be acyclic: {} names the alerts of the next, back to the first",
+                    chain.join(" -> ")
+                ),
+            });
+            break;
+        }
+    }
+    for c in &mut consumers {
+        c.sort_unstable();
+    }
+    if errors.is_empty() {
+        Ok(consumers)
+    } else {
+        Err(errors)
     }
 }
 
@@ -372,6 +634,8 @@ struct RawCommon {
     description: Option<String>,
     #[serde(default = "yes")]
     enabled: bool,
+    #[serde(default = "yes")]
+    tenant_scoped: bool,
 }
 
 fn yes() -> bool {
@@ -497,6 +761,7 @@ fn compile_rule(
         description: raw.description,
         file: file.to_owned(),
         kind,
+        tenant_scoped: raw.tenant_scoped,
         info,
         definition,
     })

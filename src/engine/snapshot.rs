@@ -12,9 +12,9 @@ use super::sessions::Sessions;
 use super::{Engine, EngineConfig, RuleSet};
 
 /// Snapshot format version; bump on any change of the serialized state.
-/// Version 2 added derived sessions; a version 1 snapshot is read as one
-/// with none.
-const SNAPSHOT_VERSION: u32 = 2;
+/// Version 2 added derived sessions; version 3 the correlation kinds'
+/// state and the tenant of kept triggers. Older snapshots are refused.
+const SNAPSHOT_VERSION: u32 = 3;
 
 /// Why a snapshot could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -38,17 +38,6 @@ struct Snapshot {
     evicted: u64,
     rules: Vec<(String, String, RuleState)>,
     sessions: Sessions,
-}
-
-/// Version 1: no derived sessions.
-#[derive(Deserialize)]
-struct SnapshotV1 {
-    version: u32,
-    clock: Option<i64>,
-    next_sweep: i64,
-    late: u64,
-    evicted: u64,
-    rules: Vec<(String, String, RuleState)>,
 }
 
 #[derive(Serialize)]
@@ -91,7 +80,7 @@ impl Engine {
             clock: Option<i64>,
         }
         let (head, _): (Head, _) = postcard::take_from_bytes(bytes).ok()?;
-        (head.version == SNAPSHOT_VERSION || head.version == 1).then_some(head.clock)?
+        (head.version == SNAPSHOT_VERSION).then_some(head.clock)?
     }
 
     /// Rebuilds an engine from a snapshot under `rules`. State of a rule is
@@ -109,22 +98,10 @@ impl Engine {
         let v: Version = postcard::take_from_bytes(bytes)
             .map(|(v, _)| v)
             .map_err(SnapshotError::Decode)?;
-        let snap: Snapshot = match v.version {
-            SNAPSHOT_VERSION => postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?,
-            1 => {
-                let old: SnapshotV1 = postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?;
-                Snapshot {
-                    version: old.version,
-                    clock: old.clock,
-                    next_sweep: old.next_sweep,
-                    late: old.late,
-                    evicted: old.evicted,
-                    rules: old.rules,
-                    sessions: Sessions::default(),
-                }
-            }
-            found => return Err(SnapshotError::Version { found }),
-        };
+        if v.version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version { found: v.version });
+        }
+        let snap: Snapshot = postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?;
         let mut engine = Engine::new(rules, config);
         engine.clock = snap.clock;
         engine.next_sweep = snap.next_sweep;

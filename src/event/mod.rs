@@ -48,6 +48,14 @@ impl EventKind {
         EventKind::CredentialRevoked,
     ];
 
+    /// Kinds including `Other`: the size of a table indexed by kind.
+    pub const COUNT: usize = 10;
+
+    /// The kind's place in a table of [`COUNT`](Self::COUNT) entries.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn from_name(name: &str) -> EventKind {
         match name {
             "auth.success" => EventKind::AuthSuccess,
@@ -109,10 +117,12 @@ pub enum FieldId {
     Server,
     SourceIp,
     TraceId,
+    Replaces,
+    OperationTokenId,
 }
 
 impl FieldId {
-    pub const ALL: [FieldId; 12] = [
+    pub const ALL: [FieldId; 14] = [
         FieldId::Event,
         FieldId::Tenant,
         FieldId::AgentId,
@@ -125,6 +135,8 @@ impl FieldId {
         FieldId::Server,
         FieldId::SourceIp,
         FieldId::TraceId,
+        FieldId::Replaces,
+        FieldId::OperationTokenId,
     ];
 
     pub fn name(self) -> &'static str {
@@ -141,6 +153,8 @@ impl FieldId {
             FieldId::Server => "server",
             FieldId::SourceIp => "source_ip",
             FieldId::TraceId => "trace_id",
+            FieldId::Replaces => "replaces",
+            FieldId::OperationTokenId => "operation_token_id",
         }
     }
 
@@ -169,6 +183,11 @@ pub struct Event<'a> {
     pub server: Option<Cow<'a, str>>,
     pub source_ip: Option<Cow<'a, str>>,
     pub trace_id: Option<Cow<'a, str>>,
+    /// On `credential.issued`: the id of the credential it rotates.
+    pub replaces: Option<Cow<'a, str>>,
+    /// On `tool.invoke`: the id (never the value) of the operation token
+    /// presented.
+    pub operation_token_id: Option<Cow<'a, str>>,
     pub allowed_tools: Option<Vec<Cow<'a, str>>>,
     pub expected_runtime_s: Option<f64>,
     /// Unknown fields, in record order, with secret-looking ones removed
@@ -189,6 +208,9 @@ pub struct Event<'a> {
     /// `unknown`, and keys by agent are made by `source_ip` instead when
     /// the event has one (DESIGN §2b).
     pub unclaimed: bool,
+    /// An `alert.<rule id>` event: a rule's alert applied as an event to
+    /// the rules that name it (DESIGN §4); only such rules see it.
+    pub is_alert: bool,
 }
 
 impl<'a> Event<'a> {
@@ -209,12 +231,15 @@ impl<'a> Event<'a> {
             server: None,
             source_ip: None,
             trace_id: None,
+            replaces: None,
+            operation_token_id: None,
             allowed_tools: None,
             expected_runtime_s: None,
             extra: Vec::new(),
             payload: "",
             part: 0,
             unclaimed: false,
+            is_alert: false,
             kept: None,
         }
     }
@@ -234,6 +259,8 @@ impl<'a> Event<'a> {
             FieldId::Server => &self.server,
             FieldId::SourceIp => &self.source_ip,
             FieldId::TraceId => &self.trace_id,
+            FieldId::Replaces => &self.replaces,
+            FieldId::OperationTokenId => &self.operation_token_id,
         };
         v.as_deref()
     }
@@ -252,6 +279,8 @@ impl<'a> Event<'a> {
             FieldId::Server => &mut self.server,
             FieldId::SourceIp => &mut self.source_ip,
             FieldId::TraceId => &mut self.trace_id,
+            FieldId::Replaces => &mut self.replaces,
+            FieldId::OperationTokenId => &mut self.operation_token_id,
         })
     }
 

@@ -74,6 +74,7 @@ pub fn restore(
 pub(super) fn engine_config(s: &EngineSettings) -> EngineConfig {
     EngineConfig {
         max_keys_per_rule: s.max_keys_per_rule,
+        lateness_ms: s.allowed_lateness_ms,
     }
 }
 

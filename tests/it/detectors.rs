@@ -410,6 +410,7 @@ fn the_key_cap_evicts_the_oldest_keys_and_says_so() {
         5000,
         EngineConfig {
             max_keys_per_rule: 16,
+            ..EngineConfig::default()
         },
         &lines,
     );
@@ -428,6 +429,7 @@ fn the_key_cap_evicts_the_oldest_keys_and_says_so() {
         5000,
         EngineConfig {
             max_keys_per_rule: 16,
+            ..EngineConfig::default()
         },
         &more,
     );

@@ -12,6 +12,8 @@ use super::super::keys::KeyMap;
 use super::super::rules::{
     DeadlineSpec, RuleKind, TASKS_FILE, TaskTables, condition, key_fields, positive_duration,
 };
+use super::Trigger;
+use crate::event::Event;
 
 /// `kind = "absence"`: the rule's own keys as written.
 #[derive(Deserialize)]
@@ -70,46 +72,6 @@ impl Raw {
         })
     }
 }
-use crate::alert::{self, EventRef, Fingerprint};
-use crate::event::{Event, Position};
-
-/// The triggering event of a pending deadline, kept in state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trigger {
-    pub ts: i64,
-    event: Box<str>,
-    tool: Option<Box<str>>,
-    reason: Option<Box<str>>,
-    server: Option<Box<str>>,
-    position: Option<Box<str>>,
-    pub fingerprint: Fingerprint,
-}
-
-impl Trigger {
-    pub fn of(ev: &Event<'_>, pos: Option<&Position>) -> Trigger {
-        Trigger {
-            ts: ev.ts,
-            event: ev.event.as_ref().into(),
-            tool: ev.tool.as_deref().map(Into::into),
-            reason: ev.reason.as_deref().map(Into::into),
-            server: ev.server.as_deref().map(Into::into),
-            position: pos.map(|p| p.to_string().into()),
-            fingerprint: alert::fingerprint(ev.payload, ev.part),
-        }
-    }
-
-    pub fn event_ref(&self) -> EventRef {
-        EventRef {
-            ts: self.ts,
-            event: self.event.to_string(),
-            tool: self.tool.as_deref().map(str::to_owned),
-            reason: self.reason.as_deref().map(str::to_owned),
-            server: self.server.as_deref().map(str::to_owned),
-            position: self.position.as_deref().map(str::to_owned),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pending {
     pub deadline: i64,

@@ -203,7 +203,7 @@ fn window_arrival(
 }
 
 /// Whether some fire time `f` has `|t - f| < s`.
-fn suppressed(fired: &[i64], t: i64, s: i64) -> bool {
+pub(super) fn suppressed(fired: &[i64], t: i64, s: i64) -> bool {
     let at = fired.partition_point(|&f| f <= t);
     (at > 0 && t - fired[at - 1] < s) || (at < fired.len() && fired[at] - t < s)
 }
