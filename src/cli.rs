@@ -617,7 +617,7 @@ fn print_check(
         for rule in rules.rules() {
             writeln!(
                 out,
-                "  {:<28} {:<9} {:<8} {}",
+                "  {:<28} {:<11} {:<8} {}",
                 rule.id,
                 rule.kind.name(),
                 rule.severity.name(),

@@ -148,15 +148,21 @@ fn summary(d: &Detection) -> String {
                 .earlier
                 .as_ref()
                 .map_or("first event", |e| e.event.as_str());
+            let range = if *start == d.ts {
+                format!("within {}", display_ms(end - d.ts))
+            } else {
+                format!(
+                    "between {} and {} after it",
+                    display_ms(start - d.ts),
+                    display_ms(end - d.ts)
+                )
+            };
             format!(
-                "{} at {} for {}, then {} at {} (within {} to {} after it).",
-                first,
+                "{first} at {} for {}, then {} at {} ({range}).",
                 format_ts(d.ts),
                 describe_key(&d.rule, &d.key),
                 ev.event,
                 format_ts(ev.ts),
-                display_ms(start - d.ts),
-                display_ms(end - d.ts)
             )
         }
         What::Distinct {

@@ -189,18 +189,10 @@ impl Engine {
             };
             if let Some(p) = pending {
                 let from = out.len();
-                out.push(Detection {
-                    rule: rule.info.clone(),
-                    key: alert_key(rule, &key, &p.trigger.tenant),
-                    ts: deadline,
-                    count: 1,
-                    what: What::Absence {
-                        since: p.trigger.ts,
-                    },
-                    event: p.trigger.event_ref(),
-                    earlier: None,
-                    fingerprint: p.trigger.fingerprint,
-                });
+                let what = What::Absence {
+                    since: p.trigger.ts,
+                };
+                out.push(kept_detection(rule, &key, deadline, what, &p.trigger));
                 self.chain(from, out);
             }
         }
@@ -432,47 +424,41 @@ impl Engine {
                 _ => None,
             };
             if let Some(b) = completed {
-                out.push(Detection {
-                    rule: rule.info.clone(),
-                    key: alert_key(rule, &self.key_buf, &b.tenant),
-                    ts: a,
-                    count: 1,
-                    what: what(a),
-                    event: b.event_ref(),
-                    earlier: Some(event_ref(ev, pos)),
-                    fingerprint: b.fingerprint,
-                });
-            } else if waits && let Some(k) = self.sequence_key(i, ev, pos, out) {
+                let mut d = kept_detection(rule, &self.key_buf, a, what(a), &b);
+                d.earlier = Some(event_ref(ev, pos));
+                out.push(d);
+            } else if waits && let Some(k) = self.keyed(i, ev, pos, out, RuleState::sequence) {
                 k.wait(Trigger::of(ev, pos));
             }
         }
         if is_then
             && clock <= ev.ts.saturating_add(lateness)
             && build_key(&mut self.key_buf, ev, then_key, true, scoped)
-            && let Some(k) = self.sequence_key(i, ev, pos, out)
+            && let Some(k) = self.keyed(i, ev, pos, out, RuleState::sequence)
         {
             k.keep(Trigger::of(ev, pos));
         }
     }
 
-    /// The state of the key in `key_buf` of sequence rule `i`, made
-    /// (within the cap) if new.
-    fn sequence_key(
+    /// The state of the key in `key_buf` of rule `i` (picked out of its
+    /// [`RuleState`] by `map`), made if new, after making room at the cap.
+    fn keyed<V: Default>(
         &mut self,
         i: usize,
         ev: &Event<'_>,
         pos: Option<&Position>,
         out: &mut Vec<Detection>,
-    ) -> Option<&mut kinds::sequence::SequenceKey> {
+        map: fn(&mut RuleState) -> Option<&mut keys::KeyMap<V>>,
+    ) -> Option<&mut V> {
         if !self.states[i].contains(&self.key_buf) {
             self.make_room(i, ev, pos, out);
         }
-        match &mut self.states[i] {
-            RuleState::Sequence(keys) => {
-                Some(keys.entry(self.key_buf.as_str().into()).or_default())
-            }
-            _ => None,
+        let keys = map(&mut self.states[i])?;
+        let key = self.key_buf.as_str();
+        if !keys.contains_key(key) {
+            keys.insert(key.into(), V::default());
         }
+        keys.get_mut(key)
     }
 
     /// A matching event of cardinality rule `i` that has its `distinct`
@@ -507,15 +493,12 @@ impl Engine {
             return;
         }
         build_key(&mut self.key_buf, ev, group_by, false, rule.tenant_scoped);
-        self.make_room(i, ev, pos, out);
-        let RuleState::Distinct(keys) = &mut self.states[i] else {
-            return;
-        };
-        let state = match keys.get_mut(self.key_buf.as_str()) {
-            Some(state) => state,
-            None => keys.entry(self.key_buf.as_str().into()).or_default(),
-        };
-        if let Some((t, count)) = state.arrive(ev.ts, &self.value_buf, clock, *window, *condition) {
+        let value = std::mem::take(&mut self.value_buf);
+        let fired = self
+            .keyed(i, ev, pos, out, RuleState::distinct)
+            .and_then(|state| state.arrive(ev.ts, &value, clock, *window, *condition));
+        self.value_buf = value;
+        if let Some((t, count)) = fired {
             let what = What::Distinct {
                 window_ms: window.0,
                 condition: condition_text.clone(),
@@ -582,7 +565,7 @@ impl Engine {
                 }
                 Verdict::NoSet if clock <= ev.ts => {
                     let value = std::mem::take(&mut self.value_buf);
-                    if let Some(k) = self.member_key(i, ev, pos, out) {
+                    if let Some(k) = self.keyed(i, ev, pos, out, RuleState::membership) {
                         k.hold(&value, Trigger::of(ev, pos));
                     }
                     self.value_buf = value;
@@ -591,7 +574,7 @@ impl Engine {
             }
         }
         if is_define && let Some(members) = membership::members(set, ev) {
-            let judged = match self.member_key(i, ev, pos, out) {
+            let judged = match self.keyed(i, ev, pos, out, RuleState::membership) {
                 Some(k) => {
                     k.expire(clock, *key_ttl_ms);
                     k.define(ev.ts, members)
@@ -600,42 +583,13 @@ impl Engine {
             };
             for (held, verdict) in judged {
                 if let Verdict::Outside { since } = verdict {
-                    let t = held.trigger;
-                    out.push(Detection {
-                        rule: rule.info.clone(),
-                        key: alert_key(rule, &self.key_buf, &t.tenant),
-                        ts: t.ts,
-                        count: 1,
-                        what: outside(since),
-                        event: t.event_ref(),
-                        earlier: None,
-                        fingerprint: t.fingerprint,
-                    });
+                    let t = &held.trigger;
+                    out.push(kept_detection(rule, &self.key_buf, t.ts, outside(since), t));
                 }
             }
         }
-        if is_until && let Some(k) = self.member_key(i, ev, pos, out) {
+        if is_until && let Some(k) = self.keyed(i, ev, pos, out, RuleState::membership) {
             k.until(ev.ts);
-        }
-    }
-
-    /// The state of the key in `key_buf` of membership rule `i`, made
-    /// (within the cap) if new.
-    fn member_key(
-        &mut self,
-        i: usize,
-        ev: &Event<'_>,
-        pos: Option<&Position>,
-        out: &mut Vec<Detection>,
-    ) -> Option<&mut kinds::membership::MemberKey> {
-        if !self.states[i].contains(&self.key_buf) {
-            self.make_room(i, ev, pos, out);
-        }
-        match &mut self.states[i] {
-            RuleState::Membership(keys) => {
-                Some(keys.entry(self.key_buf.as_str().into()).or_default())
-            }
-            _ => None,
         }
     }
 
@@ -744,6 +698,20 @@ fn detection(
         event: event_ref(ev, pos),
         earlier: None,
         fingerprint: alert::fingerprint(ev.payload, ev.part),
+    }
+}
+
+/// A detection of `rule` whose trigger was kept in state (`count` 1).
+fn kept_detection(rule: &Rule, state_key: &str, ts: i64, what: What, t: &Trigger) -> Detection {
+    Detection {
+        rule: rule.info.clone(),
+        key: alert_key(rule, state_key, &t.tenant),
+        ts,
+        count: 1,
+        what,
+        event: t.event_ref(),
+        earlier: None,
+        fingerprint: t.fingerprint,
     }
 }
 

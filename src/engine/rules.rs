@@ -290,6 +290,7 @@ impl Rule {
                 )
             }
             RuleKind::Sequence {
+                first,
                 first_key,
                 then_key,
                 within_ms,
@@ -304,13 +305,17 @@ impl Rule {
                     };
                     format!("{} = first's {}", fields(then_key), names(first_key))
                 };
+                let first = match first.alert() {
+                    Some(rule) => format!("an alert of {rule}"),
+                    None => "first".to_owned(),
+                };
                 let after = if *after_ms > 0 {
-                    format!("after {}, ", display_ms(*after_ms))
+                    format!("after {} and ", display_ms(*after_ms))
                 } else {
                     String::new()
                 };
                 format!(
-                    "first, then {after}within {} by ({key}); once per first",
+                    "{first}, then a match {after}within {} by ({key}); once per first",
                     display_ms(*within_ms)
                 )
             }

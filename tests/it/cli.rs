@@ -20,7 +20,7 @@ fn check_lists_the_default_rules() {
         .stdout
         .clone();
     let text = String::from_utf8(out).unwrap();
-    assert!(text.contains("rules OK: 6 rules from embedded"), "{text}");
+    assert!(text.contains("rules OK: 15 rules from embedded"), "{text}");
     // Descriptions are shown, for people deciding what an alert means.
     assert!(text.contains("brute-forced or stolen credential"), "{text}");
     for id in [
@@ -30,6 +30,15 @@ fn check_lists_the_default_rules() {
         "credential_unused",
         "credential_unused_revoke",
         "session_overrun",
+        "allowlist_bypass",
+        "revoked_credential_use",
+        "compromise_after_burst",
+        "credential_spraying",
+        "persistent_injection",
+        "credential_rotation_overdue",
+        "rotation_overlap_exceeded",
+        "missing_operation_token",
+        "cross_tenant_credential",
     ] {
         assert!(text.contains(id), "{id} missing from {text}");
     }
@@ -155,7 +164,7 @@ fn replay_prints_alerts_on_stdout_and_a_summary_on_stderr() {
         .get_output()
         .clone();
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout.lines().count(), 19);
+    assert_eq!(stdout.lines().count(), 36);
     assert!(
         stdout
             .lines()
@@ -163,12 +172,12 @@ fn replay_prints_alerts_on_stdout_and_a_summary_on_stderr() {
     );
     let stderr = String::from_utf8(out.stderr).unwrap();
     for want in [
-        "replay: 832 records, 830 events, 2 rejected, 0 late, 19 alerts",
+        "replay: 894 records, 892 events, 2 rejected, 0 late, 36 alerts",
         "events/s",
         "tool.invoke",
         "not_json               1 (at ",
-        "audit.jsonl:42",
-        "auth_failure_burst           2",
+        "audit.jsonl:104",
+        "auth_failure_burst           4",
         "session_overrun              3",
     ] {
         assert!(stderr.contains(want), "missing {want:?} in\n{stderr}");

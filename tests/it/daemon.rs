@@ -644,7 +644,9 @@ path = "{}"
     let strip = |v: &Value| {
         let mut v = v.clone();
         v.as_object_mut().unwrap().remove("detected_at");
-        v["events"][0].as_object_mut().unwrap().remove("position");
+        for e in v["events"].as_array_mut().unwrap() {
+            e.as_object_mut().unwrap().remove("position");
+        }
         v
     };
     let got: Vec<Value> = out.alerts().iter().map(strip).collect();

@@ -319,7 +319,7 @@ fn cef_escapes_header_and_extension_values() {
         )
         .unwrap()
         .lines()
-        .next()
+        .find(|l| l.contains(r#""rule":"auth_failure_burst""#) && l.contains("acme-coder"))
         .unwrap(),
     )
     .unwrap();
@@ -485,7 +485,7 @@ async fn storm(n: usize, rate: u32, burst: u32, max_pending: u32) -> Storm {
     let (daemon, _out) = start(&cfg, dir.path()).await;
     let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
     let lines: Vec<String> = (0..n as i64)
-        .map(|i| format!(r#"{{"ts":{},"event":"tool.denied","agent_id":"a","session_id":"s{i}","tool":"t"}}"#, base + i))
+        .map(|i| format!(r#"{{"ts":{},"event":"tool.denied","agent_id":"a{i}","session_id":"s{i}","tool":"t"}}"#, base + i))
         .collect();
     send_tcp(daemon.local_addr("tcp").unwrap(), &lines).await;
     let m = daemon.metrics_addr().unwrap();

@@ -448,7 +448,7 @@ fn match_rules_alert_on_every_event_with_its_own_time() {
         .collect();
     assert_eq!(times, vec![s(0), s(100), s(200)]);
     assert!(
-        alerts
+        of_rule(&alerts, "unauthorized_tool_attempt")
             .iter()
             .all(|a| a.count == 1 && a.window_start.is_none())
     );

@@ -8,6 +8,7 @@ mod architecture;
 mod support;
 mod cli;
 mod clock;
+mod correlation;
 mod daemon;
 mod decode;
 mod delivery;
@@ -59,6 +60,10 @@ pub fn run_lines_cfg(
     cfg: EngineConfig,
     lines: &[String],
 ) -> Vec<Alert> {
+    let cfg = EngineConfig {
+        lateness_ms: late_ms,
+        ..cfg
+    };
     let mut replayer = Replayer::new(Engine::new(rules.clone(), cfg), late_ms);
     let decoder = Decoder::default();
     let mut out = Vec::new();

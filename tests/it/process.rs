@@ -282,7 +282,7 @@ path = "/var/log/x"
         .clone();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("config OK") && text.contains("rules OK: 6 rules"),
+        text.contains("config OK") && text.contains("rules OK: 15 rules"),
         "{text}"
     );
 }

@@ -83,6 +83,27 @@ fn evict<V>(map: &mut KeyMap<V>, n: usize, age: impl Fn(&V) -> i64) -> usize {
 }
 
 impl RuleState {
+    pub fn sequence(&mut self) -> Option<&mut KeyMap<SequenceKey>> {
+        match self {
+            RuleState::Sequence(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn distinct(&mut self) -> Option<&mut KeyMap<DistinctKey>> {
+        match self {
+            RuleState::Distinct(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn membership(&mut self) -> Option<&mut KeyMap<MemberKey>> {
+        match self {
+            RuleState::Membership(m) => Some(m),
+            _ => None,
+        }
+    }
+
     pub fn for_rule(rule: &Rule) -> RuleState {
         match &rule.kind {
             RuleKind::Match { .. } => RuleState::Match,
