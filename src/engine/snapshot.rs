@@ -24,7 +24,9 @@ pub enum SnapshotError {
     #[error("snapshot is corrupt or truncated: {0}")]
     Decode(postcard::Error),
     #[error(
-        "snapshot format version {found} is not supported (this build reads version {SNAPSHOT_VERSION})"
+        "snapshot format version {found} is not supported (this build reads version {SNAPSHOT_VERSION}); \
+         start the build that wrote it, or drop the saved state with `mcp-alertd state reset` \
+         (pending timers and windows are then lost)"
     )]
     Version { found: u32 },
 }

@@ -873,3 +873,18 @@ proptest! {
         prop_assert_eq!(a, b);
     }
 }
+
+#[test]
+fn a_snapshot_of_the_version_before_the_correlation_kinds_is_refused_with_the_reset_hint() {
+    let r = Arc::new(RuleSet::embedded().unwrap());
+    let mut bytes = Engine::new(r.clone(), EngineConfig::default())
+        .snapshot()
+        .unwrap();
+    assert_eq!(bytes[0], 3, "postcard varint of the version");
+    bytes[0] = 2;
+    let err = Engine::restore(r, EngineConfig::default(), &bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("version 2"), "{err}");
+    assert!(err.contains("mcp-alertd state reset"), "{err}");
+}

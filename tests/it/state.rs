@@ -254,3 +254,116 @@ async fn a_format_source_derives_sessions_that_survive_a_restart() {
         "agent-build-7@2026-11-28T09:15:44.007Z"
     );
 }
+
+/// The events of one scenario per new kind, split in two halves: a
+/// revocation, a session's allowlist and five identities failing from one
+/// address before; the revoked credential's use, a tool outside the
+/// allowlist and five more identities after.
+fn correlation_halves(base: i64) -> (Vec<String>, Vec<String>) {
+    let ev = |ms: i64, body: &str| format!(r#"{{"ts":{},"tenant":"acme",{body}}}"#, base + ms);
+    let fail = |ms: i64, i: i64| {
+        ev(
+            ms,
+            &format!(r#""event":"auth.failure","agent_id":"probe-{i}","source_ip":"198.51.100.9""#),
+        )
+    };
+    let mut first = vec![
+        ev(
+            0,
+            r#""event":"credential.revoked","agent_id":"etl","credential_id":"k-old""#,
+        ),
+        ev(
+            1,
+            r#""event":"session.start","agent_id":"coder","session_id":"s1","allowed_tools":["read_file"]"#,
+        ),
+    ];
+    first.extend((0..5).map(|i| fail(10 + i, i)));
+    let mut second = vec![
+        ev(
+            100,
+            r#""event":"credential.used","agent_id":"etl","credential_id":"k-old""#,
+        ),
+        ev(
+            101,
+            r#""event":"tool.invoke","agent_id":"coder","session_id":"s1","tool":"delete_repo""#,
+        ),
+    ];
+    second.extend((5..10).map(|i| fail(110 + i, i)));
+    (first, second)
+}
+
+const CORRELATION_RULES: [&str; 3] = [
+    "allowlist_bypass",
+    "credential_spraying",
+    "revoked_credential_use",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_membership_and_cardinality_state_spans_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let cfg = file_config(&log);
+    let (first, second) = correlation_halves(jiff::Timestamp::now().as_millisecond() - 3_600_000);
+    append(&log, &first);
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    wait_events(&daemon, "auth.failure", 5).await;
+    daemon.shutdown().await.unwrap();
+    assert!(out.alerts().is_empty(), "{:?}", out.alerts());
+    let (daemon, out) = start(&cfg, dir.path()).await;
+    append(&log, &second);
+    wait_for("three alerts", || out.alerts().len() >= 3).await;
+    let read = daemon.metrics().render();
+    daemon.shutdown().await.unwrap();
+    assert_eq!(rules_of(&out), CORRELATION_RULES);
+    // Only the second half was read: the first came from the saved state.
+    assert!(
+        read.contains("mcp_alertd_events_total{type=\"auth.failure\"} 5\n"),
+        "{read}"
+    );
+}
+
+#[test]
+fn sequence_membership_and_cardinality_state_survives_sigkill() {
+    use crate::support::{Proc, metric, scrape_blocking, wait_until};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let cfg = format!(
+        "{}[[sinks]]\nname = \"file\"\ntype = \"file\"\npath = \"{}\"\n[routing]\ndefault = [\"file\"]\n",
+        file_config(&log)
+            .replace("enabled = false", "address = \"127.0.0.1:0\"")
+            .replace("[engine]\n", "[engine]\nsnapshot_interval = \"100ms\"\n"),
+        dir.path().join("delivered.jsonl").display()
+    );
+    let (first, second) = correlation_halves(jiff::Timestamp::now().as_millisecond() - 3_600_000);
+    append(&log, &first);
+    let p = Proc::start(dir.path(), &cfg);
+    let m = p.metrics_addr();
+    wait_until("the first half saved", || {
+        let text = scrape_blocking(m);
+        metric(&text, "mcp_alertd_events_total{type=\"auth.failure\"}") >= 5.0
+            && metric(&text, "mcp_alertd_state_saves_total") >= 1.0
+    });
+    // A save covers the lines read before it, with their file position:
+    // killed before or after the last one, a restart resumes consistently
+    // (re-reading what the save did not cover).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    p.signal("KILL");
+    let mut p = p;
+    let _ = p.child.wait();
+    append(&log, &second);
+    let mut p = Proc::start(dir.path(), &cfg);
+    let delivered = || -> Vec<String> {
+        let mut rules: Vec<String> = std::fs::read_to_string(dir.path().join("delivered.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|a| a["rule"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        rules.sort();
+        rules
+    };
+    wait_until("three alerts delivered", || delivered().len() >= 3);
+    p.signal("TERM");
+    let _ = p.child.wait();
+    assert_eq!(delivered(), CORRELATION_RULES);
+}
