@@ -4,7 +4,10 @@
 //!
 //! The mix covers every event type, several tenants, bursts of
 //! authentication failures, sessions with denied tools, credentials that are
-//! used or forgotten, and bounded disorder of timestamps.
+//! used or forgotten, and bounded disorder of timestamps. It behaves like a
+//! deployment whose enforcement works: invoked tools are in the session's
+//! allowlist (one call in a thousand is not: a planted bypass), denied ones
+//! are not, and a revoked credential is replaced, never used again.
 
 pub mod render;
 
@@ -61,14 +64,10 @@ impl Rng {
     }
 }
 
-const TOOLS: [&str; 6] = [
-    "search_docs",
-    "read_file",
-    "send_email",
-    "shell_exec",
-    "create_ticket",
-    "db_query",
-];
+/// The allowlist every session is opened with.
+const ALLOWED: [&str; 2] = ["search_docs", "read_file"];
+/// Tools outside it (denied, or a planted bypass).
+const OTHER_TOOLS: [&str; 4] = ["send_email", "shell_exec", "create_ticket", "db_query"];
 const REASONS: [&str; 3] = ["invalid_token", "expired_token", "insufficient_scope"];
 const TASKS: [&str; 4] = [
     "summarize_inbox",
@@ -85,16 +84,21 @@ pub struct Corpus {
     n: u64,
     /// Remaining failures of a running burst, and its agent.
     burst: Option<(u32, u32)>,
+    /// Per agent, the generation of its credential (a revocation moves it
+    /// to the next; the new one `replaces` the old).
+    generation: Vec<u32>,
 }
 
 impl Corpus {
     pub fn new(cfg: CorpusConfig) -> Corpus {
         let rng = Rng(cfg.seed);
+        let agents = cfg.agents.max(1) as usize;
         Corpus {
             cfg,
             rng,
             n: 0,
             burst: None,
+            generation: vec![0; agents],
         }
     }
 
@@ -141,6 +145,7 @@ impl Corpus {
             901..=960 => "credential.used",
             _ => "credential.revoked",
         };
+        let slot = agent as usize % self.generation.len();
         let _ = write!(
             buf,
             r#""event":"{event}","tenant":"tenant-{tenant}","agent_id":"agent-{agent}","server":"mcp-{}""#,
@@ -175,7 +180,12 @@ impl Corpus {
                 let _ = write!(buf, r#","session_id":"sess-{session}""#);
             }
             "tool.invoke" | "tool.denied" => {
-                let tool = TOOLS[self.rng.below(TOOLS.len() as u64) as usize];
+                let planted = event == "tool.invoke" && self.rng.below(1000) == 0;
+                let tool = if event == "tool.invoke" && !planted {
+                    ALLOWED[self.rng.below(ALLOWED.len() as u64) as usize]
+                } else {
+                    OTHER_TOOLS[self.rng.below(OTHER_TOOLS.len() as u64) as usize]
+                };
                 let _ = write!(
                     buf,
                     r#","session_id":"sess-{session}","tool":"{tool}","trace_id":"{:016x}""#,
@@ -186,11 +196,14 @@ impl Corpus {
                 }
             }
             _ if event.starts_with("credential.") || event == "auth.success" => {
-                let _ = write!(
-                    buf,
-                    r#","credential_id":"cred-{}""#,
-                    agent.wrapping_mul(7) % (self.cfg.agents.max(1) * 2)
-                );
+                let generation = self.generation[slot];
+                let _ = write!(buf, r#","credential_id":"cred-{agent}-g{generation}""#);
+                if event == "credential.issued" && generation > 0 {
+                    let _ = write!(buf, r#","replaces":"cred-{agent}-g{}""#, generation - 1);
+                }
+                if event == "credential.revoked" {
+                    self.generation[slot] = generation + 1;
+                }
             }
             _ => {}
         }

@@ -94,6 +94,9 @@ pub struct Engine {
     value_buf: String,
     /// Derived sessions of sources that ask for them.
     sessions: sessions::Sessions,
+    /// The event being applied, as rules keep it: built the first time a
+    /// rule keeps it, shared by the others.
+    trigger: Option<Trigger>,
 }
 
 impl Engine {
@@ -110,6 +113,7 @@ impl Engine {
             key_buf: String::with_capacity(128),
             value_buf: String::with_capacity(64),
             sessions: sessions::Sessions::default(),
+            trigger: None,
         }
     }
 
@@ -219,6 +223,7 @@ impl Engine {
         }
         let rules = Arc::clone(&self.rules);
         let from = out.len();
+        self.trigger = None;
         for &i in rules.for_kind(ev.kind) {
             self.apply(i, &rules.rules()[i], clock, ev, pos, out);
         }
@@ -243,10 +248,18 @@ impl Engine {
             from += 1;
             let Some((i, raised)) = raised else { continue };
             let ev = raised.event();
+            self.trigger = None;
             for &c in rules.consumers(i) {
                 self.apply(c, &rules.rules()[c], clock, &ev, None, out);
             }
         }
+    }
+
+    /// The event being applied as rules keep it (built once per event).
+    fn kept(&mut self, ev: &Event<'_>, pos: Option<&Position>) -> Trigger {
+        self.trigger
+            .get_or_insert_with(|| Trigger::of(ev, pos))
+            .clone()
     }
 
     /// Applies one event to rule `i`.
@@ -364,8 +377,9 @@ impl Engine {
                 self.make_room(i, ev, pos, out);
             }
             let d = ev.ts.saturating_add(absence::deadline_ms(deadline, ev));
+            let t = self.kept(ev, pos);
             if let RuleState::Absence(a) = &mut self.states[i] {
-                a.start(&self.key_buf, d, Trigger::of(ev, pos));
+                a.start(&self.key_buf, d, t);
             }
         }
     }
@@ -405,9 +419,9 @@ impl Engine {
             && let RuleState::Sequence(keys) = &mut self.states[i]
             && let Some(k) = keys.get_mut(self.key_buf.as_str())
         {
-            k.expire(clock, *within_ms, lateness);
+            k.tidy(clock, *within_ms, lateness);
             let shown = alert_key(rule, &self.key_buf, &ev.tenant);
-            for a in k.complete(ev.ts, *after_ms, *within_ms) {
+            for a in k.complete(ev.ts, clock, *after_ms, *within_ms) {
                 let mut d = detection(rule, &shown, a.ts, 1, what(a.ts), ev, pos);
                 d.earlier = Some(a.event_ref());
                 out.push(d);
@@ -418,8 +432,9 @@ impl Engine {
             let waits = clock <= a.saturating_add(*within_ms);
             let completed = match &mut self.states[i] {
                 RuleState::Sequence(keys) => keys.get_mut(self.key_buf.as_str()).and_then(|k| {
-                    k.expire(clock, *within_ms, lateness);
-                    k.completed_by(a, *after_ms, *within_ms).cloned()
+                    k.tidy(clock, *within_ms, lateness);
+                    k.completed_by(a, clock, (*after_ms, *within_ms, lateness))
+                        .cloned()
                 }),
                 _ => None,
             };
@@ -427,16 +442,21 @@ impl Engine {
                 let mut d = kept_detection(rule, &self.key_buf, a, what(a), &b);
                 d.earlier = Some(event_ref(ev, pos));
                 out.push(d);
-            } else if waits && let Some(k) = self.keyed(i, ev, pos, out, RuleState::sequence) {
-                k.wait(Trigger::of(ev, pos));
+            } else if waits {
+                let t = self.kept(ev, pos);
+                if let Some(k) = self.keyed(i, ev, pos, out, RuleState::sequence) {
+                    k.wait(t);
+                }
             }
         }
         if is_then
             && clock <= ev.ts.saturating_add(lateness)
             && build_key(&mut self.key_buf, ev, then_key, true, scoped)
-            && let Some(k) = self.keyed(i, ev, pos, out, RuleState::sequence)
         {
-            k.keep(Trigger::of(ev, pos));
+            let t = self.kept(ev, pos);
+            if let Some(k) = self.keyed(i, ev, pos, out, RuleState::sequence) {
+                k.keep(t);
+            }
         }
     }
 
@@ -450,15 +470,12 @@ impl Engine {
         out: &mut Vec<Detection>,
         map: fn(&mut RuleState) -> Option<&mut keys::KeyMap<V>>,
     ) -> Option<&mut V> {
-        if !self.states[i].contains(&self.key_buf) {
+        if !map(&mut self.states[i])?.contains_key(self.key_buf.as_str()) {
             self.make_room(i, ev, pos, out);
+            let keys = map(&mut self.states[i])?;
+            keys.insert(self.key_buf.as_str().into(), V::default());
         }
-        let keys = map(&mut self.states[i])?;
-        let key = self.key_buf.as_str();
-        if !keys.contains_key(key) {
-            keys.insert(key.into(), V::default());
-        }
-        keys.get_mut(key)
+        map(&mut self.states[i])?.get_mut(self.key_buf.as_str())
     }
 
     /// A matching event of cardinality rule `i` that has its `distinct`
@@ -565,8 +582,9 @@ impl Engine {
                 }
                 Verdict::NoSet if clock <= ev.ts => {
                     let value = std::mem::take(&mut self.value_buf);
+                    let t = self.kept(ev, pos);
                     if let Some(k) = self.keyed(i, ev, pos, out, RuleState::membership) {
-                        k.hold(&value, Trigger::of(ev, pos));
+                        k.hold(&value, t);
                     }
                     self.value_buf = value;
                 }

@@ -888,3 +888,22 @@ fn a_snapshot_of_the_version_before_the_correlation_kinds_is_refused_with_the_re
     assert!(err.contains("version 2"), "{err}");
     assert!(err.contains("mcp-alertd state reset"), "{err}");
 }
+
+#[test]
+fn many_distinct_values_are_counted_as_few_are() {
+    // Past 16 values a key keeps them in a map instead of a vector.
+    let r = rules(&rule_text(
+        "spray",
+        "cardinality",
+        &SPRAY.replace("gte = 10", "gte = 25"),
+    ));
+    let mut lines: Vec<String> = (0..24)
+        .map(|i| spray(s(i), "ip1", Some(&format!("a{i}"))))
+        .collect();
+    lines.extend((0..24).map(|i| spray(s(30 + i), "ip1", Some(&format!("a{i}")))));
+    assert!(run_lines(&r, LATENESS, &lines).is_empty());
+    lines.push(spray(s(60), "ip1", Some("a24")));
+    let alerts = run_lines(&r, LATENESS, &lines);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!((alerts[0].ts, alerts[0].count), (s(60), 25));
+}

@@ -29,6 +29,70 @@ const COMPACT_FLOOR: usize = 1024;
 
 type ValueMap = HashMap<Box<str>, i64, foldhash::fast::RandomState>;
 
+/// Up to this many values a key keeps its latest times in a vector (no
+/// hash table per key); beyond, in a map.
+const FEW_VALUES: usize = 16;
+
+/// Each value's latest time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Latest {
+    Few(Vec<(Box<str>, i64)>),
+    Many(ValueMap),
+}
+
+impl Default for Latest {
+    fn default() -> Self {
+        Latest::Few(Vec::new())
+    }
+}
+
+impl Latest {
+    fn get(&self, value: &str) -> Option<i64> {
+        match self {
+            Latest::Few(v) => v.iter().find(|(k, _)| &**k == value).map(|(_, t)| *t),
+            Latest::Many(m) => m.get(value).copied(),
+        }
+    }
+
+    /// Raises `value`'s latest time to `t` (adding the value if new).
+    fn raise(&mut self, value: &str, t: i64) {
+        match self {
+            Latest::Few(v) => match v.iter().position(|(k, _)| &**k == value) {
+                Some(i) => v[i].1 = v[i].1.max(t),
+                None if v.len() < FEW_VALUES => v.push((value.into(), t)),
+                None => {
+                    let mut m: ValueMap = v.drain(..).collect();
+                    m.insert(value.into(), t);
+                    *self = Latest::Many(m);
+                }
+            },
+            Latest::Many(m) => match m.get_mut(value) {
+                Some(at) => *at = (*at).max(t),
+                None => {
+                    m.insert(value.into(), t);
+                }
+            },
+        }
+    }
+
+    fn remove(&mut self, value: &str) {
+        match self {
+            Latest::Few(v) => v.retain(|(k, _)| &**k != value),
+            Latest::Many(m) => {
+                m.remove(value);
+            }
+        }
+    }
+
+    /// How many values have their latest time above `lower`.
+    fn above(&self, lower: i64) -> u64 {
+        match self {
+            Latest::Few(v) => v.iter().filter(|(_, t)| *t > lower).count() as u64,
+            Latest::Many(m) => m.values().filter(|&&t| t > lower).count() as u64,
+        }
+    }
+}
+
 /// `kind = "cardinality"`: the rule's own keys as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,7 +151,7 @@ pub struct DistinctKey {
     /// (time, value) of matching events, sorted, each pair once.
     seen: Vec<(i64, Box<str>)>,
     /// Each value's latest time in `seen`.
-    latest: ValueMap,
+    latest: Latest,
     /// Fire times, sorted, all `> clock - W - S`.
     fired: SmallVec<[i64; 1]>,
     /// Pairs held after the last compaction (at least the floor).
@@ -155,8 +219,7 @@ impl DistinctKey {
             return None;
         }
         let lower = e.saturating_sub(w).max(cutoff);
-        let count =
-            self.latest.values().filter(|&&t| t > lower).count() as u64 + u64::from(own_stale);
+        let count = self.latest.above(lower) + u64::from(own_stale);
         condition.holds(count).then_some((e, count))
     }
 
@@ -219,12 +282,7 @@ impl DistinctKey {
             return;
         }
         self.seen.insert(at, (e, value.into()));
-        match self.latest.get_mut(value) {
-            Some(t) => *t = (*t).max(e),
-            None => {
-                self.latest.insert(value.into(), e);
-            }
-        }
+        self.latest.raise(value, e);
     }
 
     /// Forgets stale fire times, removes stale pairs when they are at least
@@ -240,7 +298,7 @@ impl DistinctKey {
         let stale = self.seen.partition_point(|(t, _)| *t <= cutoff);
         if stale > 0 && stale * 2 >= self.seen.len() {
             for (t, v) in self.seen.drain(..stale) {
-                if self.latest.get(&v) == Some(&t) {
+                if self.latest.get(&v) == Some(t) {
                     self.latest.remove(&v);
                 }
             }

@@ -10,6 +10,8 @@ pub mod membership;
 pub mod sequence;
 pub mod threshold;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::keys::{KeyMap, oldest};
@@ -24,30 +26,76 @@ use threshold::{LifetimeKey, WindowKey};
 
 /// An event kept in state (a pending start, a sequence's sides, a held
 /// check): what its alert says about it, its tenant and its fingerprint.
+/// Shared: one event kept by several rules is built (and hashed) once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger(Arc<TriggerData>);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trigger {
+pub struct TriggerData {
     pub ts: i64,
     event: Box<str>,
     tool: Option<Box<str>>,
     reason: Option<Box<str>>,
     server: Option<Box<str>>,
-    position: Option<Box<str>>,
+    position: Option<KeptPosition>,
     pub tenant: Box<str>,
     pub fingerprint: Fingerprint,
 }
 
+/// Where a kept event came from: the position itself while live (a clone
+/// is cheap), its text once read back from a snapshot. Saved as text.
+#[derive(Debug, Clone, PartialEq)]
+enum KeptPosition {
+    Live(Position),
+    Text(Box<str>),
+}
+
+impl Serialize for KeptPosition {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            KeptPosition::Live(p) => s.collect_str(p),
+            KeptPosition::Text(t) => s.serialize_str(t),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeptPosition {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeptPosition, D::Error> {
+        Box::<str>::deserialize(d).map(KeptPosition::Text)
+    }
+}
+
+impl std::ops::Deref for Trigger {
+    type Target = TriggerData;
+    fn deref(&self) -> &TriggerData {
+        &self.0
+    }
+}
+
+impl Serialize for Trigger {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Trigger {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Trigger, D::Error> {
+        TriggerData::deserialize(d).map(|t| Trigger(Arc::new(t)))
+    }
+}
+
 impl Trigger {
     pub fn of(ev: &Event<'_>, pos: Option<&Position>) -> Trigger {
-        Trigger {
+        Trigger(Arc::new(TriggerData {
             ts: ev.ts,
             event: ev.event.as_ref().into(),
             tool: ev.tool.as_deref().map(Into::into),
             reason: ev.reason.as_deref().map(Into::into),
             server: ev.server.as_deref().map(Into::into),
-            position: pos.map(|p| p.to_string().into()),
+            position: pos.cloned().map(KeptPosition::Live),
             tenant: ev.tenant.as_ref().into(),
             fingerprint: alert::fingerprint(ev.payload, ev.part),
-        }
+        }))
     }
 
     pub fn event_ref(&self) -> EventRef {
@@ -57,7 +105,10 @@ impl Trigger {
             tool: self.tool.as_deref().map(str::to_owned),
             reason: self.reason.as_deref().map(str::to_owned),
             server: self.server.as_deref().map(str::to_owned),
-            position: self.position.as_deref().map(str::to_owned),
+            position: self.position.as_ref().map(|p| match p {
+                KeptPosition::Live(p) => p.to_string(),
+                KeptPosition::Text(t) => t.to_string(),
+            }),
         }
     }
 }

@@ -113,23 +113,50 @@ impl SequenceKey {
         last(&self.firsts).max(last(&self.thens))
     }
 
+    /// The A's the clock has passed (`clock > a + within`): a prefix.
+    fn expired_firsts(&self, clock: i64, within_ms: i64) -> usize {
+        self.firsts
+            .partition_point(|a| clock > a.ts.saturating_add(within_ms))
+    }
+
+    /// The B's the clock has passed (`clock > b + lateness`): a prefix.
+    fn expired_thens(&self, clock: i64, lateness_ms: i64) -> usize {
+        self.thens
+            .partition_point(|b| clock > b.ts.saturating_add(lateness_ms))
+    }
+
     /// Drops what the clock has passed; says whether nothing is left.
     pub fn expire(&mut self, clock: i64, within_ms: i64, lateness_ms: i64) -> bool {
-        self.firsts
-            .retain(|a| clock <= a.ts.saturating_add(within_ms));
-        let stale = self
-            .thens
-            .partition_point(|b| clock > b.ts.saturating_add(lateness_ms));
-        self.thens.drain(..stale);
+        let (a, b) = (
+            self.expired_firsts(clock, within_ms),
+            self.expired_thens(clock, lateness_ms),
+        );
+        self.firsts.drain(..a);
+        self.thens.drain(..b);
         self.firsts.is_empty() && self.thens.is_empty()
     }
 
+    /// On access: drops what the clock has passed once it is at least half
+    /// of what is held (amortized; expired entries are skipped meanwhile).
+    pub fn tidy(&mut self, clock: i64, within_ms: i64, lateness_ms: i64) {
+        let a = self.expired_firsts(clock, within_ms);
+        if a > 0 && a * 2 >= self.firsts.len() {
+            self.firsts.drain(..a);
+        }
+        let b = self.expired_thens(clock, lateness_ms);
+        if b > 0 && b * 2 >= self.thens.len() {
+            self.thens.drain(..b);
+        }
+    }
+
     /// A `then` event at `b`: takes every waiting A it completes
-    /// (`a + after <= b <= a + within`), in order of `a`.
-    pub fn complete(&mut self, b: i64, after_ms: i64, within_ms: i64) -> Vec<Trigger> {
+    /// (`a + after <= b <= a + within`, not yet passed by the clock), in
+    /// order of `a`.
+    pub fn complete(&mut self, b: i64, clock: i64, after_ms: i64, within_ms: i64) -> Vec<Trigger> {
         let lo = self
             .firsts
-            .partition_point(|a| a.ts.saturating_add(within_ms) < b);
+            .partition_point(|a| a.ts.saturating_add(within_ms) < b)
+            .max(self.expired_firsts(clock, within_ms));
         let hi = self
             .firsts
             .partition_point(|a| a.ts.saturating_add(after_ms) <= b);
@@ -139,10 +166,19 @@ impl SequenceKey {
         self.firsts.drain(lo..hi).collect()
     }
 
-    /// A `first` event at `a`: the earliest kept B it is completed by.
-    pub fn completed_by(&self, a: i64, after_ms: i64, within_ms: i64) -> Option<&Trigger> {
+    /// A `first` event at `a`: the earliest kept B (not yet passed by the
+    /// clock) it is completed by.
+    pub fn completed_by(
+        &self,
+        a: i64,
+        clock: i64,
+        (after_ms, within_ms, lateness_ms): (i64, i64, i64),
+    ) -> Option<&Trigger> {
         let from = a.saturating_add(after_ms);
-        let at = self.thens.partition_point(|b| b.ts < from);
+        let at = self
+            .thens
+            .partition_point(|b| b.ts < from)
+            .max(self.expired_thens(clock, lateness_ms));
         self.thens
             .get(at)
             .filter(|b| b.ts <= a.saturating_add(within_ms))
