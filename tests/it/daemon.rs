@@ -575,9 +575,11 @@ async fn metrics_and_health_endpoints_serve_what_operators_need() {
     wait_for("alerts", || out.alerts().len() >= EXPECTED_ALERTS).await;
     let m = daemon.metrics_addr().unwrap();
     let mut text = String::new();
+    // The quantiles are set one after another, 0.999 last: a scrape in
+    // between sees only the first ones.
     wait_for("latency exported", || {
         text = scrape_blocking(m);
-        text.contains("mcp_alertd_ingest_to_alert_latency_seconds{quantile=\"0.99\"}")
+        text.contains("mcp_alertd_ingest_to_alert_latency_seconds{quantile=\"0.999\"}")
     })
     .await;
     for want in [
