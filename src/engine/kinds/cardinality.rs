@@ -146,6 +146,18 @@ impl Raw {
     }
 }
 
+/// An arriving event at `e` for a rule of window `w` and suppression `s`,
+/// with the stale cutoff (`clock - w`) and whether `e` is itself stale.
+#[derive(Clone, Copy)]
+struct Arrival {
+    e: i64,
+    w: i64,
+    s: i64,
+    cutoff: i64,
+    own_stale: bool,
+    condition: CountCondition,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DistinctKey {
     /// (time, value) of matching events, sorted, each pair once.
@@ -192,11 +204,18 @@ impl DistinctKey {
         if self.seen.len() >= (self.floor as usize).max(COMPACT_FLOOR) * 2 {
             self.compact(clock);
         }
-        let own_stale = e <= cutoff;
+        let arrival = Arrival {
+            e,
+            w,
+            s,
+            cutoff,
+            own_stale: e <= cutoff,
+            condition,
+        };
         let found = if newest {
-            self.newest(e, w, cutoff, own_stale, s, condition)
+            self.newest(&arrival)
         } else {
-            self.scan(e, value, w, cutoff, own_stale, s, condition)
+            self.scan(&arrival, value)
         };
         if let Some((t, _)) = found {
             let at = self.fired.partition_point(|&f| f <= t);
@@ -206,15 +225,15 @@ impl DistinctKey {
     }
 
     /// The one candidate `e` of an event at or after all the key holds.
-    fn newest(
-        &self,
-        e: i64,
-        w: i64,
-        cutoff: i64,
-        own_stale: bool,
-        s: i64,
-        condition: CountCondition,
-    ) -> Option<(i64, u64)> {
+    fn newest(&self, a: &Arrival) -> Option<(i64, u64)> {
+        let Arrival {
+            e,
+            w,
+            s,
+            cutoff,
+            own_stale,
+            condition,
+        } = *a;
         if suppressed(&self.fired, e, s) {
             return None;
         }
@@ -225,17 +244,15 @@ impl DistinctKey {
 
     /// Every candidate end in `[e, e + W)`, ascending, with a sliding count
     /// of the values in each window.
-    #[allow(clippy::too_many_arguments)]
-    fn scan(
-        &self,
-        e: i64,
-        value: &str,
-        w: i64,
-        cutoff: i64,
-        own_stale: bool,
-        s: i64,
-        condition: CountCondition,
-    ) -> Option<(i64, u64)> {
+    fn scan(&self, a: &Arrival, value: &str) -> Option<(i64, u64)> {
+        let Arrival {
+            e,
+            w,
+            s,
+            cutoff,
+            own_stale,
+            condition,
+        } = *a;
         let seen = &self.seen;
         let end = e.saturating_add(w);
         let mut i = seen.partition_point(|(t, _)| *t < e);
