@@ -340,6 +340,7 @@ fn start_delivery(
     for (sink, cfg) in sinks.into_iter().zip(&config.sinks) {
         let wake = Arc::new(Notify::new());
         wakes.push((sink.name.clone(), wake.clone()));
+        dispatch::register(metrics, &sink.name);
         tracker.spawn(dispatch::dispatch(
             sink,
             store.clone(),

@@ -103,6 +103,17 @@ pub fn backoff(attempts: u32, initial: Duration, max: Duration) -> Duration {
     base.mul_f64(jitter)
 }
 
+/// Creates a sink's delivery series (at 0) before its dispatcher runs, so a
+/// scrape right after start shows them.
+pub fn register(metrics: &Metrics, sink: &str) {
+    let label = crate::telemetry::metrics::SinkLabel {
+        sink: sink.to_owned(),
+    };
+    drop(metrics.alerts_sent.get_or_create(&label));
+    drop(metrics.alert_send_errors.get_or_create(&label));
+    drop(metrics.alerts_dead.get_or_create(&label));
+}
+
 /// Runs one sink's deliveries until `cancel`.
 pub async fn dispatch<S: Deliver>(
     mut sink: S,
