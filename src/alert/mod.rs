@@ -5,6 +5,7 @@
 //! Times are carried as epoch milliseconds and written as RFC 3339 UTC with
 //! millisecond precision (`2026-11-27T15:04:32.123Z`).
 
+pub mod format;
 pub mod render;
 
 use std::collections::BTreeMap;
@@ -195,6 +196,41 @@ pub mod rfc3339 {
             #[derive(Deserialize)]
             struct W(#[serde(with = "super")] i64);
             Ok(Option::<W>::deserialize(d)?.map(|W(ms)| ms))
+        }
+    }
+}
+
+impl Alert {
+    /// An alert with every field filled, on which `check` renders each
+    /// configured format and template (and the docs show their output).
+    pub fn sample() -> Alert {
+        let ts = 1_795_858_816_339; // 2026-11-28T09:40:16.339Z
+        Alert {
+            id: "0b6f3c52-3f8e-8d3a-9c41-5e2a7d9b1f04".to_owned(),
+            rule: "session_injection_incident".to_owned(),
+            title: "Prompt injection incident: repeated unauthorized tool attempts in one session"
+                .to_owned(),
+            severity: Severity::Critical,
+            tenant: "acme".to_owned(),
+            key: BTreeMap::from([
+                ("agent_id".to_owned(), "agent-build-7".to_owned()),
+                ("session_id".to_owned(), "0c9d8e7f-6a5b".to_owned()),
+            ]),
+            ts,
+            detected_at: Some(ts + 42),
+            count: 5,
+            window_start: Some(ts - 600_000),
+            window_end: Some(ts),
+            summary: "Agent agent-build-7 (tenant acme) tried 5 tools outside its allowlist in session 0c9d8e7f-6a5b within 10m (threshold: >= 5)."
+                .to_owned(),
+            events: vec![EventRef {
+                ts,
+                event: "tool.denied".to_owned(),
+                tool: Some("delete_repository".to_owned()),
+                reason: Some("not_in_allowlist".to_owned()),
+                server: Some("github".to_owned()),
+                position: Some("tcp 127.0.0.1:51922 line 418".to_owned()),
+            }],
         }
     }
 }

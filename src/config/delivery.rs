@@ -7,9 +7,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{OutboxSettings, SinkConfig, SinkKind};
+use crate::alert::format::AlertFormat;
 use crate::options::section::{self, Empty, fields_of};
 use crate::router::{Route, Router};
-use crate::sink::{email, file, kafka, syslog, webhook};
+use crate::sink::{elasticsearch, email, file, kafka, splunk_hec, syslog, webhook};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,10 +76,13 @@ struct RawSinkCommon {
     rate_limit: Option<u32>,
     burst: Option<u32>,
     timeout: Option<String>,
+    format: Option<String>,
+    leef_delimiter: Option<String>,
+    incident_rules: Option<Vec<String>>,
 }
 
 /// The keys of every sink kind (for "does not apply to type").
-fn sink_fields() -> [&'static [&'static str]; 6] {
+fn sink_fields() -> [&'static [&'static str]; 8] {
     [
         fields_of::<Empty>(),
         fields_of::<file::Raw>(),
@@ -86,6 +90,8 @@ fn sink_fields() -> [&'static [&'static str]; 6] {
         fields_of::<email::Raw>(),
         fields_of::<syslog::Raw>(),
         fields_of::<kafka::Raw>(),
+        fields_of::<splunk_hec::Raw>(),
+        fields_of::<elasticsearch::Raw>(),
     ]
 }
 
@@ -105,6 +111,7 @@ fn validate_sink(
     let t = common.kind.as_str();
     let kinds = sink_fields();
     let pre = format!("{at}: ");
+    let mut legacy_format = None;
     let kind = match t {
         "stdout" => section::kind::<Empty>(table, &pre, ("type", t), &kinds, errors)
             .map(|_| SinkKind::Stdout),
@@ -114,11 +121,22 @@ fn validate_sink(
             .map(|r| SinkKind::Webhook(r.validate(&at, errors))),
         "email" => section::kind::<email::Raw>(table, &pre, ("type", t), &kinds, errors)
             .map(|r| SinkKind::Email(r.validate(&at, errors))),
-        "syslog" => section::kind::<syslog::Raw>(table, &pre, ("type", t), &kinds, errors)
-            .map(|r| SinkKind::Syslog(r.validate(&at, errors))),
+        "syslog" => {
+            section::kind::<syslog::Raw>(table, &pre, ("type", t), &kinds, errors).map(|r| {
+                let (settings, legacy) = r.validate(&at, errors);
+                legacy_format = legacy;
+                SinkKind::Syslog(settings)
+            })
+        }
         "kafka" => section::kind::<kafka::Raw>(table, &pre, ("type", t), &kinds, errors)
             .and_then(|r| r.validate(&at, errors))
             .map(SinkKind::Kafka),
+        "splunk_hec" => section::kind::<splunk_hec::Raw>(table, &pre, ("type", t), &kinds, errors)
+            .map(|r| SinkKind::SplunkHec(r.validate(&at, errors))),
+        "elasticsearch" => {
+            section::kind::<elasticsearch::Raw>(table, &pre, ("type", t), &kinds, errors)
+                .map(|r| SinkKind::Elasticsearch(r.validate(&at, errors)))
+        }
         other => {
             errors.push(format!(
                 "{at}: unknown type `{other}` ({})",
@@ -152,12 +170,73 @@ fn validate_sink(
         (None, None) => None,
     };
     let kind = kind?;
+    let format = sink_format(&at, &kind, &common, legacy_format, errors);
     (errors.len() == before).then_some(SinkConfig {
         name: common.name,
         kind,
         rate_limit,
         timeout,
+        format,
     })
+}
+
+/// A sink's alert format: `format` (with its options), the older syslog
+/// `message`, or the kind's default. Email writes its own body; a template
+/// renders the alert itself; Elasticsearch documents are JSON.
+fn sink_format(
+    at: &str,
+    kind: &SinkKind,
+    common: &RawSinkCommon,
+    legacy: Option<AlertFormat>,
+    errors: &mut Vec<String>,
+) -> AlertFormat {
+    let given = common.format.is_some()
+        || common.leef_delimiter.is_some()
+        || common.incident_rules.is_some();
+    let format = match common.format.as_deref() {
+        Some(name) => match AlertFormat::parse(
+            name,
+            common.leef_delimiter.as_deref(),
+            common.incident_rules.clone(),
+        ) {
+            Ok(f) => f,
+            Err(e) => {
+                errors.push(format!("{at}: {e}"));
+                kind.default_format()
+            }
+        },
+        None if given => {
+            errors.push(format!(
+                "{at}: `leef_delimiter` and `incident_rules` need `format`"
+            ));
+            kind.default_format()
+        }
+        None => legacy.clone().unwrap_or_else(|| kind.default_format()),
+    };
+    if common.format.is_some() && legacy.is_some() {
+        errors.push(format!(
+            "{at}: `message` is the older name of `format`; give `format` only"
+        ));
+    }
+    match kind {
+        SinkKind::Email(_) if given => {
+            errors.push(format!(
+                "{at}: email writes its own body; `format` does not apply"
+            ));
+        }
+        SinkKind::Webhook(w) if given && w.template.is_some() => {
+            errors.push(format!(
+                "{at}: a template renders the alert itself; give `format` or a template, not both"
+            ));
+        }
+        SinkKind::Elasticsearch(_) if !format.is_json() => {
+            errors.push(format!(
+                "{at}: Elasticsearch documents are JSON: format `native`, `ocsf` or `ecs`"
+            ));
+        }
+        _ => {}
+    }
+    format
 }
 
 #[derive(Deserialize)]

@@ -19,22 +19,32 @@ use crate::alert::Alert;
 use crate::store::{DeadLetter, Delivery, Due, Store};
 use crate::telemetry::metrics::Metrics;
 
+/// One alert handed to a sink: its id, its stored JSON and, for a sink that
+/// renders, the typed alert.
+#[derive(Clone, Copy)]
+pub struct Item<'a> {
+    pub id: &'a str,
+    pub json: &'a [u8],
+    pub alert: Option<&'a Alert>,
+}
+
 /// What the dispatcher delivers through: a sink (the contract every sink
 /// kind meets through `sink::Sink`).
 pub trait Deliver: Send + 'static {
     /// The sink's name (metrics, logs, the outbox's per-sink queue).
     fn name(&self) -> &str;
-    /// Whether the sink renders the alert itself (email, CEF, a Kafka key)
-    /// and so needs it typed, not only its stored JSON.
+    /// Whether the sink renders the alert itself (a format, email, a Kafka
+    /// key) and so needs it typed, not only its stored JSON.
     fn renders(&self) -> bool;
-    /// Delivers one alert (its id, its stored JSON and, for a sink that
-    /// renders, the typed alert) within the sink's own timeout.
+    /// Alerts the sink takes in one request (1: one at a time).
+    fn batch(&self) -> usize;
+    /// Delivers a group of at most [`batch`](Self::batch) alerts within the
+    /// sink's own timeout: one result per item, in order (a batch request
+    /// that fails as a whole fails every item alike).
     fn send(
         &mut self,
-        id: &str,
-        json: &[u8],
-        alert: Option<&Alert>,
-    ) -> impl std::future::Future<Output = Result<(), SendError>> + Send;
+        items: &[Item<'_>],
+    ) -> impl std::future::Future<Output = Vec<Result<(), SendError>>> + Send;
 }
 
 /// Alerts parsed once from their stored JSON for a sink that renders them,
@@ -161,36 +171,64 @@ pub async fn dispatch<S: Deliver>(
             }
             continue;
         }
+        let size = sink.batch().max(1);
         let mut acks = Vec::new();
-        for d in due {
-            if let Some(l) = &limiter {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = l.until_ready() => {}
+        let mut queue = due.into_iter();
+        'groups: loop {
+            let mut group: Vec<(Due, Option<Arc<Alert>>)> = Vec::with_capacity(size);
+            while group.len() < size {
+                let Some(d) = queue.next() else { break };
+                if let Some(l) = &limiter {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break 'groups,
+                        _ = l.until_ready() => {}
+                    }
+                }
+                if cancel.is_cancelled() {
+                    break 'groups;
+                }
+                let alert = match sink.renders() {
+                    true => parsed.get(&d.id, &d.alert).map(Some),
+                    false => Ok(None),
+                };
+                match alert {
+                    Ok(alert) => group.push((d, alert)),
+                    Err(err) => {
+                        failed.inc();
+                        if fail(sink.name(), &d, err, &store, &settings).await {
+                            dead.inc();
+                        }
+                    }
                 }
             }
-            if cancel.is_cancelled() {
+            if group.is_empty() {
                 break;
             }
-            let alert = match sink.renders() {
-                true => parsed.get(&d.id, &d.alert).map(Some),
-                false => Ok(None),
-            };
-            let result = match alert {
-                Ok(alert) => sink.send(&d.id, &d.alert, alert.as_deref()).await,
-                Err(err) => Err(err),
-            };
-            match result {
-                Ok(()) => {
-                    parsed.forget(&d.id);
-                    sent.inc();
-                    acks.push((d.id.clone(), d.delivery.next_ms, d.delivery.seq));
-                }
-                Err(err) => {
-                    failed.inc();
-                    if fail(sink.name(), &d, err, &store, &settings).await {
-                        dead.inc();
+            let items: Vec<Item<'_>> = group
+                .iter()
+                .map(|(d, a)| Item {
+                    id: &d.id,
+                    json: &d.alert,
+                    alert: a.as_deref(),
+                })
+                .collect();
+            let mut results = sink.send(&items).await.into_iter();
+            for (d, _) in &group {
+                let result = results
+                    .next()
+                    .unwrap_or_else(|| Err(SendError::retry("the sink gave no result")));
+                match result {
+                    Ok(()) => {
                         parsed.forget(&d.id);
+                        sent.inc();
+                        acks.push((d.id.clone(), d.delivery.next_ms, d.delivery.seq));
+                    }
+                    Err(err) => {
+                        failed.inc();
+                        if fail(sink.name(), d, err, &store, &settings).await {
+                            dead.inc();
+                            parsed.forget(&d.id);
+                        }
                     }
                 }
             }

@@ -5,14 +5,17 @@
 //! what to do about it (backoff, dead letters, rate limits) is the outbox
 //! dispatcher's ([`crate::outbox::dispatch`]).
 
-pub mod cef;
+pub mod elasticsearch;
 pub mod email;
 pub mod file;
 pub mod kafka;
+pub mod splunk_hec;
 pub mod stdout;
 pub mod syslog;
+pub mod template;
 pub mod webhook;
 
+pub use crate::alert::format::AlertFormat;
 pub use email::{SmtpTls, body as email_body, subject as email_subject};
 pub use stdout::SharedWriter;
 pub use syslog::{SyslogMessage, SyslogProtocol};
@@ -24,6 +27,7 @@ use std::time::Duration;
 
 use crate::alert::Alert;
 pub use crate::outbox::SendError;
+use crate::outbox::dispatch::Item;
 
 /// The kinds of sink, each with its settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,11 +39,14 @@ pub enum SinkKind {
     Syslog(syslog::Settings),
     /// Alerts produced to a Kafka topic (key `tenant/rule`).
     Kafka(kafka::Settings),
+    SplunkHec(splunk_hec::Settings),
+    Elasticsearch(elasticsearch::Settings),
 }
 
 impl SinkKind {
     /// Every `type` a sink may have.
-    pub const TYPES: &str = "stdout, file, webhook, email, syslog, kafka";
+    pub const TYPES: &str =
+        "stdout, file, webhook, email, syslog, kafka, splunk_hec, elasticsearch";
 
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -49,6 +56,17 @@ impl SinkKind {
             SinkKind::Email(_) => "email",
             SinkKind::Syslog(_) => "syslog",
             SinkKind::Kafka(_) => "kafka",
+            SinkKind::SplunkHec(_) => "splunk_hec",
+            SinkKind::Elasticsearch(_) => "elasticsearch",
+        }
+    }
+
+    /// The alert format of a sink that names none.
+    pub fn default_format(&self) -> AlertFormat {
+        match self {
+            SinkKind::Syslog(_) => AlertFormat::Cef,
+            SinkKind::Elasticsearch(_) => AlertFormat::Ecs,
+            _ => AlertFormat::Native,
         }
     }
 }
@@ -61,6 +79,8 @@ pub struct SinkConfig {
     /// outbox.
     pub rate_limit: Option<(u32, u32)>,
     pub timeout: Duration,
+    /// How the body is written (email writes its own).
+    pub format: AlertFormat,
 }
 
 impl SinkConfig {
@@ -70,6 +90,7 @@ impl SinkConfig {
             kind: SinkKind::Stdout,
             rate_limit: None,
             timeout: Duration::from_secs(10),
+            format: AlertFormat::Native,
         }
     }
 
@@ -86,6 +107,8 @@ enum Kind {
     Syslog(syslog::Syslog),
     #[cfg(feature = "kafka")]
     Kafka(kafka::Kafka),
+    SplunkHec(splunk_hec::SplunkHec),
+    Elasticsearch(elasticsearch::Elasticsearch),
 }
 
 /// One configured sink, ready to send.
@@ -93,6 +116,7 @@ pub struct Sink {
     pub name: String,
     kind: Kind,
     timeout: Duration,
+    format: AlertFormat,
 }
 
 impl Sink {
@@ -115,54 +139,164 @@ impl Sink {
             SinkKind::Kafka(s) => Kind::Kafka(kafka::Kafka::build(s, cfg.timeout).map_err(at)?),
             #[cfg(not(feature = "kafka"))]
             SinkKind::Kafka(_) => return Err(at("this build has no Kafka support".into())),
+            SinkKind::SplunkHec(s) => {
+                Kind::SplunkHec(splunk_hec::SplunkHec::build(s, cfg.timeout).map_err(at)?)
+            }
+            SinkKind::Elasticsearch(s) => Kind::Elasticsearch(
+                elasticsearch::Elasticsearch::build(s, cfg.timeout).map_err(at)?,
+            ),
         };
         Ok(Sink {
             name: cfg.name.clone(),
             kind,
             timeout: cfg.timeout,
+            format: cfg.format.clone(),
         })
     }
 
-    /// Whether this sink renders the alert itself (and so needs it typed).
+    /// Whether this sink renders the alert (a format other than `native`,
+    /// a template, email, a Kafka key, HEC and bulk metadata) and so needs
+    /// it typed.
     pub fn renders(&self) -> bool {
+        self.format.needs_alert()
+            || match &self.kind {
+                Kind::Email(_) | Kind::Syslog(_) | Kind::SplunkHec(_) | Kind::Elasticsearch(_) => {
+                    true
+                }
+                #[cfg(feature = "kafka")]
+                Kind::Kafka(_) => true,
+                Kind::Webhook(w) => w.templated(),
+                Kind::Stdout(_) | Kind::File(_) => false,
+            }
+    }
+
+    /// Alerts per request: HEC and bulk batch, the others send one by one.
+    pub fn batch(&self) -> usize {
         match &self.kind {
-            Kind::Email(_) | Kind::Syslog(_) => true,
-            #[cfg(feature = "kafka")]
-            Kind::Kafka(_) => true,
-            Kind::Stdout(_) | Kind::File(_) | Kind::Webhook(_) => false,
+            Kind::SplunkHec(h) => h.batch_size(),
+            Kind::Elasticsearch(e) => e.batch_size(),
+            _ => 1,
         }
     }
 
-    /// Delivers one alert (its id, its stored JSON and, for a sink that
-    /// [`renders`](Self::renders), the typed alert), within the sink's
-    /// timeout.
-    pub async fn send(
-        &mut self,
-        id: &str,
-        json: &[u8],
-        alert: Option<&Alert>,
-    ) -> Result<(), SendError> {
-        let typed = || alert.ok_or_else(|| SendError::permanent("the alert was not handed over"));
-        let timeout = self.timeout;
+    /// Delivers a group of alerts (at most [`batch`](Self::batch)) within
+    /// the sink's timeout (for HEC with acknowledgement, plus its ack
+    /// timeout): one result per item.
+    pub async fn send(&mut self, items: &[Item<'_>]) -> Vec<Result<(), SendError>> {
+        let timeout = match &self.kind {
+            Kind::SplunkHec(h) => h.deadline(self.timeout),
+            _ => self.timeout,
+        };
+        let n = items.len();
         let fut = async {
             match &mut self.kind {
-                Kind::Stdout(s) => s.send(json),
-                Kind::File(f) => f.send(json),
-                Kind::Webhook(w) => w.send(id, json).await,
-                Kind::Email(e) => e.send(typed()?).await,
-                Kind::Syslog(s) => s.send(typed()?, json).await,
-                #[cfg(feature = "kafka")]
-                Kind::Kafka(k) => {
-                    let alert = typed()?;
-                    k.send(id, &alert.tenant, &alert.rule, json).await
+                Kind::SplunkHec(_) | Kind::Elasticsearch(_) => {
+                    let typed: Result<Vec<(&Alert, &[u8])>, SendError> = items
+                        .iter()
+                        .map(|i| {
+                            i.alert.map(|a| (a, i.json)).ok_or_else(|| {
+                                SendError::permanent("the alert was not handed over")
+                            })
+                        })
+                        .collect();
+                    match (typed, &self.kind) {
+                        (Err(e), _) => vec![Err(e); n],
+                        (Ok(t), Kind::SplunkHec(h)) => h.send(&self.format, &t).await,
+                        (Ok(t), Kind::Elasticsearch(e)) => e.send(&self.format, &t).await,
+                        (Ok(_), _) => vec![Err(SendError::permanent("not a batch sink")); n],
+                    }
+                }
+                _ => {
+                    let mut out = Vec::with_capacity(n);
+                    for item in items {
+                        out.push(self.send_one(item).await);
+                    }
+                    out
                 }
             }
         };
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(SendError::retry(format!("timed out after {timeout:?}"))),
+            Err(_) => vec![Err(SendError::retry(format!("timed out after {timeout:?}"))); n],
         }
     }
+
+    /// Delivers one alert through a sink that sends one at a time.
+    async fn send_one(&mut self, item: &Item<'_>) -> Result<(), SendError> {
+        let typed = || {
+            item.alert
+                .ok_or_else(|| SendError::permanent("the alert was not handed over"))
+        };
+        let rendered;
+        let body: &[u8] = match self.format.needs_alert() {
+            true => {
+                rendered = self.format.render(typed()?, item.json);
+                &rendered
+            }
+            false => item.json,
+        };
+        match &mut self.kind {
+            Kind::Stdout(s) => s.send(body),
+            Kind::File(f) => f.send(body),
+            Kind::Webhook(w) => {
+                w.send(item.id, body, self.format.is_json(), item.alert)
+                    .await
+            }
+            Kind::Email(e) => e.send(typed()?).await,
+            Kind::Syslog(s) => s.send(typed()?, body).await,
+            #[cfg(feature = "kafka")]
+            Kind::Kafka(k) => {
+                let alert = typed()?;
+                k.send(item.id, &alert.tenant, &alert.rule, body).await
+            }
+            Kind::SplunkHec(_) | Kind::Elasticsearch(_) => {
+                Err(SendError::permanent("a batch sink sends in batches"))
+            }
+        }
+    }
+}
+
+/// A sink's `url`: required, http:// or https://.
+pub fn http_url(at: &str, kind: &str, url: Option<String>, errors: &mut Vec<String>) -> String {
+    match url {
+        Some(url) => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                errors.push(format!("{at}: `url` must be http:// or https://"));
+            }
+            url
+        }
+        None => {
+            errors.push(format!("{at}: `url` is required for type `{kind}`"));
+            String::new()
+        }
+    }
+}
+
+/// A sink's `batch_size`: 1..=`max`, `default` when absent.
+pub fn batch_size(
+    at: &str,
+    v: Option<usize>,
+    default: usize,
+    max: usize,
+    errors: &mut Vec<String>,
+) -> usize {
+    match v {
+        None => default,
+        Some(n) if (1..=max).contains(&n) => n,
+        Some(_) => {
+            errors.push(format!("{at}: `batch_size` must be 1..={max}"));
+            default
+        }
+    }
+}
+
+/// This machine's host name (`/etc/hostname`), or `-`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.is_ascii() && !h.contains(' '))
+        .unwrap_or_else(|| "-".to_owned())
 }
 
 impl crate::outbox::dispatch::Deliver for Sink {
@@ -174,12 +308,11 @@ impl crate::outbox::dispatch::Deliver for Sink {
         Sink::renders(self)
     }
 
-    async fn send(
-        &mut self,
-        id: &str,
-        json: &[u8],
-        alert: Option<&Alert>,
-    ) -> Result<(), SendError> {
-        Sink::send(self, id, json, alert).await
+    fn batch(&self) -> usize {
+        Sink::batch(self)
+    }
+
+    async fn send(&mut self, items: &[Item<'_>]) -> Vec<Result<(), SendError>> {
+        Sink::send(self, items).await
     }
 }

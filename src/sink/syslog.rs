@@ -1,5 +1,6 @@
 //! Syslog sink to a SIEM: RFC 5424 over UDP, TCP (octet counting, RFC
-//! 6587) or TLS (RFC 5425). MSG is CEF (ArcSight) or the alert JSON; the
+//! 6587) or TLS (RFC 5425). MSG is the alert in the sink's format (CEF by
+//! default; LEEF, OCSF, ECS or the native JSON); the
 //! alert's main fields are also RFC 5424 structured data; severity maps to
 //! the syslog severity. Stream connections are kept and re-made on error.
 
@@ -22,7 +23,8 @@ pub enum SyslogProtocol {
     Tls,
 }
 
-/// What MSG carries.
+/// What MSG carries: the older `message` key, now an alias of the sink's
+/// `format` (`json` is `native`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyslogMessage {
@@ -47,7 +49,6 @@ pub struct Raw {
 pub struct Settings {
     pub address: SocketAddr,
     pub protocol: SyslogProtocol,
-    pub message: SyslogMessage,
     /// For TLS: the server name to verify (default: the IP).
     pub server_name: Option<String>,
     pub ca_file: Option<PathBuf>,
@@ -55,7 +56,16 @@ pub struct Settings {
 }
 
 impl Raw {
-    pub fn validate(self, at: &str, errors: &mut Vec<String>) -> Settings {
+    /// The settings, and the format the older `message` key names.
+    pub fn validate(
+        self,
+        at: &str,
+        errors: &mut Vec<String>,
+    ) -> (Settings, Option<super::AlertFormat>) {
+        let legacy = self.message.map(|m| match m {
+            SyslogMessage::Cef => super::AlertFormat::Cef,
+            SyslogMessage::Json => super::AlertFormat::Native,
+        });
         let fallback = SocketAddr::from(([127, 0, 0, 1], 514));
         let address = match self.address.as_deref().map(str::parse::<SocketAddr>) {
             Some(Ok(a)) => a,
@@ -71,14 +81,14 @@ impl Raw {
         if self.facility.is_some_and(|f| f > 23) {
             errors.push(format!("{at}: facility must be 0..=23"));
         }
-        Settings {
+        let settings = Settings {
             address,
             protocol: self.protocol.unwrap_or(SyslogProtocol::Tcp),
-            message: self.message.unwrap_or(SyslogMessage::Cef),
             server_name: self.server_name,
             ca_file: self.ca_file,
             facility: self.facility.unwrap_or(13),
-        }
+        };
+        (settings, legacy)
     }
 }
 
@@ -93,7 +103,6 @@ enum Conn {
 pub struct Syslog {
     address: SocketAddr,
     protocol: SyslogProtocol,
-    message: SyslogMessage,
     facility: u8,
     hostname: String,
     tls: Option<(
@@ -120,14 +129,9 @@ fn sd_escape(v: &str) -> String {
         .replace(']', "\\]")
 }
 
-/// One alert as an RFC 5424 message (no framing).
-pub fn render(
-    alert: &Alert,
-    json: &[u8],
-    message: SyslogMessage,
-    facility: u8,
-    hostname: &str,
-) -> Vec<u8> {
+/// One alert as an RFC 5424 message (no framing) whose MSG is `body` (the
+/// alert in the sink's format).
+pub fn render(alert: &Alert, body: &[u8], facility: u8, hostname: &str) -> Vec<u8> {
     let pri = u16::from(facility) * 8 + u16::from(syslog_severity(alert.severity));
     let mut sd = format!(
         "[{SD_ID} id=\"{}\" rule=\"{}\" severity=\"{}\" tenant=\"{}\" count=\"{}\"",
@@ -151,12 +155,7 @@ pub fn render(
         std::process::id()
     )
     .into_bytes();
-    match message {
-        SyslogMessage::Cef => {
-            out.extend_from_slice(super::cef::render(alert, env!("CARGO_PKG_VERSION")).as_bytes())
-        }
-        SyslogMessage::Json => out.extend_from_slice(json),
-    }
+    out.extend_from_slice(body);
     out
 }
 
@@ -165,7 +164,6 @@ impl Syslog {
         let Settings {
             address,
             protocol,
-            message,
             server_name,
             ca_file,
             facility,
@@ -181,15 +179,10 @@ impl Syslog {
         } else {
             None
         };
-        let hostname = std::fs::read_to_string("/etc/hostname")
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty() && h.is_ascii() && !h.contains(' '))
-            .unwrap_or_else(|| "-".to_owned());
+        let hostname = super::hostname();
         Ok(Syslog {
             address: *address,
             protocol: *protocol,
-            message: *message,
             facility: *facility,
             hostname,
             tls,
@@ -198,8 +191,8 @@ impl Syslog {
         })
     }
 
-    pub async fn send(&mut self, alert: &Alert, json: &[u8]) -> Result<(), SendError> {
-        let msg = render(alert, json, self.message, self.facility, &self.hostname);
+    pub async fn send(&mut self, alert: &Alert, body: &[u8]) -> Result<(), SendError> {
+        let msg = render(alert, body, self.facility, &self.hostname);
         if self.protocol == SyslogProtocol::Udp {
             if self.udp.is_none() {
                 let bind: SocketAddr = if self.address.is_ipv6() {

@@ -4,6 +4,8 @@
 //! `webhook-signature: v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>`
 //! with the key given as `whsec_<base64>`. 2xx is success; 408, 429 and 5xx
 //! are retried (honouring `Retry-After`); other statuses are permanent.
+//! The body is the alert in the sink's format, or a template's rendering
+//! of it ([`super::template`]: Slack, Teams, PagerDuty presets or a file).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use hmac::{KeyInit, Mac};
 use super::SendError;
 use std::path::PathBuf;
 
+use super::template::{PRESETS, Source, Template};
 use crate::options::SecretRef;
 
 pub struct Webhook {
@@ -21,6 +24,7 @@ pub struct Webhook {
     url: String,
     headers: Vec<(String, String)>,
     key: Option<Vec<u8>>,
+    template: Option<Template>,
 }
 
 /// Decodes a `whsec_<base64>` signing key (the prefix is optional).
@@ -81,6 +85,34 @@ pub fn client_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientCon
         .with_no_client_auth())
 }
 
+/// The HTTP client of our HTTP sinks: rustls with the system roots and an
+/// optional extra CA, a request timeout, our user agent.
+pub fn http_client(
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(client_tls(ca_file)?)
+        .timeout(timeout)
+        .user_agent(concat!("mcp-alertd/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// Whether an HTTP status is worth retrying: 408, 429 and 5xx.
+pub fn retryable_status(status: reqwest::StatusCode) -> bool {
+    status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error()
+}
+
+/// A `Retry-After` in seconds (at most an hour).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(3600)))
+}
+
 /// `type = "webhook"`: the section as written.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +123,34 @@ pub struct Raw {
     signing_key_file: Option<PathBuf>,
     signing_key_credential: Option<String>,
     ca_file: Option<PathBuf>,
+    /// A body template preset (`slack`, `teams`, `pagerduty`).
+    template: Option<String>,
+    /// A body template file (minijinja).
+    template_file: Option<PathBuf>,
+    #[serde(default)]
+    template_vars: std::collections::BTreeMap<String, String>,
+    template_secret_file: Option<PathBuf>,
+    template_secret_credential: Option<String>,
+}
+
+/// A webhook's body template: where it comes from, its variables and its
+/// secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSettings {
+    pub source: Source,
+    pub vars: std::collections::BTreeMap<String, String>,
+    pub secret: Option<SecretRef>,
+}
+
+impl TemplateSettings {
+    /// Compiles the template with its secret (read now, never logged).
+    pub fn compile(&self) -> Result<Template, String> {
+        let secret = match &self.secret {
+            Some(r) => Some(r.read()?),
+            None => None,
+        };
+        Template::compile(&self.source, self.vars.clone(), secret)
+    }
 }
 
 /// A webhook sink's settings.
@@ -101,6 +161,8 @@ pub struct Settings {
     /// Standard Webhooks signing key (`whsec_...`).
     pub signing_key: Option<SecretRef>,
     pub ca_file: Option<PathBuf>,
+    /// The body template, if the body is not the alert in the sink's format.
+    pub template: Option<TemplateSettings>,
 }
 
 impl Raw {
@@ -117,7 +179,58 @@ impl Raw {
                 String::new()
             }
         };
+        let secret = SecretRef::from(
+            self.template_secret_file,
+            self.template_secret_credential,
+            &format!("{at}: template_secret"),
+            errors,
+        );
+        let source = match (self.template, self.template_file) {
+            (Some(_), Some(_)) => {
+                errors.push(format!(
+                    "{at}: give `template` or `template_file`, not both"
+                ));
+                None
+            }
+            (Some(p), None) => match PRESETS.iter().find(|(n, _)| *n == p) {
+                Some((name, _)) => Some(Source::Preset(name)),
+                None => {
+                    let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+                    errors.push(format!(
+                        "{at}: unknown template `{p}` ({})",
+                        names.join(", ")
+                    ));
+                    None
+                }
+            },
+            (None, Some(f)) => Some(Source::File(f)),
+            (None, None) => None,
+        };
+        if source.is_none() && (secret.is_some() || !self.template_vars.is_empty()) {
+            errors.push(format!(
+                "{at}: `template_vars` and `template_secret_*` need `template` or `template_file`"
+            ));
+        }
+        let template = source.map(|source| TemplateSettings {
+            source,
+            vars: self.template_vars,
+            secret,
+        });
+        if let Some(t) = &template {
+            // The template must render the sample alert (a stand-in for
+            // the secret, which is read only when the sink is built).
+            let stand_in = t.secret.as_ref().map(|_| "<template secret>".to_owned());
+            match Template::compile(&t.source, t.vars.clone(), stand_in) {
+                Ok(tmpl) => {
+                    if let Err(e) = tmpl.render(&crate::alert::Alert::sample()) {
+                        errors.push(format!("{at}: {e} (rendering the sample alert)"));
+                    }
+                }
+                Err(e) => errors.push(format!("{at}: {e}")),
+            }
+        }
         Settings {
+            template,
             url,
             headers: self.headers.into_iter().collect(),
             signing_key: SecretRef::from(
@@ -138,30 +251,57 @@ impl Webhook {
             headers,
             signing_key,
             ca_file,
+            template,
         } = settings;
         let key = match signing_key {
             Some(r) => Some(decode_key(&r.read()?)?),
             None => None,
         };
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(client_tls(ca_file.as_deref())?)
-            .timeout(timeout)
-            .user_agent(concat!("mcp-alertd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let client = http_client(ca_file.as_deref(), timeout)?;
         Ok(Webhook {
             client,
             url: url.clone(),
             headers: headers.clone(),
             key,
+            template: template
+                .as_ref()
+                .map(TemplateSettings::compile)
+                .transpose()?,
         })
     }
 
-    pub async fn send(&self, id: &str, body: &[u8]) -> Result<(), SendError> {
+    /// Whether a body template renders the alert (so it is needed typed).
+    pub fn templated(&self) -> bool {
+        self.template.is_some()
+    }
+
+    /// Sends `body` (the alert in the sink's format; `json` says whether it
+    /// is JSON), or the template's rendering of `alert` when the sink has a
+    /// template.
+    pub async fn send(
+        &self,
+        id: &str,
+        body: &[u8],
+        json: bool,
+        alert: Option<&crate::alert::Alert>,
+    ) -> Result<(), SendError> {
+        let rendered;
+        let (body, json) = match (&self.template, alert) {
+            (Some(t), Some(alert)) => {
+                rendered = t.render(alert).map_err(SendError::permanent)?;
+                (rendered.as_slice(), t.is_json())
+            }
+            (Some(_), None) => return Err(SendError::permanent("the alert was not handed over")),
+            (None, _) => (body, json),
+        };
+        let content_type = match json {
+            true => "application/json",
+            false => "text/plain; charset=utf-8",
+        };
         let mut req = self
             .client
             .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, content_type)
             .header("webhook-id", id);
         for (k, v) in &self.headers {
             req = req.header(k, v);
@@ -181,14 +321,9 @@ impl Webhook {
         if status.is_success() {
             return Ok(());
         }
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.min(3600)));
+        let retry_after = retry_after(resp.headers());
         let message = format!("POST {}: HTTP {status}", self.url);
-        if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
+        if retryable_status(status) {
             Err(SendError {
                 retryable: true,
                 retry_after,

@@ -326,7 +326,7 @@ fn cef_escapes_header_and_extension_values() {
     alert.title = "pipe | back\\slash".to_owned();
     alert.summary = "a=b c\\d\nnext line | pipe".to_owned();
     alert.tenant = "t=1".to_owned();
-    let cef = mcp_alertd::sink::cef::render(&alert, "1.0");
+    let cef = mcp_alertd::alert::format::cef::render(&alert, "1.0");
     assert!(!cef.contains('\n'));
     let (header, ext) = parse_cef(&cef);
     assert_eq!(header[0], "CEF:0");

@@ -4,6 +4,7 @@
 // from the wall clock and poll with short sleeps (the lint guards `src/`).
 #![allow(clippy::disallowed_methods)]
 
+mod alert_formats;
 mod architecture;
 mod support;
 mod cli;

@@ -215,3 +215,61 @@ pub fn append(log: &Path, lines: &[String]) {
         writeln!(f, "{l}").unwrap();
     }
 }
+
+/// Checks the examples of a document: each `<!-- example: NAME -->` line is
+/// followed by a fenced block that must equal `want`'s text for NAME. With
+/// `MCP_ALERTD_BLESS=1` the blocks are rewritten instead (after a change
+/// to a renderer, then reviewed in the diff).
+pub fn doc_examples(path: &Path, want: &[(&str, String)]) {
+    let doc = std::fs::read_to_string(path).unwrap();
+    let mut out = String::new();
+    let mut lines = doc.lines().peekable();
+    let mut seen = Vec::new();
+    while let Some(line) = lines.next() {
+        out.push_str(line);
+        out.push('\n');
+        let Some(name) = line
+            .strip_prefix("<!-- example: ")
+            .and_then(|r| r.strip_suffix(" -->"))
+        else {
+            continue;
+        };
+        let fence = lines.next().expect("a fenced block after the marker");
+        assert!(fence.starts_with("```"), "{name}: {fence}");
+        let mut body = String::new();
+        for l in lines.by_ref() {
+            if l == "```" {
+                break;
+            }
+            body.push_str(l);
+            body.push('\n');
+        }
+        let (_, text) = want
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{}: no expected text for example {name}", path.display()));
+        if std::env::var_os("MCP_ALERTD_BLESS").is_none() {
+            assert_eq!(
+                body.trim_end(),
+                text.trim_end(),
+                "{}: example {name} is stale (MCP_ALERTD_BLESS=1 rewrites it)",
+                path.display()
+            );
+        }
+        out.push_str(fence);
+        out.push('\n');
+        out.push_str(text.trim_end());
+        out.push_str("\n```\n");
+        seen.push(name.to_owned());
+    }
+    for (name, _) in want {
+        assert!(
+            seen.iter().any(|s| s == name),
+            "{}: example {name} is missing",
+            path.display()
+        );
+    }
+    if std::env::var_os("MCP_ALERTD_BLESS").is_some() {
+        std::fs::write(path, out).unwrap();
+    }
+}

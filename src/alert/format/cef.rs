@@ -1,4 +1,4 @@
-//! ArcSight Common Event Format (CEF:0) for SIEMs: header fields escape `\`
+//! ArcSight Common Event Format (CEF:0): header fields escape `\`
 //! and `|`; extension values escape `\`, `=` and line breaks.
 
 use crate::alert::Alert;
@@ -20,12 +20,7 @@ fn ext(s: &str) -> String {
 
 /// CEF severity 0-10.
 pub fn severity(s: Severity) -> u8 {
-    match s {
-        Severity::Low => 3,
-        Severity::Medium => 5,
-        Severity::High => 8,
-        Severity::Critical => 10,
-    }
+    super::severity_10(s)
 }
 
 /// One alert as a CEF:0 record.
@@ -56,8 +51,8 @@ pub fn render(alert: &Alert, version: &str) -> String {
         pairs.push(("cs3Label", "credential_id".to_owned()));
         pairs.push(("cs3", c.clone()));
     }
-    if let Some(t) = alert.events.first().and_then(|e| e.tool.clone()) {
-        pairs.push(("act", t));
+    if let Some(t) = super::tool(alert) {
+        pairs.push(("act", t.to_owned()));
     }
     if let Some(start) = alert.window_start {
         pairs.push(("start", start.to_string()));
