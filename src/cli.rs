@@ -582,7 +582,20 @@ fn print_check(
             writeln!(out, "  source {:<20} {:<10} {how}", s.name, s.type_name())?;
         }
         for s in &c.sinks {
-            writeln!(out, "  sink   {:<20} {}", s.name, s.type_name())?;
+            let body = match &s.kind {
+                crate::config::SinkKind::Email(_) => "email text".to_owned(),
+                crate::config::SinkKind::Webhook(crate::sink::webhook::Settings {
+                    template: Some(t),
+                    ..
+                }) => match &t.source {
+                    crate::sink::template::Source::Preset(p) => format!("template {p}"),
+                    crate::sink::template::Source::File(f) => {
+                        format!("template {}", f.display())
+                    }
+                },
+                _ => format!("format {}", s.format.name()),
+            };
+            writeln!(out, "  sink   {:<20} {:<13} {body}", s.name, s.type_name())?;
         }
     }
     if let Some(formats) = formats {

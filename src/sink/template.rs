@@ -135,12 +135,9 @@ impl Template {
     }
 }
 
-/// A minijinja error with its line and, for an undefined name, a hint.
+/// A minijinja error (with its place) and, for an undefined name, a hint.
 fn describe(e: &minijinja::Error) -> String {
     let mut s = e.to_string();
-    if let Some(line) = e.line() {
-        s.push_str(&format!(" (line {line})"));
-    }
     if e.kind() == minijinja::ErrorKind::UndefinedError {
         s.push_str("; names: alert.<field>, vars.<name>, secret (when a template secret is set); use |default(...) for optional fields");
     }

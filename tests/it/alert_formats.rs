@@ -485,3 +485,60 @@ fn the_documented_examples_are_the_renderers_output() {
         ],
     );
 }
+
+/// The daemon writes each format through a sink: a file of OCSF findings
+/// and one of ECS documents, every line valid, one per alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sinks_write_valid_ocsf_and_ecs_lines() {
+    use crate::support::{replay_ids, scenario, send_tcp, start, wait_for};
+    let dir = tempfile::tempdir().unwrap();
+    let (o, e) = (dir.path().join("ocsf.jsonl"), dir.path().join("ecs.jsonl"));
+    let cfg = format!(
+        r#"[engine]
+idle_after = "1h"
+[[sources]]
+name = "tcp"
+type = "syslog_tcp"
+address = "127.0.0.1:0"
+[[sinks]]
+name = "ocsf"
+type = "file"
+path = "{}"
+format = "ocsf"
+[[sinks]]
+name = "ecs"
+type = "file"
+path = "{}"
+format = "ecs"
+"#,
+        o.display(),
+        e.display()
+    );
+    let (daemon, _out) = start(&cfg, dir.path()).await;
+    let lines = scenario("formats");
+    send_tcp(daemon.local_addr("tcp").unwrap(), &lines).await;
+    let read = |p: &std::path::Path| -> Vec<Value> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let want = replay_ids(&lines);
+    wait_for("both files", || {
+        read(&o).len() == want.len() && read(&e).len() == want.len()
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    let mut ids = Vec::new();
+    for f in read(&o) {
+        assert!(ocsf_problems(&f).is_empty(), "{:?}", ocsf_problems(&f));
+        ids.push(f["finding_info"]["uid"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    assert_eq!(ids, want);
+    for d in read(&e) {
+        assert!(ecs_problems(&d).is_empty(), "{:?}", ecs_problems(&d));
+        assert_eq!(d["organization"]["id"], "formats");
+    }
+}

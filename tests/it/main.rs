@@ -26,6 +26,7 @@ mod process;
 mod routing;
 mod rules;
 mod secrets;
+mod siem;
 mod state;
 mod store;
 mod systemd;
