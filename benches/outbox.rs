@@ -1,6 +1,8 @@
 //! Outbox throughput: durable appends (one fsync'ed redb transaction per
-//! group commit), and end-to-end delivery through a webhook sink to an HTTP
-//! receiver on loopback.
+//! group commit), and end-to-end delivery from the outbox to a loopback
+//! HTTP receiver through each HTTP sink (webhook as native JSON, as OCSF,
+//! through the Slack template; Splunk HEC batches, plain and gzip; an
+//! Elasticsearch bulk of ECS documents).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -63,78 +65,135 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
-fn webhook(c: &mut Criterion) {
+/// A loopback receiver for every HTTP sink: a webhook, a Splunk HEC event
+/// endpoint and an Elasticsearch `_bulk` endpoint, each answering success.
+async fn receiver() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(|_body: axum::body::Bytes| async { "ok" }),
+        )
+        .route(
+            "/services/collector/event",
+            axum::routing::post(|_body: axum::body::Bytes| async {
+                r#"{"text":"Success","code":0}"#
+            }),
+        )
+        .route(
+            "/_bulk",
+            axum::routing::post(|body: axum::body::Bytes| async move {
+                let n = body.iter().filter(|b| **b == b'\n').count() / 2;
+                let item = r#"{"create":{"status":201}}"#;
+                format!(
+                    r#"{{"took":1,"errors":false,"items":[{}]}}"#,
+                    vec![item; n].join(",")
+                )
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Alerts per second from the outbox to a loopback receiver, per sink
+/// kind, format and template.
+fn delivery(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let addr = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(|_body: axum::body::Bytes| async { "ok" }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        addr
-    });
-    let text =
-        format!("[[sinks]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://{addr}/hook\"\n");
-    let config = Config::parse(&text).unwrap();
+    let addr = rt.block_on(receiver());
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t").unwrap();
+    let token = token.display();
+    let cases = [
+        (
+            "webhook_loopback",
+            format!("type = \"webhook\"\nurl = \"http://{addr}/hook\""),
+        ),
+        (
+            "webhook_ocsf",
+            format!("type = \"webhook\"\nurl = \"http://{addr}/hook\"\nformat = \"ocsf\""),
+        ),
+        (
+            "webhook_slack_template",
+            format!("type = \"webhook\"\nurl = \"http://{addr}/hook\"\ntemplate = \"slack\""),
+        ),
+        (
+            "splunk_hec_batch_100",
+            format!("type = \"splunk_hec\"\nurl = \"http://{addr}\"\ntoken_file = \"{token}\""),
+        ),
+        (
+            "splunk_hec_gzip_ocsf",
+            format!(
+                "type = \"splunk_hec\"\nurl = \"http://{addr}\"\ntoken_file = \"{token}\"\ngzip = true\nformat = \"ocsf\""
+            ),
+        ),
+        (
+            "elasticsearch_bulk_ecs",
+            format!("type = \"elasticsearch\"\nurl = \"http://{addr}\""),
+        ),
+    ];
     let mut group = c.benchmark_group("outbox_delivery");
     group.sample_size(10);
     let n = 2000;
     group.throughput(Throughput::Elements(n as u64));
-    group.bench_function("webhook_loopback", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for it in 0..iters {
-                let dir = tempfile::tempdir().unwrap();
-                let store = Arc::new(Store::open(dir.path()).unwrap());
-                let rows = alerts(n, &format!("w{it}"));
-                let sinks = vec!["hook".to_owned()];
-                for chunk in rows.chunks(500) {
-                    let items: Vec<Enqueue<'_>> = chunk
-                        .iter()
-                        .map(|(id, json)| Enqueue {
-                            id,
-                            json,
-                            sinks: &sinks,
-                        })
-                        .collect();
-                    store.enqueue(&items, 0).unwrap();
-                }
-                let metrics = Arc::new(Metrics::new());
-                let start = Instant::now();
-                rt.block_on(async {
-                    let writer: sink::SharedWriter =
-                        Arc::new(std::sync::Mutex::new(Box::new(std::io::sink())));
-                    let reopen = Arc::new(std::sync::atomic::AtomicU64::new(0));
-                    let s = Sink::build(&config.sinks[0], &writer, &reopen).unwrap();
-                    let cancel = tokio_util::sync::CancellationToken::new();
-                    let task = tokio::spawn(mcp_alertd::outbox::dispatch::dispatch(
-                        s,
-                        store.clone(),
-                        OutboxSettings::default(),
-                        None,
-                        Arc::new(tokio::sync::Notify::new()),
-                        metrics.clone(),
-                        cancel.clone(),
-                    ));
-                    while store.counts().unwrap().1 > 0 {
-                        tokio::time::sleep(Duration::from_millis(2)).await;
+    for (name, sink) in cases {
+        let text = format!("[[sinks]]\nname = \"hook\"\n{sink}\n");
+        let config = Config::parse(&text).unwrap();
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for it in 0..iters {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = Arc::new(Store::open(dir.path()).unwrap());
+                    let rows = alerts(n, &format!("w{it}"));
+                    let sinks = vec!["hook".to_owned()];
+                    for chunk in rows.chunks(500) {
+                        let items: Vec<Enqueue<'_>> = chunk
+                            .iter()
+                            .map(|(id, json)| Enqueue {
+                                id,
+                                json,
+                                sinks: &sinks,
+                            })
+                            .collect();
+                        store.enqueue(&items, 0).unwrap();
                     }
-                    cancel.cancel();
-                    task.await.unwrap();
-                });
-                total += start.elapsed();
-            }
-            total
+                    let metrics = Arc::new(Metrics::new());
+                    let start = Instant::now();
+                    rt.block_on(async {
+                        let writer: sink::SharedWriter =
+                            Arc::new(std::sync::Mutex::new(Box::new(std::io::sink())));
+                        let reopen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                        let s = Sink::build(&config.sinks[0], &writer, &reopen).unwrap();
+                        let cancel = tokio_util::sync::CancellationToken::new();
+                        let task = tokio::spawn(mcp_alertd::outbox::dispatch::dispatch(
+                            s,
+                            store.clone(),
+                            OutboxSettings::default(),
+                            None,
+                            Arc::new(tokio::sync::Notify::new()),
+                            metrics.clone(),
+                            cancel.clone(),
+                        ));
+                        while store.counts().unwrap().1 > 0 {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        cancel.cancel();
+                        task.await.unwrap();
+                    });
+                    total += start.elapsed();
+                }
+                total
+            });
         });
-    });
+    }
     group.finish();
 }
 
-criterion_group!(benches, append, webhook);
+criterion_group!(benches, append, delivery);
 criterion_main!(benches);

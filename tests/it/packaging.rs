@@ -51,6 +51,8 @@ fn the_debian_package_installs_a_working_daemon() {
         "./etc/mcp-alertd/formats/toolhive.toml",
         "./etc/mcp-alertd/formats/ocsf.toml",
         "./usr/share/doc/mcp-alertd/formats.md",
+        "./usr/share/doc/mcp-alertd/alert-formats.md",
+        "./usr/share/doc/mcp-alertd/templates/pagerduty.json",
         "./lib/systemd/system/mcp-alertd.service",
         "./lib/systemd/system/mcp-alertd-syslog-udp.socket",
         "./lib/systemd/system/mcp-alertd-syslog-tls.socket",
@@ -140,4 +142,64 @@ fn the_debian_package_installs_a_working_daemon() {
         "{}",
         &man[..200.min(man.len())]
     );
+}
+
+/// Every commented `[[sinks]]` example of the sample config is valid as
+/// written (uncommented into a config of its own).
+#[test]
+fn the_sample_configs_sink_examples_are_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut blocks: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let body = line
+            .strip_prefix("# ")
+            .or_else(|| (line == "#").then_some(""));
+        match (body, &mut current) {
+            (Some(b), _) if b.starts_with("[[sinks]]") => {
+                if let Some(done) = current.take() {
+                    blocks.push(done);
+                }
+                current = Some(format!("{b}\n"));
+            }
+            (Some(b), Some(c)) if !b.is_empty() && (b.starts_with('[') || b.contains(" = ")) => {
+                c.push_str(b);
+                c.push('\n');
+            }
+            (_, Some(_)) => blocks.extend(current.take()),
+            _ => {}
+        }
+    }
+    let types: Vec<String> = blocks
+        .iter()
+        .map(|b| {
+            match Config::parse(b) {
+                Ok(config) => config.sinks[0].type_name().to_owned(),
+                // The example names files of the site (a CA) that this
+                // machine lacks; everything else must hold.
+                Err(e) if e.iter().all(|m| m.contains("No such file")) => b
+                    .lines()
+                    .find_map(|l| l.strip_prefix("type = \""))
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+                Err(e) => panic!("{b}\n{e:?}"),
+            }
+        })
+        .collect();
+    for t in [
+        "stdout",
+        "file",
+        "webhook",
+        "email",
+        "syslog",
+        "kafka",
+        "splunk_hec",
+        "elasticsearch",
+    ] {
+        assert!(types.iter().any(|x| x == t), "no {t} example: {types:?}");
+    }
 }
