@@ -30,6 +30,17 @@ fn alerts(n: usize, tag: &str) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// Enqueues `rows` for `sinks` in transactions of `batch` alerts.
+fn enqueue(store: &Store, rows: &[(String, Vec<u8>)], batch: usize, sinks: &[String]) {
+    for chunk in rows.chunks(batch) {
+        let items: Vec<Enqueue<'_>> = chunk
+            .iter()
+            .map(|(id, json)| Enqueue { id, json, sinks })
+            .collect();
+        store.enqueue(&items, 0).unwrap();
+    }
+}
+
 fn append(c: &mut Criterion) {
     let mut group = c.benchmark_group("outbox_append");
     group.sample_size(10);
@@ -45,17 +56,7 @@ fn append(c: &mut Criterion) {
                     let store = Store::open(dir.path()).unwrap();
                     let rows = alerts(n, &format!("a{it}"));
                     let start = Instant::now();
-                    for chunk in rows.chunks(batch) {
-                        let items: Vec<Enqueue<'_>> = chunk
-                            .iter()
-                            .map(|(id, json)| Enqueue {
-                                id,
-                                json,
-                                sinks: &sinks,
-                            })
-                            .collect();
-                        store.enqueue(&items, 0).unwrap();
-                    }
+                    enqueue(&store, &rows, batch, &sinks);
                     total += start.elapsed();
                 }
                 total
@@ -152,17 +153,7 @@ fn delivery(c: &mut Criterion) {
                     let store = Arc::new(Store::open(dir.path()).unwrap());
                     let rows = alerts(n, &format!("w{it}"));
                     let sinks = vec!["hook".to_owned()];
-                    for chunk in rows.chunks(500) {
-                        let items: Vec<Enqueue<'_>> = chunk
-                            .iter()
-                            .map(|(id, json)| Enqueue {
-                                id,
-                                json,
-                                sinks: &sinks,
-                            })
-                            .collect();
-                        store.enqueue(&items, 0).unwrap();
-                    }
+                    enqueue(&store, &rows, 500, &sinks);
                     let metrics = Arc::new(Metrics::new());
                     let start = Instant::now();
                     rt.block_on(async {

@@ -95,3 +95,26 @@ pub fn display_ms(ms: i64) -> impl fmt::Display {
 pub fn parse_arg(text: &str) -> Result<i64, String> {
     parse_ms(text).map_err(|e| e.to_string())
 }
+
+/// A positive duration setting `name` of `at` (`"60s"`), `default` when
+/// absent; a bad or non-positive value is reported into `errors`.
+pub fn setting(
+    at: &str,
+    name: &str,
+    value: Option<&str>,
+    default: std::time::Duration,
+    errors: &mut Vec<String>,
+) -> std::time::Duration {
+    match value.map(parse_ms) {
+        None => default,
+        Some(Ok(ms)) if ms > 0 => std::time::Duration::from_millis(ms as u64),
+        Some(Ok(_)) => {
+            errors.push(format!("{at}: `{name}` must be positive"));
+            default
+        }
+        Some(Err(e)) => {
+            errors.push(format!("{at}: `{name}`: {e}"));
+            default
+        }
+    }
+}

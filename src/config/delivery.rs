@@ -25,27 +25,12 @@ pub(super) struct RawOutbox {
 impl RawOutbox {
     pub(super) fn validate(self, errors: &mut Vec<String>) -> OutboxSettings {
         let d = OutboxSettings::default();
-        let dur = |errors: &mut Vec<String>,
-                   name: &str,
-                   v: Option<String>,
-                   default: Duration|
-         -> Duration {
-            match v.map(|t| crate::duration::parse_ms(&t)) {
-                None => default,
-                Some(Ok(ms)) if ms > 0 => Duration::from_millis(ms as u64),
-                Some(Ok(_)) => {
-                    errors.push(format!("outbox.{name}: must be positive"));
-                    default
-                }
-                Some(Err(e)) => {
-                    errors.push(format!("outbox.{name}: {e}"));
-                    default
-                }
-            }
+        let dur = |errors: &mut Vec<String>, name: &str, v: Option<String>, default| {
+            crate::duration::setting("outbox", name, v.as_deref(), default, errors)
         };
         let max_pending = match self.max_pending {
             Some(0) => {
-                errors.push("outbox.max_pending: must be at least 1".to_owned());
+                errors.push("outbox: `max_pending` must be at least 1".to_owned());
                 d.max_pending
             }
             Some(n) => n,
@@ -145,18 +130,13 @@ fn validate_sink(
             None
         }
     };
-    let timeout = match common.timeout.as_deref().map(crate::duration::parse_ms) {
-        None => Duration::from_secs(10),
-        Some(Ok(ms)) if ms > 0 => Duration::from_millis(ms as u64),
-        Some(Ok(_)) => {
-            errors.push(format!("{at}: timeout must be positive"));
-            Duration::from_secs(10)
-        }
-        Some(Err(e)) => {
-            errors.push(format!("{at}: timeout: {e}"));
-            Duration::from_secs(10)
-        }
-    };
+    let timeout = crate::duration::setting(
+        &at,
+        "timeout",
+        common.timeout.as_deref(),
+        Duration::from_secs(10),
+        errors,
+    );
     let rate_limit = match (common.rate_limit, common.burst) {
         (Some(0), _) | (_, Some(0)) => {
             errors.push(format!("{at}: rate_limit and burst must be at least 1"));

@@ -102,27 +102,6 @@ fn new_guid() -> String {
     )
 }
 
-fn duration(
-    at: &str,
-    name: &str,
-    v: Option<String>,
-    default: Duration,
-    errors: &mut Vec<String>,
-) -> Duration {
-    match v.as_deref().map(crate::duration::parse_ms) {
-        None => default,
-        Some(Ok(ms)) if ms > 0 => Duration::from_millis(ms as u64),
-        Some(Ok(_)) => {
-            errors.push(format!("{at}: `{name}` must be positive"));
-            default
-        }
-        Some(Err(e)) => {
-            errors.push(format!("{at}: `{name}`: {e}"));
-            default
-        }
-    }
-}
-
 impl Raw {
     pub fn validate(self, at: &str, errors: &mut Vec<String>) -> Settings {
         let url = super::http_url(at, "splunk_hec", self.url, errors);
@@ -165,17 +144,17 @@ impl Raw {
             gzip: self.gzip,
             batch_size,
             ack,
-            ack_timeout: duration(
+            ack_timeout: crate::duration::setting(
                 at,
                 "ack_timeout",
-                self.ack_timeout,
+                self.ack_timeout.as_deref(),
                 Duration::from_secs(60),
                 errors,
             ),
-            ack_interval: duration(
+            ack_interval: crate::duration::setting(
                 at,
                 "ack_interval",
-                self.ack_interval,
+                self.ack_interval.as_deref(),
                 Duration::from_millis(500),
                 errors,
             ),
@@ -203,6 +182,16 @@ struct Reply {
     ack_id: Option<u64>,
     #[serde(rename = "invalid-event-number")]
     invalid_event: Option<usize>,
+}
+
+/// A JSON reply body, or `T`'s default when it is missing or unreadable
+/// (the status then decides alone).
+async fn reply<T: serde::de::DeserializeOwned + Default>(resp: reqwest::Response) -> T {
+    resp.bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 /// HEC codes worth retrying: internal error, server busy, unhealthy.
@@ -320,12 +309,7 @@ impl SplunkHec {
         };
         let status = resp.status();
         let after = retry_after(resp.headers());
-        let reply: Reply = resp
-            .bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let reply: Reply = reply(resp).await;
         let message = format!(
             "POST {}: HTTP {status}, HEC code {}: {}",
             self.event_url,
@@ -378,11 +362,7 @@ impl SplunkHec {
                     struct Acks {
                         acks: std::collections::HashMap<String, bool>,
                     }
-                    let acks: Option<Acks> = resp
-                        .bytes()
-                        .await
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok());
+                    let acks: Option<Acks> = reply(resp).await;
                     match acks.and_then(|a| a.acks.get(&id.to_string()).copied()) {
                         Some(true) => return Ok(()),
                         Some(false) => last = "not yet acknowledged".to_owned(),
@@ -391,12 +371,7 @@ impl SplunkHec {
                 }
                 Ok(resp) => {
                     let status = resp.status();
-                    let reply: Reply = resp
-                        .bytes()
-                        .await
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok())
-                        .unwrap_or_default();
+                    let reply: Reply = reply(resp).await;
                     if !retryable_status(status) && !reply.code.is_some_and(retryable_code) {
                         return Err(SendError::permanent(format!(
                             "POST {}: HTTP {status}: {}",

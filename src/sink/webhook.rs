@@ -167,18 +167,7 @@ pub struct Settings {
 
 impl Raw {
     pub fn validate(self, at: &str, errors: &mut Vec<String>) -> Settings {
-        let url = match self.url {
-            Some(url) => {
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    errors.push(format!("{at}: `url` must be http:// or https://"));
-                }
-                url
-            }
-            None => {
-                errors.push(format!("{at}: `url` is required for type `webhook`"));
-                String::new()
-            }
-        };
+        let url = super::http_url(at, "webhook", self.url, errors);
         let secret = SecretRef::from(
             self.template_secret_file,
             self.template_secret_credential,

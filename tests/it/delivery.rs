@@ -154,16 +154,7 @@ async fn webhook_deliveries_are_signed_and_retried_and_permanent_failures_go_to_
         );
     }
     // The dead letter is listed by the CLI with its error.
-    let out = assert_cmd::Command::cargo_bin("mcp-alertd")
-        .unwrap()
-        .args(["outbox", "list", "--state-dir"])
-        .arg(dir.path())
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let text = String::from_utf8(out).unwrap();
+    let text = crate::support::outbox_list(dir.path());
     assert!(text.contains("dead") && text.contains("HTTP 400"), "{text}");
     let mut all = hook.ids();
     all.extend(

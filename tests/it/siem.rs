@@ -404,16 +404,7 @@ async fn splunk_hec_rejecting_the_token_makes_dead_letters_without_retries() {
         "one attempt each: HEC code 4 is permanent"
     );
     assert!(hec.events.lock().unwrap().is_empty());
-    let out = assert_cmd::Command::cargo_bin("mcp-alertd")
-        .unwrap()
-        .args(["outbox", "list", "--state-dir"])
-        .arg(dir.path())
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let text = String::from_utf8(out).unwrap();
+    let text = crate::support::outbox_list(dir.path());
     assert!(
         text.contains("Invalid token") && !text.contains("wrong"),
         "{text}"
@@ -568,16 +559,7 @@ async fn elasticsearch_bulk_creates_each_alert_once_and_judges_every_item() {
         "the lost reply made the sink send again"
     );
     // The rejected document is a dead letter with the item's error.
-    let out = assert_cmd::Command::cargo_bin("mcp-alertd")
-        .unwrap()
-        .args(["outbox", "list", "--state-dir"])
-        .arg(dir.path())
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let text = String::from_utf8(out).unwrap();
+    let text = crate::support::outbox_list(dir.path());
     assert!(text.contains("document_parsing_exception"), "{text}");
 }
 

@@ -104,11 +104,7 @@ impl AlertFormat {
     pub fn render(&self, alert: &Alert, json: &[u8]) -> Vec<u8> {
         match self {
             AlertFormat::Native => json.to_vec(),
-            AlertFormat::Ocsf { incident_rules } => {
-                let incident = incident_rules.contains(&alert.rule);
-                to_json(&ocsf::finding(alert, incident))
-            }
-            AlertFormat::Ecs => to_json(&ecs::document(alert)),
+            AlertFormat::Ocsf { .. } | AlertFormat::Ecs => to_json(&self.value(alert, json)),
             AlertFormat::Cef => cef::render(alert, VERSION).into_bytes(),
             AlertFormat::Leef { delimiter } => leef::render(alert, *delimiter).into_bytes(),
         }

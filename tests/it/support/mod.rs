@@ -273,3 +273,17 @@ pub fn doc_examples(path: &Path, want: &[(&str, String)]) {
         std::fs::write(path, out).unwrap();
     }
 }
+
+/// What `mcp-alertd outbox list` prints for a state directory.
+pub fn outbox_list(state: &Path) -> String {
+    let out = assert_cmd::Command::cargo_bin("mcp-alertd")
+        .unwrap()
+        .args(["outbox", "list", "--state-dir"])
+        .arg(state)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    String::from_utf8(out).unwrap()
+}
