@@ -213,6 +213,7 @@ fn sources(before: &[Sample], after: &[Sample], secs: f64) -> Vec<String> {
     let received = by_label(after, "mcp_alertd_records_received_total", "source");
     let received_before = by_label(before, "mcp_alertd_records_received_total", "source");
     let dropped = by_label(after, "mcp_alertd_udp_datagrams_dropped_total", "source");
+    let kernel = by_label(after, "mcp_alertd_udp_kernel_drops_total", "source");
     let open = by_label(after, "mcp_alertd_connections_open", "source");
     let lag = by_label(after, "mcp_alertd_kafka_consumer_lag_records", "source");
     let mut lines = Vec::new();
@@ -240,6 +241,11 @@ fn sources(before: &[Sample], after: &[Sample], secs: f64) -> Vec<String> {
         }
         if let Some(d) = dropped.get(source).filter(|d| **d > 0.0) {
             extra.push_str(&format!(", {d} dropped (queue full)"));
+        }
+        if let Some(d) = kernel.get(source).filter(|d| **d > 0.0) {
+            extra.push_str(&format!(
+                ", {d} dropped by the kernel (receive buffer full)"
+            ));
         }
         if let Some(c) = open.get(source) {
             extra.push_str(&format!(", {c} connections"));

@@ -108,6 +108,12 @@ pub enum DecodeError {
     BadTimestamp(String),
     #[error("record of {len} bytes exceeds max_record_bytes = {max}")]
     TooLarge { len: usize, max: usize },
+    #[error("the stream ended inside an octet-counted frame ({len} bytes of it)")]
+    Truncated { len: usize },
+    #[error(
+        "octet-counting frame header is not a length followed by a space; the connection was closed"
+    )]
+    BadFraming,
     #[error("timestamp is more than {max_skew_ms} ms ahead of the wall clock")]
     FutureTimestamp { max_skew_ms: i64 },
     /// No mapping of the format applies: not an error (a product may write
@@ -118,7 +124,7 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// Every reason, in the order summaries print them.
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 10] = [
         "not_json",
         "not_syslog",
         "not_utf8",
@@ -126,6 +132,8 @@ impl DecodeError {
         "bad_field",
         "bad_timestamp",
         "too_large",
+        "truncated",
+        "bad_framing",
         "future_timestamp",
     ];
 
@@ -139,6 +147,8 @@ impl DecodeError {
             DecodeError::BadField(_) => "bad_field",
             DecodeError::BadTimestamp(_) => "bad_timestamp",
             DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Truncated { .. } => "truncated",
+            DecodeError::BadFraming => "bad_framing",
             DecodeError::FutureTimestamp { .. } => "future_timestamp",
             DecodeError::Unmapped(_) => "unmapped",
         }

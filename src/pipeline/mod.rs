@@ -26,7 +26,6 @@ use crate::outbox::writer::{
 };
 use crate::router::{RouteState, Routed, Router};
 use crate::source::file::SavedPosition;
-use crate::source::framing::FrameRef;
 use crate::source::{Batch, KafkaPartition, SourceMsg};
 use crate::store::Store;
 use crate::store::state::{self as checkpoint, CheckpointError, ROUTER_UNIT, Saved};
@@ -158,6 +157,8 @@ pub struct Pipeline {
     saved_router: Vec<u8>,
     events: [Counter; EventKind::KNOWN.len() + 1],
     rejected: HashMap<(usize, &'static str), Counter>,
+    /// Records that became events, per source (by index).
+    decoded: Vec<Counter>,
     /// Unmapped records by source and the format that detected none.
     unmapped: HashMap<(usize, Arc<str>), Counter>,
     alert_counters: HashMap<String, Counter>,
@@ -188,6 +189,15 @@ impl Pipeline {
                 })
                 .clone()
         });
+        let decoded = sources
+            .iter()
+            .map(|src| {
+                metrics
+                    .records_decoded
+                    .get_or_create(&Metrics::source(&src.name))
+                    .clone()
+            })
+            .collect();
         let epoch = Instant::now();
         let (main, positions) = match restored.main {
             Some((engine, saved)) => (Unit::new(engine, &s, 0), saved.files),
@@ -225,6 +235,7 @@ impl Pipeline {
             saved_router,
             events,
             rejected: HashMap::new(),
+            decoded,
             unmapped: HashMap::new(),
             alert_counters: HashMap::new(),
         }
@@ -323,8 +334,13 @@ impl Pipeline {
         self.epoch.elapsed().as_millis() as i64
     }
 
+    /// Counts a rejected record and logs why.
     fn reject(&mut self, source: usize, err: &DecodeError, pos: &dyn std::fmt::Display) {
-        let reason = err.reason();
+        self.count_rejected(source, err.reason());
+        self.log.reject(err.reason(), pos, err);
+    }
+
+    fn count_rejected(&mut self, source: usize, reason: &'static str) {
         let name = &self.names[source];
         self.rejected
             .entry((source, reason))
@@ -338,7 +354,6 @@ impl Pipeline {
                     .clone()
             })
             .inc();
-        self.log.reject(reason, pos, err);
     }
 
     fn unmapped(&mut self, source: usize, format: Arc<str>) {
@@ -388,13 +403,7 @@ impl Pipeline {
             // A Kafka record is consumed whether it is applied or rejected
             // (a poison message never blocks its partition).
             applied_to = Some(end as i64 + 1);
-            let record = match b.frames.get(frame) {
-                Some(bytes) => Record::Bytes(bytes),
-                None => Record::TooLarge(match frame {
-                    FrameRef::TooLarge(l) => *l,
-                    _ => 0,
-                }),
-            };
+            let record = Record::of(&b.frames, frame);
             let (unit, partition) = match &mut ku {
                 Some(k) => (&mut k.unit, 0),
                 None => (&mut self.main, b.partition),
@@ -424,13 +433,21 @@ impl Pipeline {
                     Err(err) => rejected.push((err, at.clone())),
                 },
             );
+            // Each record counts once (received = decoded + unmapped +
+            // rejected): a fanned-out record with a bad event is rejected
+            // with the first one's reason, and every bad event is logged.
             match applied {
-                Ok(()) => {}
+                Ok(()) if rejected.is_empty() => {
+                    self.decoded[b.source].inc();
+                }
+                Ok(()) => {
+                    self.count_rejected(b.source, rejected[0].0.reason());
+                    for (err, at) in rejected {
+                        self.log.reject(err.reason(), &at, &err);
+                    }
+                }
                 Err(DecodeError::Unmapped(format)) => self.unmapped(b.source, format),
                 Err(err) => self.reject(b.source, &err, &pos),
-            }
-            for (err, at) in rejected {
-                self.reject(b.source, &err, &at);
             }
         }
         if let (Some(key), Some(mut k)) = (kafka_key, ku) {

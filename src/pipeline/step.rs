@@ -10,12 +10,31 @@ use crate::alert::Detection;
 use crate::decode::{DecodeError, Decoded, Decoder};
 use crate::engine::Engine;
 use crate::event::{Event, EventKind, Position};
+use crate::source::framing::FrameRef;
 
-/// A framed record: its bytes, or only the length of one over the limit.
+/// A framed record: its bytes, or what framing made of bytes it could not
+/// hand on (each a rejection).
 #[derive(Debug, Clone, Copy)]
 pub enum Record<'a> {
     Bytes(&'a [u8]),
+    /// Only the length of a record over the limit.
     TooLarge(usize),
+    /// The bytes of an octet-counted frame the stream ended inside of.
+    Truncated(usize),
+    /// Where the stream stopped being framable.
+    BadFraming,
+}
+
+impl<'a> Record<'a> {
+    /// A frame of a source's batch as a record.
+    pub fn of(frames: &'a crate::source::framing::Frames, frame: &FrameRef) -> Record<'a> {
+        match frame {
+            FrameRef::Record(_) => Record::Bytes(frames.get(frame).unwrap_or_default()),
+            FrameRef::TooLarge(len) => Record::TooLarge(*len),
+            FrameRef::Truncated(len) => Record::Truncated(*len),
+            FrameRef::BadFraming => Record::BadFraming,
+        }
+    }
 }
 
 /// Events dated after `max_ts` are rejected (`max_skew_ms` past the wall
@@ -61,6 +80,8 @@ pub fn apply<'r>(
                 max: decoder.max_record_bytes,
             });
         }
+        Record::Truncated(len) => return Err(DecodeError::Truncated { len }),
+        Record::BadFraming => return Err(DecodeError::BadFraming),
     };
     match decoder.decode_record(bytes)? {
         Decoded::One(ev) => each(

@@ -204,11 +204,18 @@ pub async fn run(ctx: SourceCtx, src: FileSource) {
                     continue;
                 }
                 tracing::info!(source = %ctx.name, path = %path_text, "file rotated; following the new file");
+                // The old file is done: its unterminated last line is a record.
+                if !finish(&ctx, o, &path_text).await {
+                    break;
+                }
                 let _ = ctx.tx.send(SourceMsg::Closed(o.partition)).await;
                 current = None;
             }
             Ok(m) if m.len() < o.framer.resume_offset() => {
                 tracing::info!(source = %ctx.name, path = %path_text, "file truncated; reading from the start");
+                if !finish(&ctx, o, &path_text).await {
+                    break;
+                }
                 if o.file.seek(SeekFrom::Start(0)).await.is_ok() {
                     o.framer = Framer::lines_at(ctx.max_record_bytes, 0);
                 }
@@ -228,6 +235,18 @@ async fn forward(ctx: &SourceCtx, o: &mut Open, path: &Arc<str>, bytes: &[u8]) -
     let mut frames = Frames::default();
     // Newline framing cannot fail.
     let _ = o.framer.push(bytes, &mut frames);
+    send(ctx, o, path, frames, at).await
+}
+
+/// The file will not grow any more (rotated away, truncated): what its
+/// framer holds is sent on.
+async fn finish(ctx: &SourceCtx, o: &mut Open, path: &Arc<str>) -> bool {
+    let mut frames = Frames::default();
+    o.framer.finish(&mut frames);
+    send(ctx, o, path, frames, Instant::now()).await
+}
+
+async fn send(ctx: &SourceCtx, o: &Open, path: &Arc<str>, frames: Frames, at: Instant) -> bool {
     if frames.is_empty() {
         return true;
     }

@@ -3,6 +3,12 @@
 //! The framer never holds more than one record's bound of bytes: an
 //! oversize octet-counted frame is skipped by its length, an oversize line
 //! is skipped to its newline, and both are reported as `TooLarge`.
+//!
+//! Every byte ends up accounted: NUL delimits records like LF (some
+//! senders terminate messages with it), a blank record (whitespace only)
+//! is no record on any source, and at the end of a stream
+//! ([`Framer::finish`]) an unterminated last line is a record, a partial
+//! octet-counted frame is `Truncated`, and a framing error is `BadFraming`.
 
 use std::ops::Range;
 
@@ -13,6 +19,11 @@ pub enum FrameRef {
     Record(Range<usize>),
     /// A record over the bound, dropped unread; its length in bytes.
     TooLarge(usize),
+    /// An octet-counted frame the stream ended inside of; the bytes it had.
+    Truncated(usize),
+    /// The stream stopped being framable here (a bad octet-counting
+    /// header); the connection is closed after it.
+    BadFraming,
 }
 
 /// Records framed from one read, sharing one buffer.
@@ -43,7 +54,7 @@ impl Frames {
     pub fn get(&self, frame: &FrameRef) -> Option<&[u8]> {
         match frame {
             FrameRef::Record(r) => self.data.get(r.clone()),
-            FrameRef::TooLarge(_) => None,
+            FrameRef::TooLarge(_) | FrameRef::Truncated(_) | FrameRef::BadFraming => None,
         }
     }
 }
@@ -130,16 +141,57 @@ impl Framer {
         self.pending.len()
     }
 
-    /// Frames as many records as `input` completes into `out`.
+    /// Frames as many records as `input` completes into `out`. On an error
+    /// `out` ends with [`FrameRef::BadFraming`] and the stream cannot be
+    /// framed further.
     pub fn push(&mut self, mut input: &[u8], out: &mut Frames) -> Result<(), FramingError> {
         while !input.is_empty() {
             let before = input.len();
-            input = self.step(input, out)?;
+            input = match self.step(input, out) {
+                Ok(rest) => rest,
+                Err(e) => {
+                    self.pending.clear();
+                    out.frames.push(FrameRef::BadFraming);
+                    self.end_at(out, self.offset);
+                    return Err(e);
+                }
+            };
             self.offset += (before - input.len()) as u64;
             let end = self.offset;
             self.end_at(out, end);
         }
         Ok(())
+    }
+
+    /// The stream ended: what it still held becomes a frame. An
+    /// unterminated line is a record (unless blank), the rest of an
+    /// oversize line is `TooLarge`, a partial octet-counted frame is
+    /// `Truncated`. The framer is empty after it.
+    pub fn finish(&mut self, out: &mut Frames) {
+        self.end(out, false);
+    }
+
+    /// The daemon stops reading a stream the sender has not ended: a
+    /// partial record is `Truncated` in either framing (its sender did not
+    /// finish it).
+    pub fn abandon(&mut self, out: &mut Frames) {
+        self.end(out, true);
+    }
+
+    fn end(&mut self, out: &mut Frames, abandoned: bool) {
+        if let Some(dropped) = self.skip_line.take() {
+            out.frames.push(FrameRef::TooLarge(dropped));
+        }
+        // The rest of an oversize frame was counted when its header came.
+        self.skip_bytes = 0;
+        let pending = std::mem::take(&mut self.pending);
+        if !pending.iter().all(|b| is_separator(*b)) {
+            match self.mode {
+                Mode::NewLine if !abandoned => push_line(out, &pending),
+                _ => out.frames.push(FrameRef::Truncated(pending.len())),
+            }
+        }
+        self.end_at(out, self.offset);
     }
 
     fn step<'i>(
@@ -153,7 +205,7 @@ impl Framer {
             return Ok(&input[n..]);
         }
         if let Some(dropped) = self.skip_line {
-            match memchr::memchr(b'\n', input) {
+            match memchr::memchr2(b'\n', 0, input) {
                 Some(i) => {
                     out.frames.push(FrameRef::TooLarge(dropped + i));
                     self.skip_line = None;
@@ -171,7 +223,7 @@ impl Framer {
             // reads split it (found by fuzzing: it used to be kept when it
             // arrived with the first record and dropped when it arrived
             // alone).
-            match input.iter().position(|b| !b.is_ascii_whitespace()) {
+            match input.iter().position(|b| !is_separator(*b)) {
                 None => return Ok(&[]),
                 Some(i) => {
                     self.mode = if input[i].is_ascii_digit() {
@@ -190,7 +242,7 @@ impl Framer {
     }
 
     fn push_lines<'i>(&mut self, input: &'i [u8], out: &mut Frames) -> &'i [u8] {
-        match memchr::memchr(b'\n', input) {
+        match memchr::memchr2(b'\n', 0, input) {
             Some(i) => {
                 let line = &input[..i];
                 if self.pending.len() + line.len() > self.max_record_bytes {
@@ -288,7 +340,7 @@ impl Framer {
         out: &mut Frames,
     ) -> Result<Option<usize>, FramingError> {
         // Separators some senders put between frames.
-        let lead = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        let lead = buf.iter().take_while(|b| is_separator(**b)).count();
         if lead == buf.len() {
             return Ok(Some(lead));
         }
@@ -308,16 +360,30 @@ impl Framer {
         if buf.len() - start < len {
             return Ok(None);
         }
-        out.push_record(&buf[start..start + len]);
+        push_record(out, &buf[start..start + len]);
         Ok(Some(start + len))
     }
 }
 
-fn push_line(out: &mut Frames, line: &[u8]) {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if !line.iter().all(u8::is_ascii_whitespace) {
-        out.push_record(line);
+/// Bytes between records: ASCII whitespace and NUL.
+fn is_separator(b: u8) -> bool {
+    b.is_ascii_whitespace() || b == 0
+}
+
+/// True for a record of nothing but whitespace: no record on any source.
+pub fn is_blank(record: &[u8]) -> bool {
+    record.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Appends a record unless it is blank.
+fn push_record(out: &mut Frames, record: &[u8]) {
+    if !is_blank(record) {
+        out.push_record(record);
     }
+}
+
+fn push_line(out: &mut Frames, line: &[u8]) {
+    push_record(out, line.strip_suffix(b"\r").unwrap_or(line));
 }
 
 /// `LEN SP` at the start of `buf`: `Some((len, header bytes))`, `None` when

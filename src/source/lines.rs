@@ -1,7 +1,8 @@
 //! Newline framing with a hard record-size bound: a line longer than
 //! `max_record_bytes` is reported as too large and skipped to its end
 //! without ever being held in memory, so one bad line cannot grow memory or
-//! lose the lines after it.
+//! lose the lines after it. NUL ends a record like `\n` (as in the
+//! daemon's stream framing), so `replay` of a file and `run` on it agree.
 
 use std::io::{self, BufRead};
 
@@ -52,7 +53,7 @@ impl<R: BufRead> LineReader<R> {
                     break;
                 }
                 saw_any = true;
-                let (chunk, found) = match memchr::memchr(b'\n', avail) {
+                let (chunk, found) = match memchr::memchr2(b'\n', 0, avail) {
                     Some(i) => (&avail[..i], true),
                     None => (avail, false),
                 };
@@ -73,7 +74,7 @@ impl<R: BufRead> LineReader<R> {
             if self.buf.last() == Some(&b'\r') {
                 self.buf.pop();
             }
-            if self.buf.iter().all(u8::is_ascii_whitespace) {
+            if super::framing::is_blank(&self.buf) {
                 continue;
             }
             return Ok(Some((self.line, Frame::Record(&self.buf))));

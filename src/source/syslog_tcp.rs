@@ -290,9 +290,25 @@ async fn read_loop<S: AsyncRead + Unpin>(
         .records_received
         .get_or_create(&ctx.label)
         .clone();
+    let send = |frames: Frames, at: Instant| {
+        received.inc_by(frames.len() as u64);
+        ctx.tx.send(SourceMsg::Batch(Batch {
+            source: ctx.index,
+            partition,
+            peer: Some(peer),
+            received: at,
+            frames,
+            file: None,
+            kafka: None,
+        }))
+    };
+    let mut abandoned = false;
     loop {
         let n = tokio::select! {
-            _ = ctx.cancel.cancelled() => break,
+            _ = ctx.cancel.cancelled() => {
+                abandoned = true;
+                break;
+            }
             r = tokio::time::timeout(limits.idle_timeout, stream.read(&mut buf)) => match r {
                 Err(_) => {
                     tracing::debug!("closing idle connection");
@@ -309,33 +325,27 @@ async fn read_loop<S: AsyncRead + Unpin>(
         let at = Instant::now();
         let mut frames = Frames::default();
         let result = framer.push(&buf[..n], &mut frames);
-        if !frames.is_empty() {
-            received.inc_by(frames.len() as u64);
-            let batch = Batch {
-                source: ctx.index,
-                partition,
-                peer: Some(peer),
-                received: at,
-                frames,
-                file: None,
-                kafka: None,
-            };
-            // Awaiting here is the backpressure: no more reads until the
-            // engine takes this batch.
-            if ctx.tx.send(SourceMsg::Batch(batch)).await.is_err() {
-                break;
-            }
+        // Awaiting here is the backpressure: no more reads until the
+        // engine takes this batch.
+        if !frames.is_empty() && send(frames, at).await.is_err() {
+            return;
         }
         if let Err(e) = result {
-            ctx.metrics
-                .records_rejected
-                .get_or_create(&crate::telemetry::metrics::RejectLabels {
-                    source: ctx.name.to_string(),
-                    reason: "bad_framing".to_owned(),
-                })
-                .inc();
+            // Counted as a `bad_framing` rejection with the frames before it.
             tracing::warn!("{e}; closing the connection");
-            break;
+            return;
         }
+    }
+    // What the stream still held: a last line without a newline is a
+    // record, a partial octet-counted frame a counted `truncated` (and so
+    // is any partial record when the daemon stops reading first).
+    let mut frames = Frames::default();
+    if abandoned {
+        framer.abandon(&mut frames);
+    } else {
+        framer.finish(&mut frames);
+    }
+    if !frames.is_empty() {
+        let _ = send(frames, Instant::now()).await;
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::TrySendError;
 
-use super::framing::{FrameRef, Frames};
+use super::framing::{FrameRef, Frames, is_blank};
 use super::{Batch, BindEnv, Bound, Listen, SourceCtx, SourceMsg, udp_partition};
 use crate::options::count;
 
@@ -90,8 +90,19 @@ pub fn bind(addr: SocketAddr, receive_buffer_bytes: Option<usize>) -> std::io::R
 /// keeps the per-datagram cost to one `recvfrom`.
 const MAX_BATCH: usize = 512;
 
+/// How often the kernel's drop count of the socket is read.
+const KERNEL_DROPS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub async fn run(ctx: SourceCtx, socket: UdpSocket) {
     let mut buf = vec![0u8; 65_536];
+    let mut kernel = KernelDrops::of(&socket);
+    let kernel_drops = ctx
+        .metrics
+        .udp_kernel_drops
+        .get_or_create(&ctx.label)
+        .clone();
+    let mut poll_drops = tokio::time::interval(KERNEL_DROPS_EVERY);
+    poll_drops.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let received = ctx
         .metrics
         .records_received
@@ -103,6 +114,12 @@ pub async fn run(ctx: SourceCtx, socket: UdpSocket) {
     'outer: loop {
         tokio::select! {
             _ = ctx.cancel.cancelled() => break,
+            _ = poll_drops.tick() => {
+                if let Some(k) = kernel.as_mut() {
+                    kernel_drops.inc_by(k.new_drops());
+                }
+                continue;
+            }
             r = socket.readable() => {
                 if let Err(e) = r {
                     tracing::warn!(source = %ctx.name, "UDP socket failed: {e}");
@@ -121,6 +138,11 @@ pub async fn run(ctx: SourceCtx, socket: UdpSocket) {
                     break;
                 }
             };
+            let d = &buf[..n];
+            // Blank datagrams are no records (as on every source).
+            if n <= ctx.max_record_bytes && is_blank(d) {
+                continue;
+            }
             taken += 1;
             let frames = match pending.iter_mut().find(|(p, _)| *p == peer) {
                 Some((_, f)) => f,
@@ -135,7 +157,8 @@ pub async fn run(ctx: SourceCtx, socket: UdpSocket) {
             if n > ctx.max_record_bytes {
                 frames.frames.push(FrameRef::TooLarge(n));
             } else {
-                let d = &buf[..n];
+                // A trailing NUL, LF or CR LF some senders add is no part of it.
+                let d = d.strip_suffix(b"\0").unwrap_or(d);
                 let d = d.strip_suffix(b"\n").unwrap_or(d);
                 frames.push_record(d.strip_suffix(b"\r").unwrap_or(d));
             }
@@ -161,4 +184,55 @@ pub async fn run(ctx: SourceCtx, socket: UdpSocket) {
             }
         }
     }
+}
+
+/// The kernel's count of datagrams it dropped for one socket (its receive
+/// buffer was full), read from `/proc/net/udp` and `/proc/net/udp6` by the
+/// socket's inode.
+struct KernelDrops {
+    inode: u64,
+    seen: u64,
+}
+
+impl KernelDrops {
+    fn of(socket: &UdpSocket) -> Option<KernelDrops> {
+        use std::os::fd::AsRawFd;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
+        let inode = socket_inode(&link.to_string_lossy())?;
+        // Drops before the daemon started reading count too: from zero.
+        Some(KernelDrops { inode, seen: 0 })
+    }
+
+    /// Drops since the last call.
+    fn new_drops(&mut self) -> u64 {
+        let total = ["/proc/net/udp", "/proc/net/udp6"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .find_map(|table| drops_of(&table, self.inode));
+        match total {
+            Some(total) => {
+                let new = total.saturating_sub(self.seen);
+                self.seen = self.seen.max(total);
+                new
+            }
+            None => 0,
+        }
+    }
+}
+
+/// The inode of `socket:[N]`.
+pub fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The `drops` column of the socket with `inode` in a `/proc/net/udp`
+/// table (the 10th column is the inode, the 13th the drops).
+pub fn drops_of(table: &str, inode: u64) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_ascii_whitespace().collect();
+        (cols.get(9)?.parse::<u64>().ok()? == inode).then(|| cols.get(12)?.parse().ok())?
+    })
 }

@@ -82,9 +82,11 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 pub struct Metrics {
     registry: Registry,
     pub records_received: Family<SourceLabel, Counter>,
+    pub records_decoded: Family<SourceLabel, Counter>,
     pub records_rejected: Family<RejectLabels, Counter>,
     pub records_unmapped: Family<FormatLabels, Counter>,
     pub udp_dropped: Family<SourceLabel, Counter>,
+    pub udp_kernel_drops: Family<SourceLabel, Counter>,
     pub connections_open: Family<SourceLabel, Gauge>,
     pub connections_refused: Family<SourceLabel, Counter>,
     pub events: Family<TypeName, Counter>,
@@ -123,9 +125,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix("mcp_alertd");
         let m = Metrics {
             records_received: Family::default(),
+            records_decoded: Family::default(),
             records_rejected: Family::default(),
             records_unmapped: Family::default(),
             udp_dropped: Family::default(),
+            udp_kernel_drops: Family::default(),
             connections_open: Family::default(),
             connections_refused: Family::default(),
             events: Family::default(),
@@ -159,10 +163,12 @@ impl Metrics {
             };
         }
         register! {
-            records_received => "records_received", "Records read by sources";
+            records_received => "records_received", "Records read by sources (received = decoded + unmapped + rejected, per source)";
+            records_decoded => "records_decoded", "Records that became events";
             records_rejected => "records_rejected", "Records rejected, by reason";
             records_unmapped => "records_unmapped", "Records no mapping of the source's format applies to (not errors), by format";
             udp_dropped => "udp_datagrams_dropped", "UDP datagrams dropped because the pipeline was full";
+            udp_kernel_drops => "udp_kernel_drops", "UDP datagrams the kernel dropped before the daemon read them (receive buffer full), from /proc/net/udp";
             connections_open => "connections_open", "Open TCP/TLS connections";
             connections_refused => "connections_refused", "Connections refused at max_connections or failing TLS";
             events => "events", "Events decoded, by type";

@@ -285,12 +285,19 @@ async fn shutdown_drains_every_accepted_record() {
         .filter(|a| a["rule"] == "unauthorized_tool_attempt")
         .count();
     // What the grace period did not leave time to deliver stays in the
-    // outbox for the next start (DESIGN §10): delivered + pending = accepted.
+    // outbox for the next start (DESIGN §10): delivered + pending = accepted;
+    // a record cut off by the stop is counted as truncated.
     let store = mcp_alertd::store::Store::open(dir.path()).unwrap();
     let (_, pending, dead) = store.counts().unwrap();
     assert_eq!(dead, 0);
+    let truncated = crate::support::metric_opt(
+        &text,
+        "mcp_alertd_records_rejected_total{source=\"tcp\",reason=\"truncated\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(truncated <= 1.0, "{text}");
     assert_eq!(
-        (denials as u64 + pending) as f64,
+        (denials as u64 + pending) as f64 + truncated,
         received,
         "accepted records lost in shutdown"
     );

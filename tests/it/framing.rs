@@ -4,10 +4,18 @@ use mcp_alertd::source::framing::{FrameRef, Framer, Frames, FramingError, Mode};
 use proptest::prelude::*;
 
 fn frame_all(chunks: &[&[u8]], max: usize) -> (Vec<String>, Mode) {
+    frame_stream(chunks, max, false)
+}
+
+/// Frames a stream; with `end`, as one that closed after its last chunk.
+fn frame_stream(chunks: &[&[u8]], max: usize, end: bool) -> (Vec<String>, Mode) {
     let mut framer = Framer::new(max);
     let mut out = Frames::default();
     for c in chunks {
         framer.push(c, &mut out).unwrap();
+    }
+    if end {
+        framer.finish(&mut out);
     }
     let got = out
         .frames
@@ -15,6 +23,8 @@ fn frame_all(chunks: &[&[u8]], max: usize) -> (Vec<String>, Mode) {
         .map(|f| match f {
             FrameRef::Record(_) => String::from_utf8(out.get(f).unwrap().to_vec()).unwrap(),
             FrameRef::TooLarge(n) => format!("<too large {n}>"),
+            FrameRef::Truncated(n) => format!("<truncated {n}>"),
+            FrameRef::BadFraming => "<bad framing>".to_owned(),
         })
         .collect();
     (got, framer.mode())
@@ -94,7 +104,12 @@ proptest! {
         for m in &msgs {
             if octet {
                 stream.extend_from_slice(format!("{} {m}", m.len()).as_bytes());
-                want.push(if m.len() > max { format!("<too large {}>", m.len()) } else { m.clone() });
+                // Blank records are no records.
+                if m.len() > max {
+                    want.push(format!("<too large {}>", m.len()));
+                } else if !m.trim().is_empty() {
+                    want.push(m.clone());
+                }
             } else {
                 // Lines must not be blank and must not start with a digit or
                 // whitespace to be detected as LF framing.
@@ -114,7 +129,6 @@ proptest! {
         }
         chunks.push(&stream[last..]);
         let (got, _) = frame_all(&chunks, max);
-        // Empty octet-counted messages ("0 ") are valid empty records.
         prop_assert_eq!(got, want);
     }
 }
@@ -159,4 +173,52 @@ fn whitespace_before_the_first_frame_is_dropped_however_it_is_split() {
             Mode::OctetCounting
         )
     );
+}
+
+#[test]
+fn nul_delimits_records_and_blank_records_are_none() {
+    let (got, mode) = frame_all(&[b"<13>one\0<13>two\0\0  \n\t\r\n<13>three\n"], 100);
+    assert_eq!(mode, Mode::NewLine);
+    assert_eq!(got, vec!["<13>one", "<13>two", "<13>three"]);
+    let (got, mode) = frame_all(&[b"\0\x005 hello\x003    1 x"], 100);
+    assert_eq!(mode, Mode::OctetCounting);
+    assert_eq!(got, vec!["hello", "x"]);
+}
+
+#[test]
+fn what_a_closed_stream_still_holds_is_a_record_or_a_counted_rejection() {
+    // An unterminated last line is a record; a blank one is none.
+    let (got, _) = frame_stream(&[b"<13>one\n<13>tw", b"o"], 100, true);
+    assert_eq!(got, vec!["<13>one", "<13>two"]);
+    let (got, _) = frame_stream(&[b"<13>one\n  \r"], 100, true);
+    assert_eq!(got, vec!["<13>one"]);
+    // A partial octet-counted frame, or a partial header, is truncated.
+    let (got, _) = frame_stream(&[b"3 abc10 hello"], 100, true);
+    assert_eq!(got, vec!["abc", "<truncated 8>"]);
+    let (got, _) = frame_stream(&[b"3 abc1"], 100, true);
+    assert_eq!(got, vec!["abc", "<truncated 1>"]);
+    // An oversize line cut off by the close is too large.
+    let (got, _) = frame_stream(&[b"ok\n", &[b'z'; 50]], 10, true);
+    assert_eq!(got, vec!["ok", "<too large 50>"]);
+    // Separators at the end are nothing.
+    let (got, _) = frame_stream(&[b"3 abc \n\0"], 100, true);
+    assert_eq!(got, vec!["abc"]);
+}
+
+#[test]
+fn a_bad_header_ends_the_frames_with_bad_framing() {
+    let mut framer = Framer::new(100);
+    let mut out = Frames::default();
+    assert!(framer.push(b"3 abc12x hello", &mut out).is_err());
+    assert_eq!(out.frames.len(), 2);
+    assert_eq!(out.frames[1], FrameRef::BadFraming);
+}
+
+#[test]
+fn a_stream_the_daemon_stops_reading_leaves_its_partial_record_truncated() {
+    let mut framer = Framer::new(100);
+    let mut out = Frames::default();
+    framer.push(b"<13>one\n<13>tw", &mut out).unwrap();
+    framer.abandon(&mut out);
+    assert_eq!(out.frames[1], FrameRef::Truncated(6));
 }

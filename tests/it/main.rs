@@ -14,6 +14,7 @@ mod daemon;
 mod decode;
 mod delivery;
 mod detectors;
+mod faults;
 mod formats;
 mod framing;
 mod golden;

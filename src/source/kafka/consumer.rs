@@ -462,6 +462,10 @@ pub fn run(ctx: SourceCtx, consumer: KafkaConsumer) {
             let payload = msg.payload().unwrap_or_default();
             if payload.len() > max {
                 frames.frames.push(FrameRef::TooLarge(payload.len()));
+            } else if crate::source::framing::is_blank(payload) {
+                // A tombstone or blank message is no record (as on every
+                // source); the next record's offset covers it.
+                continue;
             } else {
                 frames.push_record(payload);
             }

@@ -1,0 +1,219 @@
+//! The daemon under faults an operator meets: every byte a source reads is
+//! accounted for (received = decoded + unmapped + rejected, per source),
+//! whatever mix of garbage, framing errors and cut-off streams it gets.
+
+use std::path::Path;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::support::{SOURCES, metric_opt, scenario, scrape_blocking, send_udp, start, wait_for};
+
+/// The counts of one source in a scrape: (received, decoded, unmapped,
+/// rejected by reason).
+fn accounts(text: &str, source: &str) -> (f64, f64, f64, Vec<(String, f64)>) {
+    let get = |name: &str| {
+        metric_opt(
+            text,
+            &format!("mcp_alertd_{name}_total{{source=\"{source}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let unmapped = text
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!(
+                "mcp_alertd_records_unmapped_total{{source=\"{source}\""
+            ))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let prefix = format!("mcp_alertd_records_rejected_total{{source=\"{source}\",reason=\"");
+    let rejected = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (reason, value) = rest.split_once("\"} ")?;
+            Some((reason.to_owned(), value.parse().ok()?))
+        })
+        .collect();
+    (
+        get("records_received"),
+        get("records_decoded"),
+        unmapped,
+        rejected,
+    )
+}
+
+fn rejected(r: &[(String, f64)], reason: &str) -> f64 {
+    r.iter().find(|(k, _)| k == reason).map_or(0.0, |(_, v)| *v)
+}
+
+fn config(log: &Path) -> String {
+    format!(
+        "{SOURCES}\n[[sources]]\nname = \"file\"\ntype = \"file\"\npath = \"{}\"\npoll_interval = \"20ms\"\n",
+        log.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_a_source_reads_is_decoded_unmapped_or_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    std::fs::write(&log, "").unwrap();
+    let (daemon, _out) = start(&config(&log), &dir.path().join("state")).await;
+    let tcp = daemon.local_addr("tcp").unwrap();
+    let good = scenario("acct");
+
+    // Newline framing: NUL ends a record like LF, blank lines are no
+    // records, garbage is rejected, and the last line without a newline is
+    // a record when the sender closes.
+    let mut s = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let stream = format!(
+        "{}\0{}\n   \r\n\0\0not json at all\n{}",
+        good[0], good[1], good[2]
+    );
+    s.write_all(stream.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+
+    // Octet counting: two frames, then one the sender cuts off.
+    let mut s = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let frames = format!(
+        "{} {}{} {}\0 80 {{\"ts\":1,",
+        good[3].len(),
+        good[3],
+        good[4].len(),
+        good[4]
+    );
+    s.write_all(frames.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+
+    // A bad header after one frame: counted, and the connection closed.
+    let mut s = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    s.write_all(format!("{} {}12x rest is lost", good[5].len(), good[5]).as_bytes())
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+
+    // UDP: a blank datagram is no record; a trailing NUL is no part of one.
+    let udp = daemon.local_addr("udp").unwrap();
+    send_udp(
+        udp,
+        &[
+            good[6].clone(),
+            " \n".to_owned(),
+            "{\"ts\":\"x\"".to_owned(),
+            format!("{}\0", good[7]),
+        ],
+    )
+    .await;
+
+    // A file whose last line is unterminated when it is rotated away.
+    std::fs::write(
+        &log,
+        format!("{}\n\n{}\0garbage\n{}", good[8], good[9], good[10]),
+    )
+    .unwrap();
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("the file's complete lines", || {
+        accounts(&scrape_blocking(m), "file").0 >= 3.0
+    })
+    .await;
+    std::fs::rename(&log, dir.path().join("audit.log.1")).unwrap();
+    std::fs::write(&log, "").unwrap();
+
+    // tcp: 4 records + 1 (LF) + 2 + truncated + 1 + bad framing.
+    let want = [("tcp", 9.0), ("udp", 3.0), ("file", 4.0)];
+    let mut text = String::new();
+    wait_for("every record counted", || {
+        text = scrape_blocking(m);
+        want.iter().all(|(source, n)| {
+            let (received, decoded, unmapped, rejected) = accounts(&text, source);
+            let r: f64 = rejected.iter().map(|(_, v)| v).sum();
+            received == *n && decoded + unmapped + r == received
+        })
+    })
+    .await;
+    let (_, decoded, _, r) = accounts(&text, "tcp");
+    assert_eq!(decoded, 6.0, "{text}");
+    assert_eq!(rejected(&r, "not_syslog"), 1.0, "{text}");
+    assert_eq!(rejected(&r, "truncated"), 1.0, "{text}");
+    assert_eq!(rejected(&r, "bad_framing"), 1.0, "{text}");
+    let (_, decoded, _, r) = accounts(&text, "udp");
+    assert_eq!(decoded, 2.0, "{text}");
+    assert_eq!(r.iter().map(|(_, v)| v).sum::<f64>(), 1.0, "{text}");
+    let (_, decoded, _, r) = accounts(&text, "file");
+    assert_eq!(decoded, 3.0, "{text}");
+    assert_eq!(rejected(&r, "not_syslog"), 1.0, "{text}");
+    assert!(
+        text.contains("mcp_alertd_udp_kernel_drops_total{source=\"udp\"} 0"),
+        "{text}"
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_kernel_drop_count_is_read_by_the_sockets_inode() {
+    use mcp_alertd::source::syslog_udp::{drops_of, socket_inode};
+    let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+  123: 0100007F:158A 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 41234 2 0000000000000000 818\n\
+  124: 0100007F:158B 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 41235 2 0000000000000000 0\n";
+    assert_eq!(drops_of(table, 41234), Some(818));
+    assert_eq!(drops_of(table, 41235), Some(0));
+    assert_eq!(drops_of(table, 9), None);
+    assert_eq!(socket_inode("socket:[41234]"), Some(41234));
+    assert_eq!(socket_inode("pipe:[1]"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_the_kernel_drops_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    // The smallest receive buffer, so a burst overflows it.
+    let cfg = SOURCES.replace(
+        "type = \"syslog_udp\"\naddress = \"127.0.0.1:0\"\n",
+        "type = \"syslog_udp\"\naddress = \"127.0.0.1:0\"\nreceive_buffer_bytes = 4096\n",
+    );
+    assert_ne!(cfg, SOURCES);
+    let (daemon, _out) = start(&cfg, dir.path()).await;
+    let udp = daemon.local_addr("udp").unwrap();
+    let m = daemon.metrics_addr().unwrap();
+    let line = scenario("drops")[0].clone();
+    let sent = tokio::task::spawn_blocking(move || {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut sent = 0u64;
+        // Bursts until the kernel has dropped some (bounded by count).
+        for _ in 0..20 {
+            for _ in 0..20_000 {
+                if sock.send_to(line.as_bytes(), udp).is_ok() {
+                    sent += 1;
+                }
+            }
+            let text = scrape_blocking(m);
+            if metric_opt(&text, "mcp_alertd_udp_kernel_drops_total{source=\"udp\"}")
+                .is_some_and(|d| d > 0.0)
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+        }
+        sent
+    })
+    .await
+    .unwrap();
+    // Every datagram sent is received, dropped at the full queue or dropped
+    // by the kernel.
+    let mut text = String::new();
+    wait_for("every datagram accounted", || {
+        text = scrape_blocking(m);
+        let get = |s: &str| metric_opt(&text, s).unwrap_or(0.0);
+        get("mcp_alertd_records_received_total{source=\"udp\"}")
+            + get("mcp_alertd_udp_datagrams_dropped_total{source=\"udp\"}")
+            + get("mcp_alertd_udp_kernel_drops_total{source=\"udp\"}")
+            == sent as f64
+    })
+    .await;
+    assert!(
+        metric_opt(&text, "mcp_alertd_udp_kernel_drops_total{source=\"udp\"}").unwrap() > 0.0,
+        "{text}"
+    );
+    daemon.shutdown().await.unwrap();
+}
