@@ -476,6 +476,7 @@ impl Pipeline {
                     dev: f.dev,
                     ino: f.ino,
                     offset: end,
+                    head: Some(f.head),
                 },
             );
             self.main.dirty = true;

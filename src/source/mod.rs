@@ -78,6 +78,8 @@ pub struct FileMark {
     pub path: Arc<str>,
     pub dev: u64,
     pub ino: u64,
+    /// The fingerprint of the file's first bytes.
+    pub head: file::Head,
 }
 
 /// Records from one read of one partition.

@@ -10,8 +10,9 @@
 //! raised, in one store transaction.
 //!
 //! Format: postcard of `(STATE_VERSION, Saved)`. The engine's own bytes
-//! carry the engine snapshot version. A unit of another version is refused
-//! with a message that names it; it is never silently dropped.
+//! carry the engine snapshot version. Version 1 (file positions without a
+//! fingerprint) is read and upgraded; a unit of any other version is
+//! refused with a message that names it; it is never silently dropped.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +22,7 @@ use crate::source::file::SavedPosition;
 pub use crate::source::{DurableOffsets, KafkaPartition};
 
 /// The unit format this build reads and writes.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// The unit of the syslog and file sources.
 pub const MAIN_UNIT: &str = "main";
@@ -80,6 +81,10 @@ pub fn decode(unit: &str, bytes: &[u8]) -> Result<Saved, CheckpointError> {
         reason: e.to_string(),
     };
     let (version, _): (u32, &[u8]) = postcard::take_from_bytes(bytes).map_err(corrupt)?;
+    if version == 1 {
+        let (_, saved): (u32, v1::Saved) = postcard::from_bytes(bytes).map_err(corrupt)?;
+        return Ok(saved.into());
+    }
     if version != STATE_VERSION {
         return Err(CheckpointError::Version {
             unit: unit.to_owned(),
@@ -88,6 +93,58 @@ pub fn decode(unit: &str, bytes: &[u8]) -> Result<Saved, CheckpointError> {
     }
     let (_, saved): (u32, Saved) = postcard::from_bytes(bytes).map_err(corrupt)?;
     Ok(saved)
+}
+
+/// Version 1 of a unit: file positions had no fingerprint.
+mod v1 {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Position {
+        pub dev: u64,
+        pub ino: u64,
+        pub offset: u64,
+    }
+
+    #[derive(Deserialize)]
+    pub struct EngineUnit {
+        pub files: BTreeMap<String, Position>,
+        pub next_offset: Option<i64>,
+        pub engine: Vec<u8>,
+    }
+
+    #[derive(Deserialize)]
+    pub enum Saved {
+        Engine(EngineUnit),
+        Router(Vec<(u32, String, i64)>),
+    }
+}
+
+impl From<v1::Saved> for Saved {
+    fn from(old: v1::Saved) -> Saved {
+        match old {
+            v1::Saved::Engine(u) => Saved::Engine(EngineUnit {
+                files: u
+                    .files
+                    .into_iter()
+                    .map(|(name, p)| {
+                        let position = SavedPosition {
+                            dev: p.dev,
+                            ino: p.ino,
+                            offset: p.offset,
+                            head: None,
+                        };
+                        (name, position)
+                    })
+                    .collect(),
+                next_offset: u.next_offset,
+                engine: u.engine,
+            }),
+            v1::Saved::Router(r) => Saved::Router(r),
+        }
+    }
 }
 
 impl super::Store {

@@ -2,6 +2,7 @@
 //! accounted for (received = decoded + unmapped + rejected, per source),
 //! whatever mix of garbage, framing errors and cut-off streams it gets.
 
+use std::io::Write as _;
 use std::path::Path;
 
 use tokio::io::AsyncWriteExt;
@@ -216,4 +217,118 @@ async fn datagrams_the_kernel_drops_are_counted() {
         "{text}"
     );
     daemon.shutdown().await.unwrap();
+}
+
+/// `n` auth successes dated an hour ago, numbered from `from`.
+fn numbered(from: usize, n: usize) -> String {
+    let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+    (from..from + n)
+        .map(|i| {
+            format!(
+                "{{\"ts\":{},\"event\":\"auth.success\",\"tenant\":\"rot\",\"agent_id\":\"agent-{i:05}\"}}\n",
+                base + i as i64
+            )
+        })
+        .collect()
+}
+
+/// Runs the daemon over the file until it has read `want` records, and
+/// stops it (saving the position).
+async fn read_file(log: &Path, state: &Path, want: f64) {
+    let (daemon, _out) = start(&config(log), state).await;
+    let metrics = daemon.metrics().clone();
+    wait_for("the file read", || {
+        accounts(&metrics.render(), "file").1 >= want
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    // Counted after the stop: nothing more was read either.
+    let text = metrics.render();
+    let (received, decoded, _, _) = accounts(&text, "file");
+    assert_eq!((received, decoded), (want, want), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_copytruncated_while_stopped_is_read_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let state = dir.path().join("state");
+    std::fs::write(&log, numbered(0, 200)).unwrap();
+    read_file(&log, &state, 200.0).await;
+    // copytruncate: the old lines go elsewhere, the file is emptied in
+    // place (same inode) and grows past the saved offset before the start.
+    std::fs::write(dir.path().join("audit.log.1"), std::fs::read(&log).unwrap()).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    f.set_len(0).unwrap();
+    drop(f);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(numbered(1000, 300).as_bytes()).unwrap();
+    drop(f);
+    read_file(&log, &state, 300.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_renamed_while_stopped_is_read_to_its_end_then_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let state = dir.path().join("state");
+    std::fs::write(&log, numbered(0, 100)).unwrap();
+    read_file(&log, &state, 100.0).await;
+    // Lines written after the stop, then the file rotated by rename and a
+    // new one started: both are read, nothing twice.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(numbered(100, 50).as_bytes()).unwrap();
+    drop(f);
+    std::fs::rename(&log, dir.path().join("audit.log.1")).unwrap();
+    std::fs::write(&log, numbered(150, 70).as_bytes()).unwrap();
+    read_file(&log, &state, 120.0).await;
+    // And an unchanged file resumes where it was: nothing read again.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(numbered(220, 5).as_bytes()).unwrap();
+    drop(f);
+    read_file(&log, &state, 5.0).await;
+}
+
+#[test]
+fn state_saved_before_file_fingerprints_is_read() {
+    // Version 1 of a unit: file positions of (dev, ino, offset).
+    #[derive(serde::Serialize)]
+    struct Position {
+        dev: u64,
+        ino: u64,
+        offset: u64,
+    }
+    #[derive(serde::Serialize)]
+    struct EngineUnit {
+        files: std::collections::BTreeMap<String, Position>,
+        next_offset: Option<i64>,
+        engine: Vec<u8>,
+    }
+    #[derive(serde::Serialize)]
+    enum Saved {
+        Engine(EngineUnit),
+    }
+    let mut files = std::collections::BTreeMap::new();
+    files.insert(
+        "audit".to_owned(),
+        Position {
+            dev: 7,
+            ino: 9,
+            offset: 1234,
+        },
+    );
+    let unit = Saved::Engine(EngineUnit {
+        files,
+        next_offset: None,
+        engine: vec![1, 2, 3],
+    });
+    let bytes = postcard::to_allocvec(&(1u32, unit)).unwrap();
+    match mcp_alertd::store::state::decode("main", &bytes).unwrap() {
+        mcp_alertd::store::state::Saved::Engine(u) => {
+            let p = u.files["audit"];
+            assert_eq!((p.dev, p.ino, p.offset, p.head), (7, 9, 1234, None));
+            assert_eq!(u.engine, vec![1, 2, 3]);
+        }
+        other => panic!("{other:?}"),
+    }
 }
