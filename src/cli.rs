@@ -444,6 +444,7 @@ fn replay_cmd(args: ReplayArgs) -> Result<u8> {
         engine: EngineConfig {
             max_keys_per_rule: usize::try_from(args.max_keys_per_rule)?,
             lateness_ms: args.allowed_lateness,
+            ..EngineConfig::default()
         },
     };
     let stdout = io::stdout().lock();

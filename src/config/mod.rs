@@ -361,6 +361,7 @@ struct RawEngine {
     queue_capacity: Option<u64>,
     shutdown_grace: Option<String>,
     snapshot_interval: Option<String>,
+    removed_rule_grace: Option<String>,
 }
 
 impl RawEngine {
@@ -423,6 +424,13 @@ impl RawEngine {
                 5_000,
                 100,
             )),
+            removed_rule_grace_ms: dur(
+                errors,
+                "engine.removed_rule_grace",
+                self.removed_rule_grace.as_deref(),
+                d.removed_rule_grace_ms,
+                0,
+            ),
         }
     }
 }

@@ -33,7 +33,10 @@ pub fn load_dir(dir: &Path) -> Result<RuleSet, RuleSetError> {
             Ok(entry) => entry.path(),
             Err(e) => return Err(fail(format!("cannot list rules directory: {e}"))),
         };
-        if path.extension().is_none_or(|e| e != "toml") || !path.is_file() {
+        // A `*.toml` entry that is not a readable file (a dangling link, a
+        // directory, no permission) is an error, never skipped: a rule file
+        // that is not really there must not load as a smaller rule set.
+        if path.extension().is_none_or(|e| e != "toml") {
             continue;
         }
         let name = path

@@ -55,7 +55,14 @@ pub struct EngineConfig {
     /// The allowed lateness of the clock (DESIGN §3): how long a sequence
     /// keeps its `then` events for `first` events that arrive late.
     pub lateness_ms: i64,
+    /// How long (engine time) the state of a rule removed by a reload, or
+    /// missing from the rules at a restart, is kept in case the rule comes
+    /// back with the same id and kind.
+    pub removed_rule_grace_ms: i64,
 }
+
+/// Default grace of a removed rule's state: a day.
+pub const DEFAULT_REMOVED_RULE_GRACE_MS: i64 = 24 * 3_600_000;
 
 /// Default cap of live keys per rule.
 pub const DEFAULT_MAX_KEYS_PER_RULE: usize = 1_000_000;
@@ -67,8 +74,19 @@ impl Default for EngineConfig {
         EngineConfig {
             max_keys_per_rule: DEFAULT_MAX_KEYS_PER_RULE,
             lateness_ms: DEFAULT_LATENESS_MS,
+            removed_rule_grace_ms: DEFAULT_REMOVED_RULE_GRACE_MS,
         }
     }
+}
+
+/// The state of a rule that is not in the rule set any more, kept until
+/// `until` (engine time) in case it comes back.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Parked {
+    id: String,
+    kind: String,
+    state: RuleState,
+    until: i64,
 }
 
 /// How often (event time) expired keys are swept out of memory. Expiry is
@@ -83,6 +101,8 @@ const EVICT_FRACTION: usize = 16;
 pub struct Engine {
     rules: Arc<RuleSet>,
     states: Vec<RuleState>,
+    /// State of removed rules within their grace period.
+    parked: Vec<Parked>,
     config: EngineConfig,
     clock: Option<i64>,
     next_sweep: i64,
@@ -105,6 +125,7 @@ impl Engine {
         Engine {
             rules,
             states,
+            parked: Vec::new(),
             config,
             clock: None,
             next_sweep: i64::MIN,
@@ -616,6 +637,7 @@ impl Engine {
         for (rule, state) in self.rules.rules().iter().zip(&mut self.states) {
             state.sweep(rule, clock, self.config.lateness_ms);
         }
+        self.parked.retain(|p| p.until > clock);
         self.sessions.sweep(clock);
     }
 
@@ -653,36 +675,84 @@ impl Engine {
     }
 
     /// Swaps in a new rule set. The state of every rule whose id and
-    /// definition are unchanged is kept; new or changed rules start empty;
-    /// removed rules' state is dropped. Returns how many rules kept state.
+    /// definition are unchanged is kept; new or changed rules start empty,
+    /// except a rule that comes back (same id and kind) within the grace of
+    /// its removal, which gets its state back; removed rules' state is
+    /// parked for `removed_rule_grace_ms`. Returns how many rules kept
+    /// state.
     pub fn reload(&mut self, rules: Arc<RuleSet>, config: EngineConfig) -> usize {
-        let mut old: Vec<(Arc<str>, String, RuleState)> = self
+        let mut old: Vec<(Arc<str>, String, &'static str, RuleState)> = self
             .rules
             .rules()
             .iter()
             .zip(std::mem::take(&mut self.states))
-            .map(|(r, s)| (r.id.clone(), r.definition.clone(), s))
+            .map(|(r, s)| (r.id.clone(), r.definition.clone(), r.kind.name(), s))
             .collect();
         let mut kept = 0;
         self.states = rules
             .rules()
             .iter()
             .map(|rule| {
-                match old
+                if let Some(i) = old
                     .iter()
-                    .position(|(id, def, _)| *id == rule.id && *def == rule.definition)
+                    .position(|(id, def, _, _)| *id == rule.id && *def == rule.definition)
                 {
-                    Some(i) => {
+                    kept += 1;
+                    return old.swap_remove(i).3;
+                }
+                match self.unpark(rule) {
+                    Some(state) => {
                         kept += 1;
-                        old.swap_remove(i).2
+                        state
                     }
                     None => RuleState::for_rule(rule),
                 }
             })
             .collect();
+        let until = self
+            .clock
+            .unwrap_or(0)
+            .saturating_add(config.removed_rule_grace_ms);
+        for (id, _, kind, state) in old {
+            if !rules.rules().iter().any(|r| r.id == id) {
+                self.park(id.to_string(), kind.to_owned(), state, until);
+            }
+        }
         self.rules = rules;
         self.config = config;
         kept
+    }
+
+    /// Keeps a removed rule's state (when it has any) until `until`.
+    fn park(&mut self, id: String, kind: String, state: RuleState, until: i64) {
+        if state.len() > 0 && self.config.removed_rule_grace_ms > 0 {
+            self.parked.retain(|p| p.id != id);
+            self.parked.push(Parked {
+                id,
+                kind,
+                state,
+                until,
+            });
+        }
+    }
+
+    /// The parked state of a rule that came back with the same id and kind.
+    fn unpark(&mut self, rule: &Rule) -> Option<RuleState> {
+        let fresh = RuleState::for_rule(rule);
+        let i = self.parked.iter().position(|p| {
+            *p.id == *rule.id
+                && p.kind == rule.kind.name()
+                && std::mem::discriminant(&p.state) == std::mem::discriminant(&fresh)
+        })?;
+        Some(self.parked.swap_remove(i).state)
+    }
+
+    /// Removed rules whose state is kept: (id, live keys, until).
+    pub fn parked_rules(&self) -> Vec<(&str, usize, i64)> {
+        self.parked
+            .iter()
+            .map(|p| (p.id.as_str(), p.state.len(), p.until))
+            .collect()
     }
 }
 

@@ -9,12 +9,16 @@ use serde::{Deserialize, Serialize};
 
 use super::kinds::RuleState;
 use super::sessions::Sessions;
-use super::{Engine, EngineConfig, RuleSet};
+use super::{Engine, EngineConfig, Parked, RuleSet};
 
 /// Snapshot format version; bump on any change of the serialized state.
 /// Version 2 added derived sessions; version 3 the correlation kinds'
-/// state and the tenant of kept triggers. Older snapshots are refused.
-const SNAPSHOT_VERSION: u32 = 3;
+/// state and the tenant of kept triggers; version 4 the parked state of
+/// removed rules. Version 3 is read (with nothing parked); older snapshots
+/// are refused.
+const SNAPSHOT_VERSION: u32 = 4;
+/// The oldest version this build reads.
+const OLDEST_READ: u32 = 3;
 
 /// Why a snapshot could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,19 @@ struct Snapshot {
     evicted: u64,
     rules: Vec<(String, String, RuleState)>,
     sessions: Sessions,
+    parked: Vec<Parked>,
+}
+
+/// Version 3: no parked state.
+#[derive(Deserialize)]
+struct Snapshot3 {
+    version: u32,
+    clock: Option<i64>,
+    next_sweep: i64,
+    late: u64,
+    evicted: u64,
+    rules: Vec<(String, String, RuleState)>,
+    sessions: Sessions,
 }
 
 #[derive(Serialize)]
@@ -51,6 +68,7 @@ struct SnapshotRef<'a> {
     evicted: u64,
     rules: Vec<(&'a str, &'a str, &'a RuleState)>,
     sessions: &'a Sessions,
+    parked: &'a [Parked],
 }
 
 impl Engine {
@@ -70,6 +88,7 @@ impl Engine {
                 .map(|(r, s)| (&*r.id, r.kind.name(), s))
                 .collect(),
             sessions: &self.sessions,
+            parked: &self.parked,
         };
         postcard::to_allocvec(&snap).map_err(SnapshotError::Encode)
     }
@@ -82,12 +101,15 @@ impl Engine {
             clock: Option<i64>,
         }
         let (head, _): (Head, _) = postcard::take_from_bytes(bytes).ok()?;
-        (head.version == SNAPSHOT_VERSION).then_some(head.clock)?
+        (OLDEST_READ..=SNAPSHOT_VERSION)
+            .contains(&head.version)
+            .then_some(head.clock)?
     }
 
     /// Rebuilds an engine from a snapshot under `rules`. State of a rule is
-    /// kept when a rule of the same id and kind exists; other state is
-    /// dropped (the rule was removed or changed kind).
+    /// kept when a rule of the same id and kind exists; the state of a rule
+    /// that is not in `rules` is parked for the removal grace (as a reload
+    /// does), and a parked rule that is back gets its state.
     pub fn restore(
         rules: Arc<RuleSet>,
         config: EngineConfig,
@@ -100,23 +122,55 @@ impl Engine {
         let v: Version = postcard::take_from_bytes(bytes)
             .map(|(v, _)| v)
             .map_err(SnapshotError::Decode)?;
-        if v.version != SNAPSHOT_VERSION {
-            return Err(SnapshotError::Version { found: v.version });
-        }
-        let snap: Snapshot = postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?;
+        let snap: Snapshot = match v.version {
+            SNAPSHOT_VERSION => postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?,
+            OLDEST_READ => {
+                let s: Snapshot3 = postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?;
+                Snapshot {
+                    version: s.version,
+                    clock: s.clock,
+                    next_sweep: s.next_sweep,
+                    late: s.late,
+                    evicted: s.evicted,
+                    rules: s.rules,
+                    sessions: s.sessions,
+                    parked: Vec::new(),
+                }
+            }
+            found => return Err(SnapshotError::Version { found }),
+        };
         let mut engine = Engine::new(rules, config);
+        engine.parked = snap.parked;
         engine.clock = snap.clock;
         engine.next_sweep = snap.next_sweep;
         engine.late = snap.late;
         engine.evicted = snap.evicted;
         engine.sessions = snap.sessions;
+        let until = snap
+            .clock
+            .unwrap_or(0)
+            .saturating_add(engine.config.removed_rule_grace_ms);
         for (id, kind, state) in snap.rules {
-            if let Some(i) = engine
+            match engine
                 .rules
                 .rules()
                 .iter()
                 .position(|r| *r.id == *id && r.kind.name() == kind)
-                && std::mem::discriminant(&engine.states[i]) == std::mem::discriminant(&state)
+            {
+                Some(i)
+                    if std::mem::discriminant(&engine.states[i])
+                        == std::mem::discriminant(&state) =>
+                {
+                    engine.states[i] = state;
+                }
+                Some(_) => {}
+                None => engine.park(id, kind, state, until),
+            }
+        }
+        let rules = engine.rules.clone();
+        for (i, rule) in rules.rules().iter().enumerate() {
+            if engine.states[i].len() == 0
+                && let Some(state) = engine.unpark(rule)
             {
                 engine.states[i] = state;
             }

@@ -78,6 +78,9 @@ pub struct EngineSettings {
     /// How often engine state is saved to the store (with the source
     /// positions it covers); also saved at shutdown.
     pub snapshot_interval: Duration,
+    /// How long (engine time) a removed rule's state is kept in case the
+    /// rule comes back.
+    pub removed_rule_grace_ms: i64,
 }
 
 impl Default for EngineSettings {
@@ -91,6 +94,7 @@ impl Default for EngineSettings {
             queue_capacity: 1024,
             shutdown_grace: Duration::from_secs(10),
             snapshot_interval: Duration::from_secs(5),
+            removed_rule_grace_ms: crate::engine::DEFAULT_REMOVED_RULE_GRACE_MS,
         }
     }
 }
@@ -636,7 +640,16 @@ impl Pipeline {
                     );
                     unit.dirty = true;
                 }
+                for (rule, keys, until) in self.main.engine.parked_rules() {
+                    tracing::warn!(
+                        rule,
+                        keys,
+                        until_engine_ms = until,
+                        "rule not in the new rule set: its state is kept for engine.removed_rule_grace in case it comes back"
+                    );
+                }
                 self.rules = rules;
+                self.settings.removed_rule_grace_ms = settings.removed_rule_grace_ms;
                 self.settings.allowed_lateness_ms = settings.allowed_lateness_ms;
                 self.settings.idle_after = settings.idle_after;
                 self.settings.max_future_skew_ms = settings.max_future_skew_ms;

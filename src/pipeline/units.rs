@@ -75,6 +75,7 @@ pub(super) fn engine_config(s: &EngineSettings) -> EngineConfig {
     EngineConfig {
         max_keys_per_rule: s.max_keys_per_rule,
         lateness_ms: s.allowed_lateness_ms,
+        removed_rule_grace_ms: s.removed_rule_grace_ms,
     }
 }
 

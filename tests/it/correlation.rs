@@ -880,7 +880,7 @@ fn a_snapshot_of_the_version_before_the_correlation_kinds_is_refused_with_the_re
     let mut bytes = Engine::new(r.clone(), EngineConfig::default())
         .snapshot()
         .unwrap();
-    assert_eq!(bytes[0], 3, "postcard varint of the version");
+    assert_eq!(bytes[0], 4, "postcard varint of the version");
     bytes[0] = 2;
     let err = Engine::restore(r, EngineConfig::default(), &bytes)
         .unwrap_err()

@@ -332,3 +332,160 @@ fn state_saved_before_file_fingerprints_is_read() {
         other => panic!("{other:?}"),
     }
 }
+
+const UNUSED: &str = r#"[[rule]]
+id = "unused"
+title = "unused"
+severity = "medium"
+kind = "absence"
+start = { event = "credential.issued" }
+stop = { event = "credential.used" }
+key = ["credential_id"]
+deadline = "1h"
+"#;
+
+const DENIED: &str = r#"[[rule]]
+id = "denied"
+title = "denied"
+severity = "low"
+kind = "threshold"
+match = { event = "tool.denied" }
+group_by = ["session_id"]
+condition = { gte = 2 }
+"#;
+
+fn rule_set(files: &[&str]) -> std::sync::Arc<mcp_alertd::engine::RuleSet> {
+    let files = files
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("{i}.toml"), (*t).to_owned()))
+        .collect();
+    std::sync::Arc::new(mcp_alertd::engine::RuleSet::from_files(files, "test").unwrap())
+}
+
+/// An engine that saw one credential issued at `s(0)` (its `unused`
+/// deadline at `s(3600)`).
+fn engine_with_pending_deadline(
+    cfg: &mcp_alertd::engine::EngineConfig,
+) -> mcp_alertd::engine::Engine {
+    use mcp_alertd::engine::Engine;
+    let mut engine = Engine::new(rule_set(&[UNUSED, DENIED]), *cfg);
+    let line = crate::line(
+        crate::s(0),
+        "credential.issued",
+        r#""tenant":"t","credential_id":"c1","agent_id":"a""#,
+    );
+    let ev = mcp_alertd::decode::Decoder::default()
+        .decode(line.as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    engine.advance_to(ev.ts, &mut out);
+    engine.on_event(&ev, None, &mut out);
+    assert!(out.is_empty());
+    engine
+}
+
+fn fired(engine: &mut mcp_alertd::engine::Engine, to: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    engine.advance_to(to, &mut out);
+    out.into_iter()
+        .map(|d| mcp_alertd::alert::render(d, None).rule)
+        .collect()
+}
+
+#[test]
+fn a_rule_removed_by_a_reload_gets_its_pending_deadline_back_within_the_grace() {
+    use mcp_alertd::engine::EngineConfig;
+    let cfg = EngineConfig::default();
+    let mut engine = engine_with_pending_deadline(&cfg);
+    // The file of `unused` vanishes: the reload parks its state.
+    engine.reload(rule_set(&[DENIED]), cfg);
+    assert_eq!(engine.parked_rules().len(), 1);
+    assert!(fired(&mut engine, crate::s(1800)).is_empty());
+    // It comes back before the grace ends: the deadline fires.
+    assert_eq!(engine.reload(rule_set(&[UNUSED, DENIED]), cfg), 2);
+    assert!(engine.parked_rules().is_empty());
+    assert_eq!(fired(&mut engine, crate::s(3601)), vec!["unused"]);
+
+    // Beyond the grace the state is gone: the rule comes back empty.
+    let short = EngineConfig {
+        removed_rule_grace_ms: 600_000,
+        ..cfg
+    };
+    let mut engine = engine_with_pending_deadline(&short);
+    engine.reload(rule_set(&[DENIED]), short);
+    assert!(fired(&mut engine, crate::s(3 * 3600)).is_empty());
+    assert!(engine.parked_rules().is_empty());
+    assert_eq!(engine.reload(rule_set(&[UNUSED, DENIED]), short), 1);
+    assert!(fired(&mut engine, crate::s(4 * 3600)).is_empty());
+}
+
+#[test]
+fn a_rule_missing_at_a_restart_keeps_its_state_in_the_snapshot_until_it_is_back() {
+    use mcp_alertd::engine::{Engine, EngineConfig};
+    let cfg = EngineConfig::default();
+    let engine = engine_with_pending_deadline(&cfg);
+    let bytes = engine.snapshot().unwrap();
+    // Restarted without the rule: parked, and saved as parked.
+    let without = Engine::restore(rule_set(&[DENIED]), cfg, &bytes).unwrap();
+    assert_eq!(without.parked_rules().len(), 1);
+    let bytes = without.snapshot().unwrap();
+    // Restarted with it again: the deadline is there.
+    let mut with = Engine::restore(rule_set(&[UNUSED, DENIED]), cfg, &bytes).unwrap();
+    assert!(with.parked_rules().is_empty());
+    assert_eq!(fired(&mut with, crate::s(3601)), vec!["unused"]);
+}
+
+#[test]
+fn a_rule_file_that_is_not_really_there_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(rules.join("denied.toml"), DENIED).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gone.toml"), rules.join("unused.toml")).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "rules_dir = \"{}\"\nstate_dir = \"{}\"\n",
+            rules.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = assert_cmd::Command::cargo_bin("mcp-alertd")
+        .unwrap()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("unused.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+    // A directory named like a rule file too.
+    std::fs::remove_file(rules.join("unused.toml")).unwrap();
+    std::fs::create_dir(rules.join("unused.toml")).unwrap();
+    let out = assert_cmd::Command::cargo_bin("mcp-alertd")
+        .unwrap()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+}
+
+#[test]
+fn a_snapshot_of_the_version_before_parked_rules_is_read() {
+    use mcp_alertd::engine::{Engine, EngineConfig};
+    let cfg = EngineConfig::default();
+    let mut bytes = engine_with_pending_deadline(&cfg).snapshot().unwrap();
+    // Version 3 is version 4 without the (here empty) parked list at its end.
+    assert_eq!((bytes[0], bytes.last()), (4, Some(&0)));
+    bytes[0] = 3;
+    bytes.pop();
+    let mut engine = Engine::restore(rule_set(&[UNUSED, DENIED]), cfg, &bytes).unwrap();
+    assert_eq!(fired(&mut engine, crate::s(3601)), vec!["unused"]);
+}
