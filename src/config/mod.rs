@@ -362,6 +362,7 @@ struct RawEngine {
     shutdown_grace: Option<String>,
     snapshot_interval: Option<String>,
     removed_rule_grace: Option<String>,
+    max_past_skew: Option<String>,
 }
 
 impl RawEngine {
@@ -424,6 +425,13 @@ impl RawEngine {
                 5_000,
                 100,
             )),
+            max_past_skew_ms: dur(
+                errors,
+                "engine.max_past_skew",
+                self.max_past_skew.as_deref(),
+                d.max_past_skew_ms,
+                1_000,
+            ),
             removed_rule_grace_ms: dur(
                 errors,
                 "engine.removed_rule_grace",

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::alert::{self, Detection};
 use crate::decode::{DecodeError, Decoder};
+use crate::engine::clock::Wall;
 use crate::engine::{DEFAULT_MAX_KEYS_PER_RULE, Engine, RuleSet};
 use crate::event::{EventKind, Position};
 use crate::outbox::writer::{
@@ -81,6 +82,9 @@ pub struct EngineSettings {
     /// How long (engine time) a removed rule's state is kept in case the
     /// rule comes back.
     pub removed_rule_grace_ms: i64,
+    /// A syslog partition whose newest event lags the wall clock more is
+    /// left out of the engine clock (DESIGN §3, clock bounds).
+    pub max_past_skew_ms: i64,
 }
 
 impl Default for EngineSettings {
@@ -95,6 +99,7 @@ impl Default for EngineSettings {
             shutdown_grace: Duration::from_secs(10),
             snapshot_interval: Duration::from_secs(5),
             removed_rule_grace_ms: crate::engine::DEFAULT_REMOVED_RULE_GRACE_MS,
+            max_past_skew_ms: 15 * 60_000,
         }
     }
 }
@@ -379,8 +384,14 @@ impl Pipeline {
 
     fn batch(&mut self, b: Batch) -> Result<(), PipelineError> {
         let now = self.now_mono();
+        let wall = Wall {
+            now_ms: crate::clock::now_ms(),
+            // Files and Kafka resume from positions and catch up backlogs:
+            // only live syslog partitions are bounded in the past.
+            bounded: b.file.is_none() && b.kafka.is_none(),
+        };
         let bound = FutureBound {
-            max_ts: crate::clock::now_ms().saturating_add(self.settings.max_future_skew_ms),
+            max_ts: wall.now_ms.saturating_add(self.settings.max_future_skew_ms),
             max_skew_ms: self.settings.max_future_skew_ms,
         };
         let mut triggered = 0usize;
@@ -424,7 +435,7 @@ impl Pipeline {
                 record,
                 &self.decoders[b.source],
                 Some(bound),
-                |ts| clock.observe(partition, ts, now),
+                |ts| clock.observe_live(partition, ts, now, wall),
                 engine,
                 &pos,
                 &mut self.alerts,
@@ -549,11 +560,12 @@ impl Pipeline {
 
     fn tick(&mut self) -> Result<(), PipelineError> {
         let now = self.now_mono();
+        let wall = crate::clock::now_ms();
         let alerts = &mut self.alerts;
         let units =
             std::iter::once(&mut self.main).chain(self.kafka.values_mut().map(|k| &mut k.unit));
         for unit in units {
-            if let Some(c) = unit.clock.tick(now)
+            if let Some(c) = unit.clock.tick_live(now, wall)
                 && unit.engine.clock().is_none_or(|old| c > old)
             {
                 unit.engine.advance_to(c, alerts);
@@ -600,6 +612,8 @@ impl Pipeline {
         }
         m.partitions
             .set((self.main.clock.partitions() + self.kafka.len()) as i64);
+        m.stale_partitions
+            .set(self.main.clock.stale_partitions() as i64);
         if let Some(c) = clock {
             let wall = crate::clock::now_ms();
             m.engine_lag_seconds.set((wall - c) as f64 / 1000.0);
@@ -638,6 +652,7 @@ impl Pipeline {
                         settings.allowed_lateness_ms,
                         settings.idle_after.as_millis() as i64,
                     );
+                    unit.clock.set_max_past_skew(settings.max_past_skew_ms);
                     unit.dirty = true;
                 }
                 for (rule, keys, until) in self.main.engine.parked_rules() {
@@ -653,6 +668,7 @@ impl Pipeline {
                 self.settings.allowed_lateness_ms = settings.allowed_lateness_ms;
                 self.settings.idle_after = settings.idle_after;
                 self.settings.max_future_skew_ms = settings.max_future_skew_ms;
+                self.settings.max_past_skew_ms = settings.max_past_skew_ms;
                 self.settings.max_keys_per_rule = settings.max_keys_per_rule;
                 self.settings.snapshot_interval = settings.snapshot_interval;
                 let _ = done.send(kept.unwrap_or(0));

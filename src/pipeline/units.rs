@@ -92,7 +92,8 @@ pub(super) struct Unit {
 
 impl Unit {
     pub(super) fn new(engine: Engine, s: &EngineSettings, now: i64) -> Unit {
-        let mut clock = LiveClock::new(s.allowed_lateness_ms, s.idle_after.as_millis() as i64);
+        let mut clock = LiveClock::new(s.allowed_lateness_ms, s.idle_after.as_millis() as i64)
+            .with_max_past_skew(s.max_past_skew_ms);
         if let Some(c) = engine.clock() {
             clock.resume(c, now);
         }

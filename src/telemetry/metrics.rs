@@ -95,6 +95,7 @@ pub struct Metrics {
     pub late_events: Counter,
     pub evicted_keys: Counter,
     pub partitions: Gauge,
+    pub stale_partitions: Gauge,
     pub engine_lag_seconds: FloatGauge,
     pub latency_seconds: Family<QuantileLabel, FloatGauge>,
     pub latency_samples: Counter,
@@ -138,6 +139,7 @@ impl Metrics {
             late_events: Counter::default(),
             evicted_keys: Counter::default(),
             partitions: Gauge::default(),
+            stale_partitions: Gauge::default(),
             engine_lag_seconds: FloatGauge::default(),
             latency_seconds: Family::default(),
             latency_samples: Counter::default(),
@@ -177,6 +179,7 @@ impl Metrics {
             late_events => "late_events", "Events that arrived below the engine clock";
             evicted_keys => "evicted_keys", "State keys evicted at the per-rule cap";
             partitions => "input_partitions", "Input partitions (connections, senders, files) tracked by the clock";
+            stale_partitions => "stale_partitions", "Syslog partitions left out of the engine clock: their newest event lags the wall clock by more than max_past_skew";
             engine_lag_seconds => "engine_lag_seconds", "Wall clock minus engine clock";
             latency_seconds => "ingest_to_alert_latency_seconds", "Latency from a record read off its source to its alert handed on, by quantile (all samples since start)";
             latency_samples => "ingest_to_alert_latency_samples", "Alerts measured for the latency quantiles";

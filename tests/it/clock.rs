@@ -82,3 +82,83 @@ proptest! {
         }
     }
 }
+
+mod bounds {
+    use mcp_alertd::engine::clock::{FUTURE_TOLERANCE_MS, LiveClock, Wall};
+
+    const WALL: i64 = 1_790_000_000_000;
+    const SKEW: i64 = 15 * 60_000;
+    const SYSLOG: Wall = Wall {
+        now_ms: WALL,
+        bounded: true,
+    };
+
+    fn clock() -> LiveClock {
+        LiveClock::new(0, 10_000).with_max_past_skew(SKEW)
+    }
+
+    #[test]
+    fn a_stale_partition_does_not_hold_back_a_fresh_one() {
+        let mut c = clock();
+        c.observe_live(1, WALL - 1000, 0, SYSLOG);
+        // An hour behind: stale, left out while partition 1 is fresh.
+        assert_eq!(c.observe_live(2, WALL - 3_600_000, 10, SYSLOG), WALL - 1000);
+        assert_eq!(c.stale_partitions(), 1);
+        assert_eq!(c.observe_live(1, WALL, 20, SYSLOG), WALL);
+        // Exactly at the bound it is not stale yet, and holds the clock.
+        let mut c = clock();
+        c.observe_live(2, WALL - SKEW, 0, SYSLOG);
+        c.observe_live(1, WALL, 10, SYSLOG);
+        assert_eq!(c.stale_partitions(), 0);
+        assert_eq!(c.observe_live(1, WALL, 20, SYSLOG), WALL - SKEW);
+    }
+
+    #[test]
+    fn a_stale_partition_behind_the_clock_does_not_stop_it_when_alone() {
+        let mut c = clock();
+        c.observe_live(1, WALL - 1000, 0, SYSLOG);
+        // Partition 1 goes idle; partition 2 keeps sending 1970.
+        for i in 0..10 {
+            c.observe_live(2, 1000, 11_000 + i * 1000, SYSLOG);
+        }
+        // The clock moves with the (monotonic) time since partition 1's
+        // last record, from its watermark.
+        assert_eq!(
+            c.tick_live(30_000, WALL + 30_000),
+            Some(WALL - 1000 + 30_000)
+        );
+    }
+
+    #[test]
+    fn a_stream_that_is_all_old_still_drives_the_clock() {
+        let mut c = clock();
+        let old = WALL - 7 * 86_400_000;
+        assert_eq!(c.observe_live(1, old, 0, SYSLOG), old);
+        assert_eq!(c.observe_live(1, old + 5000, 1, SYSLOG), old + 5000);
+        assert_eq!(c.observe_live(2, old + 3000, 2, SYSLOG), old + 5000);
+        // Files and Kafka are never stale.
+        let file = Wall {
+            now_ms: WALL,
+            bounded: false,
+        };
+        let mut c = clock();
+        c.observe_live(2, old, 0, file);
+        assert_eq!(c.observe_live(1, WALL, 1, SYSLOG), old);
+        assert_eq!(c.stale_partitions(), 0);
+    }
+
+    #[test]
+    fn an_event_ahead_moves_its_watermark_only_to_the_wall_clock() {
+        let mut c = clock();
+        assert_eq!(
+            c.observe_live(1, WALL + 290_000, 0, SYSLOG),
+            WALL + FUTURE_TOLERANCE_MS
+        );
+        // The partition's later events move it on as time passes.
+        let later = Wall {
+            now_ms: WALL + 5000,
+            bounded: true,
+        };
+        assert_eq!(c.observe_live(1, WALL + 4000, 5, later), WALL + 4000);
+    }
+}

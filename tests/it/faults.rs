@@ -489,3 +489,132 @@ fn a_snapshot_of_the_version_before_parked_rules_is_read() {
     let mut engine = Engine::restore(rule_set(&[UNUSED, DENIED]), cfg, &bytes).unwrap();
     assert_eq!(fired(&mut engine, crate::s(3601)), vec!["unused"]);
 }
+
+/// A daemon on TCP with one `unused` rule of `deadline`, the engine idle
+/// after `idle_after`.
+async fn clock_daemon(
+    dir: &Path,
+    deadline: &str,
+    idle_after: &str,
+) -> (mcp_alertd::app::Daemon, crate::support::Capture) {
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("unused.toml"),
+        UNUSED.replace("deadline = \"1h\"", &format!("deadline = \"{deadline}\"")),
+    )
+    .unwrap();
+    let cfg = format!(
+        r#"rules_dir = "{}"
+[engine]
+idle_after = "{idle_after}"
+allowed_lateness = "0s"
+[metrics]
+address = "127.0.0.1:0"
+[[sources]]
+name = "tcp"
+type = "syslog_tcp"
+address = "127.0.0.1:0"
+"#,
+        rules.display()
+    );
+    start(&cfg, &dir.join("state")).await
+}
+
+fn cred(event: &str, ts: i64) -> String {
+    format!(
+        "{{\"ts\":{ts},\"event\":\"{event}\",\"tenant\":\"t\",\"agent_id\":\"a\",\"credential_id\":\"c1\"}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_dated_long_ago_on_one_connection_do_not_hold_the_clock_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, out) = clock_daemon(dir.path(), "2s", "300ms").await;
+    let tcp = daemon.local_addr("tcp").unwrap();
+    let m = daemon.metrics_addr().unwrap();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let mut a = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    a.write_all(cred("credential.issued", now).as_bytes())
+        .await
+        .unwrap();
+    // Another sender keeps sending events dated 1970, more often than
+    // idle_after, until the deadline alert is there (bounded by count).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacker = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut b = tokio::net::TcpStream::connect(tcp).await.unwrap();
+            let mut sent = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 3000 {
+                let line = format!(
+                    "{{\"ts\":{},\"event\":\"auth.success\",\"tenant\":\"t\",\"agent_id\":\"old\"}}\n",
+                    1000 + i64::from(sent)
+                );
+                b.write_all(line.as_bytes()).await.unwrap();
+                sent += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            sent
+        })
+    };
+    wait_for("the attacker's partition seen as stale", || {
+        metric_opt(&scrape_blocking(m), "mcp_alertd_stale_partitions") == Some(1.0)
+    })
+    .await;
+    wait_for("the deadline alert while old events keep coming", || {
+        out.alerts().iter().any(|a| a["rule"] == "unused")
+    })
+    .await;
+    let still_sending = !attacker.is_finished();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = attacker.await.unwrap();
+    assert!(still_sending && sent < 3000, "sent {sent}");
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_dated_minutes_ahead_does_not_fire_deadlines_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, out) = clock_daemon(dir.path(), "120s", "100ms").await;
+    let tcp = daemon.local_addr("tcp").unwrap();
+    let metrics = daemon.metrics().clone();
+    let events = |m: &mcp_alertd::telemetry::metrics::Metrics| {
+        let text = m.render();
+        metric_opt(&text, "mcp_alertd_events_total{type=\"credential.issued\"}").unwrap_or(0.0)
+            + metric_opt(&text, "mcp_alertd_events_total{type=\"auth.success\"}").unwrap_or(0.0)
+    };
+    let now = jiff::Timestamp::now().as_millisecond();
+    let mut a = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    a.write_all(cred("credential.issued", now).as_bytes())
+        .await
+        .unwrap();
+    // One forged event 290 s ahead (inside max_future_skew = 5 m) on a
+    // connection of its own, alone once the first one is idle.
+    wait_for("the issue applied", || events(&metrics) == 1.0).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut b = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let forged = format!(
+        "{{\"ts\":{},\"event\":\"auth.success\",\"tenant\":\"t\",\"agent_id\":\"forger\"}}\n",
+        now + 290_000
+    );
+    b.write_all(forged.as_bytes()).await.unwrap();
+    wait_for("the forged event applied", || events(&metrics) == 2.0).await;
+    // The credential is used 1 s after it was issued: no deadline passed.
+    a.write_all(cred("credential.used", now + 1000).as_bytes())
+        .await
+        .unwrap();
+    wait_for("the use applied", || {
+        metric_opt(
+            &metrics.render(),
+            "mcp_alertd_events_total{type=\"credential.used\"}",
+        ) == Some(1.0)
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    assert!(
+        !out.alerts().iter().any(|a| a["rule"] == "unused"),
+        "{:?}",
+        out.alerts()
+    );
+}
