@@ -183,12 +183,13 @@ impl LiveClock {
         // An excluded partition's records are not records arriving: they
         // neither raise the high watermark nor stop the wall clock moving
         // an otherwise idle clock.
-        if !self.excluded(&p, self.any_fresh(now)) {
+        let any_fresh = self.any_fresh(now);
+        if !self.excluded(&p, any_fresh) {
             let wm = p.max_ts.saturating_sub(self.lateness_ms);
             self.high_watermark = Some(self.high_watermark.map_or(wm, |h| h.max(wm)));
             self.last_record = now;
         }
-        self.recompute(now)
+        self.recompute(now, any_fresh)
     }
 
     /// Resumes from a saved engine clock at wall time `now` (after a
@@ -224,11 +225,12 @@ impl LiveClock {
         let forget = self.forget_after_ms;
         self.partitions.retain(|_, p| now - p.last_seen < forget);
         self.high_watermark?;
-        Some(self.recompute(now))
+        Some(self.recompute(now, self.any_fresh(now)))
     }
 
-    fn recompute(&mut self, now: i64) -> i64 {
-        let any_fresh = self.any_fresh(now);
+    /// The clock from the partitions, `any_fresh` being
+    /// [`any_fresh`](Self::any_fresh) now (computed once by the caller).
+    fn recompute(&mut self, now: i64, any_fresh: bool) -> i64 {
         let active = self
             .partitions
             .values()

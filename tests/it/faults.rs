@@ -232,6 +232,12 @@ fn numbered(from: usize, n: usize) -> String {
         .collect()
 }
 
+/// Appends text to a file (in place: same inode).
+fn append_text(log: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
 /// Runs the daemon over the file until it has read `want` records, and
 /// stops it (saving the position).
 async fn read_file(log: &Path, state: &Path, want: f64) {
@@ -261,9 +267,7 @@ async fn a_file_copytruncated_while_stopped_is_read_from_its_start() {
     let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
     f.set_len(0).unwrap();
     drop(f);
-    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    f.write_all(numbered(1000, 300).as_bytes()).unwrap();
-    drop(f);
+    append_text(&log, &numbered(1000, 300));
     read_file(&log, &state, 300.0).await;
 }
 
@@ -276,16 +280,12 @@ async fn a_file_renamed_while_stopped_is_read_to_its_end_then_the_new_one() {
     read_file(&log, &state, 100.0).await;
     // Lines written after the stop, then the file rotated by rename and a
     // new one started: both are read, nothing twice.
-    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    f.write_all(numbered(100, 50).as_bytes()).unwrap();
-    drop(f);
+    append_text(&log, &numbered(100, 50));
     std::fs::rename(&log, dir.path().join("audit.log.1")).unwrap();
     std::fs::write(&log, numbered(150, 70).as_bytes()).unwrap();
     read_file(&log, &state, 120.0).await;
     // And an unchanged file resumes where it was: nothing read again.
-    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    f.write_all(numbered(220, 5).as_bytes()).unwrap();
-    drop(f);
+    append_text(&log, &numbered(220, 5));
     read_file(&log, &state, 5.0).await;
 }
 
