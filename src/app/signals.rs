@@ -32,7 +32,7 @@ pub fn run(config_path: Option<PathBuf>) -> Result<u8> {
         .thread_name("mcp-alertd")
         .build()
         .context("cannot start the runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -78,7 +78,11 @@ pub fn run(config_path: Option<PathBuf>) -> Result<u8> {
         daemon.shutdown().await?;
         tracing::info!("stopped");
         Ok(0)
-    })
+    });
+    // A store write still blocked (a full disk) must not hold the exit
+    // past the grace period the shutdown already spent.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 /// Tells systemd (when `NOTIFY_SOCKET` is set; otherwise nothing).

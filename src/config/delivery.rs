@@ -20,6 +20,7 @@ pub(super) struct RawOutbox {
     retry_initial: Option<String>,
     retry_max: Option<String>,
     delivered_retention: Option<String>,
+    ack_window: Option<usize>,
 }
 
 impl RawOutbox {
@@ -36,7 +37,19 @@ impl RawOutbox {
             Some(n) => n,
             None => d.max_pending,
         };
+        let ack_window = match self.ack_window {
+            Some(n) if n == 0 || n > crate::outbox::MAX_ACK_WINDOW => {
+                errors.push(format!(
+                    "outbox: `ack_window` must be between 1 and {}",
+                    crate::outbox::MAX_ACK_WINDOW
+                ));
+                d.ack_window
+            }
+            Some(n) => n,
+            None => d.ack_window,
+        };
         OutboxSettings {
+            ack_window,
             max_age: dur(errors, "max_age", self.max_age, d.max_age),
             max_pending,
             retry_initial: dur(errors, "retry_initial", self.retry_initial, d.retry_initial),

@@ -6,6 +6,9 @@ pub mod writer;
 
 pub use dispatch::SendError;
 
+/// The largest `ack_window` accepted.
+pub const MAX_ACK_WINDOW: usize = 4096;
+
 use std::time::Duration;
 
 /// Outbox limits and retry policy.
@@ -19,6 +22,9 @@ pub struct OutboxSettings {
     pub retry_max: Duration,
     /// How long delivered ids are remembered to drop exact duplicates.
     pub delivered_retention: Duration,
+    /// Alerts a sink accepted that may wait for one durable
+    /// acknowledgement: what a crash can deliver twice (plus one batch).
+    pub ack_window: usize,
 }
 
 impl Default for OutboxSettings {
@@ -29,6 +35,7 @@ impl Default for OutboxSettings {
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             delivered_retention: Duration::from_secs(7 * 24 * 3600),
+            ack_window: 32,
         }
     }
 }

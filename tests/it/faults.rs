@@ -618,3 +618,90 @@ async fn one_event_dated_minutes_ahead_does_not_fire_deadlines_early() {
         out.alerts()
     );
 }
+
+/// Point 2: a file sink killed (SIGKILL) again and again while it drains a
+/// backlog delivers every alert, and each kill delivers at most
+/// `ack_window` alerts twice (the file sink takes one alert per request).
+#[test]
+fn sigkill_during_a_backlog_repeats_at_most_the_ack_window_per_kill() {
+    use crate::support::{Proc, proc::json_lines};
+    const N: usize = 3000;
+    const KILLS: usize = 5;
+    const WINDOW: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sink.jsonl");
+    let cfg = format!(
+        r#"[engine]
+idle_after = "1h"
+[metrics]
+address = "127.0.0.1:0"
+[[sources]]
+name = "tcp"
+type = "syslog_tcp"
+address = "127.0.0.1:0"
+[outbox]
+ack_window = {WINDOW}
+[[sinks]]
+name = "file"
+type = "file"
+path = "{}"
+rate_limit = 1500
+burst = 1
+"#,
+        out.display()
+    );
+    let lines_in = || json_lines(&out).len();
+    let mut p = Proc::start(dir.path(), &cfg);
+    let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+    let mut s = std::net::TcpStream::connect(p.addr("tcp")).unwrap();
+    for i in 0..N as i64 {
+        writeln!(
+            s,
+            r#"{{"ts":{},"event":"tool.denied","agent_id":"a{i}","session_id":"s{i}","tool":"t"}}"#,
+            base + i
+        )
+        .unwrap();
+    }
+    s.flush().unwrap();
+    drop(s);
+    let m = p.metrics_addr();
+    let raised = || {
+        scrape_blocking(m)
+            .lines()
+            .filter(|l| l.starts_with("mcp_alertd_alerts_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as usize
+    };
+    crate::support::wait_until("an alert per event in the outbox", || raised() >= N);
+    let n = raised();
+    for kill in 0..KILLS {
+        let before = lines_in();
+        crate::support::wait_until("some deliveries", || {
+            lines_in() >= before + 200 || lines_in() >= n
+        });
+        p.signal("KILL");
+        let _ = p.child.wait();
+        if kill + 1 < KILLS {
+            p = Proc::start(dir.path(), &cfg);
+        }
+    }
+    let mut p = Proc::start(dir.path(), &cfg);
+    let unique = || {
+        let mut ids: Vec<String> = json_lines(&out)
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    };
+    crate::support::wait_until("every alert delivered", || unique() >= n);
+    assert_eq!(p.stop(), 0);
+    let total = lines_in();
+    assert_eq!(unique(), n, "every alert delivered");
+    assert!(
+        total - n <= KILLS * WINDOW,
+        "{} repeated over {KILLS} kills, at most {WINDOW} per kill",
+        total - n
+    );
+}
