@@ -84,11 +84,18 @@ impl Daemon {
         let durable = Arc::new(DurableOffsets::default());
         let writer: SharedWriter = Arc::new(std::sync::Mutex::new(out));
         let reopen = Arc::new(AtomicU64::new(0));
-        let sinks = config
-            .sinks
-            .iter()
-            .map(|cfg| Sink::build(cfg, &writer, &reopen).map_err(anyhow::Error::msg))
-            .collect::<Result<Vec<_>>>()?;
+        // Every sink that cannot be built (a missing secret, a bad CA file)
+        // at once, as a configuration error: exit 78 as `check` does.
+        let (mut sinks, mut problems) = (Vec::new(), Vec::new());
+        for cfg in &config.sinks {
+            match Sink::build(cfg, &writer, &reopen) {
+                Ok(sink) => sinks.push(sink),
+                Err(e) => problems.push(e),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(config.error(problems).into());
+        }
         let mut env = BindEnv {
             activated: Activated::from_env(),
             file_positions: restored.file_positions(),

@@ -103,7 +103,8 @@ fn sum(samples: &[Sample], name: &str) -> f64 {
         .iter()
         .filter(|s| s.name == name)
         .map(|s| s.value)
-        .sum()
+        // Not `.sum()`: a float sum of nothing is -0.0, printed "-0".
+        .fold(0.0, |total, v| total + v)
 }
 
 fn by_label(samples: &[Sample], name: &str, label: &str) -> BTreeMap<String, f64> {

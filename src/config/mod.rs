@@ -225,13 +225,20 @@ impl Config {
         if errors.is_empty() {
             Ok(out)
         } else {
-            Err(ConfigError {
-                file: self.path.as_ref().map_or_else(
-                    || "(built-in defaults)".to_owned(),
-                    |p| p.display().to_string(),
-                ),
-                errors,
-            })
+            Err(self.error(errors))
+        }
+    }
+
+    /// Problems found in this configuration after it was read (formats it
+    /// names, secrets and CA files its sinks read): exit 78 like a parse
+    /// error.
+    pub fn error(&self, errors: Vec<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.as_ref().map_or_else(
+                || "(built-in defaults)".to_owned(),
+                |p| p.display().to_string(),
+            ),
+            errors,
         }
     }
 

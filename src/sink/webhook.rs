@@ -32,7 +32,19 @@ pub fn decode_key(text: &str) -> Result<Vec<u8>, String> {
     let b64 = text.trim().strip_prefix("whsec_").unwrap_or(text.trim());
     base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .map_err(|e| format!("signing key is not whsec_<base64>: {e}"))
+        .map_err(|e| {
+            // Never the offending character: that is a piece of the key.
+            use base64::DecodeError as E;
+            let why = match e {
+                E::InvalidByte(at, _) => format!("a character that is not base64 at offset {at}"),
+                E::InvalidLastSymbol { offset, .. } => {
+                    format!("a bad last character at offset {offset}")
+                }
+                E::InvalidLength(n) => format!("a length of {n}, which base64 cannot have"),
+                E::InvalidPadding => "bad padding".to_owned(),
+            };
+            format!("signing key is not whsec_<base64>: {why}")
+        })
 }
 
 /// The `webhook-signature` value for a delivery.

@@ -705,3 +705,50 @@ burst = 1
         total - n
     );
 }
+
+#[test]
+fn a_sink_secret_that_cannot_be_read_is_a_configuration_error_for_run_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("hook.key");
+    let config = dir.path().join("config.toml");
+    let text = |key_path: &Path| {
+        format!(
+            "state_dir = \"{}\"\n[metrics]\nenabled = false\n[[sources]]\nname = \"udp\"\ntype = \"syslog_udp\"\naddress = \"127.0.0.1:0\"\n[[sinks]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsigning_key_file = \"{}\"\n",
+            dir.path().display(),
+            key_path.display()
+        )
+    };
+    let exit = |command: &str| {
+        let out = assert_cmd::Command::cargo_bin("mcp-alertd")
+            .unwrap()
+            .args([command, "--config"])
+            .arg(&config)
+            // Bounds a daemon that would wrongly start.
+            .timeout(std::time::Duration::from_secs(120))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The key file does not exist.
+    std::fs::write(&config, text(&key)).unwrap();
+    for command in ["check", "run"] {
+        let (code, err) = exit(command);
+        assert_eq!(code, Some(78), "{command}: {err}");
+        assert!(err.contains("hook.key"), "{command}: {err}");
+    }
+    // A malformed key: the error names where, never the character.
+    std::fs::write(&key, "whsec_QUJD$WFla\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    for command in ["check", "run"] {
+        let (code, err) = exit(command);
+        assert_eq!(code, Some(78), "{command}: {err}");
+        assert!(err.contains("not base64 at offset 4"), "{command}: {err}");
+        assert!(
+            !err.contains('$') && !err.contains("symbol"),
+            "{command}: {err}"
+        );
+    }
+}

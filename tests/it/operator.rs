@@ -120,3 +120,14 @@ async fn status_summarizes_a_running_daemon() {
     assert_eq!(gone.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot connect"));
 }
+
+#[test]
+fn status_prints_counters_without_samples_as_zero() {
+    // A daemon that raised nothing exports no per-rule alert samples.
+    let text = mcp_alertd::status::summary("127.0.0.1:9464".parse().unwrap(), true, &[], &[], 1.0);
+    assert!(
+        text.contains("alerts: 0 (0.0/s); 0 suppressed, 0 grouped"),
+        "{text}"
+    );
+    assert!(!text.contains("-0"), "{text}");
+}
