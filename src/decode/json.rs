@@ -133,27 +133,44 @@ impl<'de> Visitor<'de> for EventVisitor<'_, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let ev = self.event;
+        // Known fields seen so far (bit per field): a key given twice is
+        // ambiguous (a second `tenant` would move the event to another
+        // tenant), so the event is rejected as `bad_field`.
+        let mut seen = 0u32;
+        let mut once = |bit: u32, key: &str| {
+            if seen & (1 << bit) != 0 {
+                return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+            }
+            seen |= 1 << bit;
+            Ok(())
+        };
+        const TS: u32 = FieldId::ALL.len() as u32;
         while let Some(key) = map.next_key_seed(CowStr)? {
             let field = match key.as_ref() {
                 "ts" => {
+                    once(TS, &key)?;
                     *self.ts = Some(map.next_value_seed(TsSeed)?);
                     continue;
                 }
                 "event" => {
+                    once(FieldId::Event as u32, &key)?;
                     *self.name = map.next_value_seed(OptStr("event"))?;
                     continue;
                 }
                 "tenant" => {
+                    once(FieldId::Tenant as u32, &key)?;
                     ev.tenant = map
                         .next_value_seed(OptStr("tenant"))?
                         .unwrap_or(Cow::Borrowed(""));
                     continue;
                 }
                 "allowed_tools" => {
+                    once(TS + 1, &key)?;
                     ev.allowed_tools = map.next_value_seed(StrList)?;
                     continue;
                 }
                 "expected_runtime_s" => {
+                    once(TS + 2, &key)?;
                     ev.expected_runtime_s = map.next_value_seed(OptNumber("expected_runtime_s"))?;
                     continue;
                 }
@@ -174,12 +191,16 @@ impl<'de> Visitor<'de> for EventVisitor<'_, 'de> {
                     continue;
                 }
                 _ => {
+                    if ev.extra.iter().any(|(k, _)| *k == key) {
+                        return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+                    }
                     let mut value: Value = map.next_value()?;
                     scrub(&mut value);
                     ev.extra.push((key, value));
                     continue;
                 }
             };
+            once(field as u32, &key)?;
             let value = map.next_value_seed(OptStr(field.name()))?;
             if let Some(slot) = ev.slot_mut(field) {
                 *slot = value;

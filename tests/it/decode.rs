@@ -225,3 +225,29 @@ fn line_reader_skips_oversize_lines_without_losing_the_next() {
         ]
     );
 }
+
+#[test]
+fn a_key_given_twice_is_a_bad_field() {
+    // A second `tenant` must not move an event to another tenant.
+    for text in [
+        r#"{"ts":1,"event":"auth.failure","agent_id":"a","tenant":"acme","tenant":"other"}"#,
+        r#"{"ts":1,"event":"auth.failure","agent_id":"a","ts":2}"#,
+        r#"{"ts":1,"event":"auth.failure","agent_id":"a","agent_id":"b"}"#,
+        r#"{"ts":1,"event":"auth.failure","agent_id":"a","event":"auth.success"}"#,
+        r#"{"ts":1,"event":"auth.failure","agent_id":"a","client":"x","client":"y"}"#,
+    ] {
+        let err = Decoder::new(Framing::Auto, 256)
+            .decode(text.as_bytes())
+            .unwrap_err();
+        assert_eq!(err.reason(), "bad_field", "{text}");
+        assert!(err.to_string().contains("duplicate key"), "{text}: {err}");
+    }
+    // The same name at different depths is no duplicate.
+    let ok =
+        r#"{"ts":1,"event":"auth.failure","agent_id":"a","client":{"agent_id":"b","tenant":"t"}}"#;
+    assert!(
+        Decoder::new(Framing::Auto, 256)
+            .decode(ok.as_bytes())
+            .is_ok()
+    );
+}

@@ -411,6 +411,21 @@ fn ecs_events() {
 }
 
 #[test]
+fn a_key_given_twice_in_a_mapped_record_is_a_bad_field() {
+    let d = decoder("ocsf");
+    let line = &fixture("ocsf")[0];
+    assert!(line.contains("\"metadata\""), "{line}");
+    let forged = line.replacen('{', r#"{"metadata":{"tenant_uid":"other"},"#, 1);
+    let err = events(&d, &forged).unwrap_err();
+    assert_eq!(err.reason(), "bad_field", "{forged}");
+    assert!(
+        err.to_string().contains("duplicate key `metadata`"),
+        "{err}"
+    );
+    one(&d, line);
+}
+
+#[test]
 fn auto_detects_every_format_and_native_first() {
     let d = decoder("auto");
     for name in mcp_alertd::corpus::render::FORMATS {

@@ -281,6 +281,14 @@ impl<'de> Visitor<'de> for Tree<'_> {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
+            // A key given twice is ambiguous (which `tenant` is the
+            // tenant?): the record is rejected as `bad_field`.
+            if members
+                .iter()
+                .any(|(k, _): &(Cow<'_, str>, J<'_>)| *k == key)
+            {
+                return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+            }
             let value = map.next_value_seed(below)?;
             dotted |= key.contains('.');
             members.push((key, value));
