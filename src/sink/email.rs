@@ -11,6 +11,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use super::SendError;
 use std::path::PathBuf;
 
+use crate::alert::format::one_line;
 use crate::alert::{Alert, format_ts};
 use crate::options::SecretRef;
 
@@ -109,13 +110,14 @@ pub struct Email {
 /// `[HIGH] auth_failure_burst agent_id=bob (acme)`
 pub fn subject(alert: &Alert) -> String {
     let key: Vec<String> = alert.key.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!(
+    let subject = format!(
         "[{}] {} {} ({})",
         alert.severity.name().to_uppercase(),
         alert.rule,
         key.join(" "),
         alert.tenant
-    )
+    );
+    one_line(&subject)
 }
 
 /// What to check next, per rule family.
@@ -138,17 +140,26 @@ fn next_steps(rule: &str) -> &'static str {
     }
 }
 
-/// The plain-text body.
+/// The plain-text body: one line per item, every value from the input
+/// on its own line (a value with a line break cannot forge a line).
 pub fn body(alert: &Alert) -> String {
-    let mut b = format!("{}\n\n{}\n\n", alert.title, alert.summary);
+    let mut b = format!(
+        "{}\n\n{}\n\n",
+        one_line(&alert.title),
+        one_line(&alert.summary)
+    );
     b.push_str(&format!(
         "Rule:      {} (severity {})\n",
         alert.rule,
         alert.severity.name()
     ));
-    b.push_str(&format!("Tenant:    {}\n", alert.tenant));
+    b.push_str(&format!("Tenant:    {}\n", one_line(&alert.tenant)));
     for (k, v) in &alert.key {
-        b.push_str(&format!("{:<10} {v}\n", format!("{k}:")));
+        b.push_str(&format!(
+            "{:<10} {}\n",
+            format!("{}:", one_line(k)),
+            one_line(v)
+        ));
     }
     b.push_str(&format!(
         "When:      {} (event time)\n",
@@ -163,18 +174,22 @@ pub fn body(alert: &Alert) -> String {
     }
     b.push_str(&format!("Count:     {}\n", alert.count));
     for ev in &alert.events {
-        b.push_str(&format!("Event:     {} {}", format_ts(ev.ts), ev.event));
+        b.push_str(&format!(
+            "Event:     {} {}",
+            format_ts(ev.ts),
+            one_line(&ev.event)
+        ));
         if let Some(t) = &ev.tool {
-            b.push_str(&format!(" tool={t}"));
+            b.push_str(&format!(" tool={}", one_line(t)));
         }
         if let Some(r) = &ev.reason {
-            b.push_str(&format!(" reason={r}"));
+            b.push_str(&format!(" reason={}", one_line(r)));
         }
         if let Some(s) = &ev.server {
-            b.push_str(&format!(" server={s}"));
+            b.push_str(&format!(" server={}", one_line(s)));
         }
         if let Some(p) = &ev.position {
-            b.push_str(&format!(" at {p}"));
+            b.push_str(&format!(" at {}", one_line(p)));
         }
         b.push('\n');
     }

@@ -124,7 +124,8 @@ pub fn syslog_severity(s: Severity) -> u8 {
 }
 
 fn sd_escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
+    crate::alert::format::one_line(v)
+        .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace(']', "\\]")
 }

@@ -330,6 +330,50 @@ fn cef_escapes_header_and_extension_values() {
     assert_eq!(ext["externalId"], alert.id);
 }
 
+#[test]
+fn a_value_with_line_breaks_cannot_forge_lines_in_mail_or_siem_output() {
+    let mut alert: mcp_alertd::alert::Alert = serde_json::from_str(
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/examples.alerts.jsonl"),
+        )
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(r#""rule":"auth_failure_burst""#) && l.contains("acme-coder"))
+        .unwrap(),
+    )
+    .unwrap();
+    alert
+        .key
+        .insert("agent_id".to_owned(), "bob\r\nAlert id: forged".to_owned());
+    alert.tenant = "acme\u{2028}Rule: forged".to_owned();
+    alert.summary = "two\nlines".to_owned();
+    alert.events[0].reason = Some("bad\rTo: victim@example.com".to_owned());
+    let body = mcp_alertd::sink::email::body(&alert);
+    let lines: Vec<&str> = body.lines().collect();
+    assert!(!body.contains(['\r', '\u{2028}']), "{body}");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("Alert id:")).count(),
+        1,
+        "{body}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("Rule: forged")),
+        "{body}"
+    );
+    assert!(!lines.iter().any(|l| l.starts_with("To:")), "{body}");
+    assert!(body.contains("bob  Alert id: forged"), "{body}");
+    let subject = mcp_alertd::sink::email::subject(&alert);
+    assert!(!subject.contains(['\r', '\n', '\u{2028}']), "{subject}");
+    let leef = mcp_alertd::alert::format::leef::render(&alert, '\t');
+    assert!(!leef.contains(['\r', '\n', '\u{2028}']), "{leef}");
+    let cef = mcp_alertd::alert::format::cef::render(&alert, "1.0");
+    assert!(!cef.contains(['\r', '\n', '\u{2028}']), "{cef}");
+    let framed = mcp_alertd::sink::syslog::render(&alert, cef.as_bytes(), 1, "host");
+    let framed = String::from_utf8(framed).unwrap();
+    assert!(!framed.contains(['\r', '\n', '\u{2028}']), "{framed}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_siem_receives_rfc5424_with_structured_data_and_cef() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,13 +1,13 @@
 //! ArcSight Common Event Format (CEF:0): header fields escape `\`
-//! and `|`; extension values escape `\`, `=` and line breaks.
+//! and `|`; extension values escape `\`, `=` and CR/LF; any other line
+//! break (VT, FF, NEL, U+2028, U+2029) becomes a space.
 
 use crate::alert::Alert;
 use crate::alert::Severity;
+use crate::alert::format::{LINE_BREAKS, one_line};
 
 fn header(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('|', "\\|")
-        .replace(['\r', '\n'], " ")
+    one_line(&s.replace('\\', "\\\\").replace('|', "\\|"))
 }
 
 fn ext(s: &str) -> String {
@@ -16,6 +16,8 @@ fn ext(s: &str) -> String {
         .replace("\r\n", "\\n")
         .replace('\n', "\\n")
         .replace('\r', "\\r")
+        // The line breaks CEF has no escape for.
+        .replace(LINE_BREAKS, " ")
 }
 
 /// CEF severity 0-10.

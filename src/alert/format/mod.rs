@@ -145,9 +145,16 @@ pub fn tool(alert: &Alert) -> Option<&str> {
     alert.events.iter().find_map(|e| e.tool.as_deref())
 }
 
-/// A value with CR and LF replaced by spaces (one line in any SIEM field).
+/// Every character a reader may take for a line break: CR, LF, VT, FF,
+/// NEL and the Unicode line and paragraph separators.
+pub const LINE_BREAKS: [char; 7] = [
+    '\r', '\n', '\u{0b}', '\u{0c}', '\u{85}', '\u{2028}', '\u{2029}',
+];
+
+/// A value with its line breaks replaced by spaces (one line in any SIEM
+/// field or mail body line), so no value can forge a line.
 pub fn one_line(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
+    s.replace(LINE_BREAKS, " ")
 }
 
 /// Severity on a 1-10 scale (CEF, LEEF `sev`).
