@@ -301,9 +301,9 @@ pub fn parse_cef(s: &str) -> (Vec<String>, BTreeMap<String, String>) {
     (fields, ext)
 }
 
-#[test]
-fn cef_escapes_header_and_extension_values() {
-    let mut alert: mcp_alertd::alert::Alert = serde_json::from_str(
+/// The examples' burst alert of `acme-coder`.
+fn burst_alert() -> mcp_alertd::alert::Alert {
+    serde_json::from_str(
         std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/data/examples.alerts.jsonl"),
@@ -313,7 +313,12 @@ fn cef_escapes_header_and_extension_values() {
         .find(|l| l.contains(r#""rule":"auth_failure_burst""#) && l.contains("acme-coder"))
         .unwrap(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn cef_escapes_header_and_extension_values() {
+    let mut alert = burst_alert();
     alert.title = "pipe | back\\slash".to_owned();
     alert.summary = "a=b c\\d\nnext line | pipe".to_owned();
     alert.tenant = "t=1".to_owned();
@@ -332,17 +337,7 @@ fn cef_escapes_header_and_extension_values() {
 
 #[test]
 fn a_value_with_line_breaks_cannot_forge_lines_in_mail_or_siem_output() {
-    let mut alert: mcp_alertd::alert::Alert = serde_json::from_str(
-        std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/data/examples.alerts.jsonl"),
-        )
-        .unwrap()
-        .lines()
-        .find(|l| l.contains(r#""rule":"auth_failure_burst""#) && l.contains("acme-coder"))
-        .unwrap(),
-    )
-    .unwrap();
+    let mut alert = burst_alert();
     alert
         .key
         .insert("agent_id".to_owned(), "bob\r\nAlert id: forged".to_owned());
