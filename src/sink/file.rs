@@ -62,11 +62,14 @@ impl File {
         let file = match &mut self.file {
             Some(f) => f,
             None => self.file.insert(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| SendError::retry(format!("{}: {e}", path.display())))?,
+                std::os::unix::fs::OpenOptionsExt::mode(
+                    std::fs::OpenOptions::new().create(true).append(true),
+                    // Alerts name agents and tenants: never world-readable,
+                    // whatever the umask (group: the log shipper).
+                    0o640,
+                )
+                .open(path)
+                .map_err(|e| SendError::retry(format!("{}: {e}", path.display())))?,
             ),
         };
         let mut line = json.to_vec();

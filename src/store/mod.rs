@@ -120,12 +120,32 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 
 impl Store {
     /// Opens (or creates) the store in `state_dir`.
+    /// A directory it creates is 0750 and the store file 0600, whatever
+    /// the umask: the store holds alerts and the state of every key.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Io {
-            path: state_dir.display().to_string(),
-            source,
-        })?;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| StoreError::Io { path, source }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(state_dir)
+            .map_err(io(state_dir))?;
         let path = state_dir.join(FILE_NAME);
+        // Created empty with its mode first (redb initializes an empty
+        // file), so it is never readable by others, not even briefly.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
         let db = Database::create(&path).map_err(|e| db_err(&path, e))?;
         let store = Store { db, path };
         store.init()?;

@@ -752,3 +752,35 @@ fn a_sink_secret_that_cannot_be_read_is_a_configuration_error_for_run_too() {
         );
     }
 }
+
+#[test]
+fn the_store_and_alert_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sink.jsonl");
+    let cfg = format!(
+        "[metrics]\nenabled = false\n[[sources]]\nname = \"tcp\"\ntype = \"syslog_tcp\"\naddress = \"127.0.0.1:0\"\n[[sinks]]\nname = \"file\"\ntype = \"file\"\npath = \"{}\"\n",
+        out.display()
+    );
+    let p = crate::support::Proc::start_with_umask(dir.path(), &cfg, "000");
+    let mut s = std::net::TcpStream::connect(p.addr("tcp")).unwrap();
+    writeln!(
+        s,
+        r#"{{"ts":1791000000000,"event":"tool.denied","agent_id":"a","session_id":"s","tool":"t"}}"#
+    )
+    .unwrap();
+    drop(s);
+    crate::support::wait_until("the alert in the file sink", || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.contains("unauthorized_tool_attempt"))
+    });
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out), 0o640, "the file sink's file");
+    let store = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "redb"))
+        .expect("a store file");
+    assert_eq!(mode(&store), 0o600, "{}", store.display());
+    let mut p = p;
+    assert_eq!(p.stop(), 0);
+}

@@ -17,11 +17,31 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(dir: &Path, config: &str) -> Proc {
+        Self::launch(dir, config, None)
+    }
+
+    /// The daemon started under this umask (`sh -c 'umask M; exec ...'`,
+    /// so the child is the daemon itself).
+    pub fn start_with_umask(dir: &Path, config: &str, umask: &str) -> Proc {
+        Self::launch(dir, config, Some(umask))
+    }
+
+    fn launch(dir: &Path, config: &str, umask: Option<&str>) -> Proc {
         let cfg = dir.join("config.toml");
         std::fs::write(&cfg, format!("state_dir = \"{}\"\n{config}", dir.display())).unwrap();
         let out = dir.join("alerts.jsonl");
         let err = dir.join("daemon.log");
-        let child = Command::new(assert_cmd::cargo::cargo_bin("mcp-alertd"))
+        let bin = assert_cmd::cargo::cargo_bin("mcp-alertd");
+        let mut command = match umask {
+            None => Command::new(bin),
+            Some(mask) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", "umask \"$1\" && shift && exec \"$@\"", "sh", mask])
+                    .arg(bin);
+                sh
+            }
+        };
+        let child = command
             .args(["--log-format", "json", "run", "--config"])
             .arg(&cfg)
             .stdout(std::fs::File::create(&out).unwrap())
