@@ -90,7 +90,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Work with rules: run rule test cases.
     Rules(RulesCmdArgs),
-    /// Show or drop the saved engine state (with the daemon stopped).
+    /// Show or drop the saved engine state (`list` beside a running daemon,
+    /// `reset` with it stopped).
     ///
     /// Units: `main` (syslog and file sources, with file positions), one
     /// per Kafka partition (`kafka/<source>/<topic>/<partition>`, with the
@@ -712,20 +713,31 @@ fn man_cmd(dir: Option<&Path>) -> Result<u8> {
     Ok(0)
 }
 
-/// Opens the store of `--state-dir`, else of the configuration.
-fn open_store(state_dir: Option<&Path>, config: Option<&Path>) -> Result<crate::store::Store> {
+/// Opens the store of `--state-dir`, else of the configuration: to read
+/// only (beside a running daemon) or to change it (the daemon stopped).
+fn open_store(
+    state_dir: Option<&Path>,
+    config: Option<&Path>,
+    write: bool,
+) -> Result<crate::store::Store> {
+    use crate::store::{FILE_NAME, Store};
     let state_dir = match (state_dir, config) {
         (Some(d), _) => d.to_owned(),
         (None, Some(c)) => Config::load(c)?.state_dir,
         (None, None) => Config::builtin().state_dir,
     };
-    crate::store::Store::open(&state_dir)
-        .with_context(|| format!("cannot open the store in {}", state_dir.display()))
+    let opened = if write || !state_dir.join(FILE_NAME).exists() {
+        Store::open(&state_dir)
+    } else {
+        Store::open_read_only(&state_dir)
+    };
+    opened.with_context(|| format!("cannot open the store in {}", state_dir.display()))
 }
 
 fn state_cmd(args: StateArgs) -> Result<u8> {
     use crate::store::state::{self as checkpoint, Saved};
-    let store = open_store(args.state_dir.as_deref(), args.config.as_deref())?;
+    let write = !matches!(args.action, StateAction::List);
+    let store = open_store(args.state_dir.as_deref(), args.config.as_deref(), write)?;
     let mut out = io::stdout().lock();
     match args.action {
         StateAction::List => {
@@ -760,7 +772,8 @@ fn state_cmd(args: StateArgs) -> Result<u8> {
 
 fn outbox_cmd(args: OutboxArgs) -> Result<u8> {
     use crate::store::ListedState;
-    let store = open_store(args.state_dir.as_deref(), args.config.as_deref())?;
+    let write = !matches!(args.action, OutboxAction::List { .. });
+    let store = open_store(args.state_dir.as_deref(), args.config.as_deref(), write)?;
     let now = crate::clock::now_ms();
     let mut out = io::stdout().lock();
     match args.action {

@@ -28,7 +28,10 @@ pub mod state;
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    ConcurrencyMode, Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 
 /// The store format this build reads and writes.
@@ -55,6 +58,14 @@ pub enum StoreError {
     Version { path: String, found: u64 },
     #[error("store: corrupt record: {0}")]
     Corrupt(String),
+    #[error(
+        "store {path}: another process (a running daemon?) has it open for writing; stop it first"
+    )]
+    InUse { path: String },
+    #[error(
+        "store {path}: opened read-only (the daemon has it open); stop the daemon to change it"
+    )]
+    ReadOnly { path: String },
     #[error("store {path}: {source}")]
     Io {
         path: String,
@@ -99,8 +110,23 @@ pub struct Enqueue<'a> {
 }
 
 pub struct Store {
-    db: Database,
+    db: Db,
     path: PathBuf,
+}
+
+/// The database as the daemon opens it (the one writer) or as a command
+/// that only reads opens it beside a running daemon. Both use redb's
+/// `SingleWriter` mode: one writing process, any number of readers
+/// following its commits.
+enum Db {
+    Writer(Database),
+    Reader(ReadOnlyDatabase),
+}
+
+fn builder() -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    b
 }
 
 fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
@@ -146,10 +172,63 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io(&path)(e)),
         }
-        let db = Database::create(&path).map_err(|e| db_err(&path, e))?;
-        let store = Store { db, path };
+        let db = builder().create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: path.display().to_string(),
+            },
+            e => db_err(&path, e),
+        })?;
+        let store = Store {
+            db: Db::Writer(db),
+            path,
+        };
         store.init()?;
         Ok(store)
+    }
+
+    /// Opens the existing store in `state_dir` to read it, beside the
+    /// daemon if it runs (`outbox list`, `state list`): every write is
+    /// refused with [`StoreError::ReadOnly`].
+    pub fn open_read_only(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join(FILE_NAME);
+        let db = builder()
+            .open_read_only(&path)
+            .map_err(|e| db_err(&path, e))?;
+        let store = Store {
+            db: Db::Reader(db),
+            path,
+        };
+        let found = {
+            let tx = store.begin_read()?;
+            let meta = tx.open_table(META).map_err(|e| store.err(e))?;
+            meta.get("format_version")
+                .map_err(|e| store.err(e))?
+                .map(|v| v.value())
+        };
+        match found {
+            Some(FORMAT_VERSION) => Ok(store),
+            found => Err(StoreError::Version {
+                path: store.path.display().to_string(),
+                found: found.unwrap_or(0),
+            }),
+        }
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        match &self.db {
+            Db::Writer(db) => db.begin_read(),
+            Db::Reader(db) => db.begin_read(),
+        }
+        .map_err(|e| self.err(e))
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        match &self.db {
+            Db::Writer(db) => db.begin_write().map_err(|e| self.err(e)),
+            Db::Reader(_) => Err(StoreError::ReadOnly {
+                path: self.path.display().to_string(),
+            }),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -161,7 +240,7 @@ impl Store {
     }
 
     fn init(&self) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         {
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
             let found = meta
@@ -200,7 +279,7 @@ impl Store {
 
     /// The saved state of every unit, by name.
     pub fn states(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let table = tx.open_table(STATE).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in table.iter().map_err(|e| self.err(e))? {
@@ -212,7 +291,7 @@ impl Store {
 
     /// The saved state of one unit.
     pub fn state(&self, unit: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let table = tx.open_table(STATE).map_err(|e| self.err(e))?;
         let value = table.get(unit).map_err(|e| self.err(e))?;
         Ok(value.map(|v| v.value().to_vec()))
@@ -221,7 +300,7 @@ impl Store {
     /// Forgets the saved state of these units (all with `None`); returns
     /// how many were removed.
     pub fn remove_states(&self, units: Option<&[String]>) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         let n;
         {
             let mut table = tx.open_table(STATE).map_err(|e| self.err(e))?;
@@ -261,7 +340,7 @@ impl Store {
         now_ms: i64,
         states: &[(String, Vec<u8>)],
     ) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         let mut added = 0;
         if !states.is_empty() {
             let mut table = tx.open_table(STATE).map_err(|e| self.err(e))?;
@@ -335,7 +414,7 @@ impl Store {
         now_ms: i64,
         limit: usize,
     ) -> Result<(Vec<Due>, Option<i64>), StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let schedule = tx.open_table(SCHEDULE).map_err(|e| self.err(e))?;
         let pending = tx.open_table(PENDING).map_err(|e| self.err(e))?;
         let alerts = tx.open_table(ALERTS).map_err(|e| self.err(e))?;
@@ -378,7 +457,7 @@ impl Store {
         done: &[(String, i64, u64)],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         {
             let mut pending = tx.open_table(PENDING).map_err(|e| self.err(e))?;
             let mut schedule = tx.open_table(SCHEDULE).map_err(|e| self.err(e))?;
@@ -413,7 +492,7 @@ impl Store {
         old_next_ms: i64,
         delivery: &Delivery,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         {
             let mut pending = tx.open_table(PENDING).map_err(|e| self.err(e))?;
             let mut schedule = tx.open_table(SCHEDULE).map_err(|e| self.err(e))?;
@@ -439,7 +518,7 @@ impl Store {
         old: &Delivery,
         letter: &DeadLetter,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         {
             let mut pending = tx.open_table(PENDING).map_err(|e| self.err(e))?;
             let mut schedule = tx.open_table(SCHEDULE).map_err(|e| self.err(e))?;
@@ -456,7 +535,7 @@ impl Store {
 
     /// Forgets delivered ids older than `before_ms` (dedup retention).
     pub fn prune_delivered(&self, before_ms: i64) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         let n;
         {
             let mut delivered = tx.open_table(DELIVERED).map_err(|e| self.err(e))?;
@@ -483,7 +562,7 @@ impl Store {
 
     /// Counts: (alerts held, pending deliveries, dead letters).
     pub fn counts(&self) -> Result<(u64, u64, u64), StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let a = tx
             .open_table(ALERTS)
             .map_err(|e| self.err(e))?
@@ -504,7 +583,7 @@ impl Store {
 
     /// Every pending delivery and dead letter: (sink, id, state, alert JSON).
     pub fn list(&self) -> Result<Vec<Listed>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.begin_read()?;
         let alerts = tx.open_table(ALERTS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for (table, dead) in [(PENDING, false), (DEAD, true)] {
@@ -541,7 +620,7 @@ impl Store {
         ids: &[String],
         now_ms: i64,
     ) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         let mut n = 0;
         {
             let mut dead = tx.open_table(DEAD).map_err(|e| self.err(e))?;
@@ -587,7 +666,7 @@ impl Store {
         dead_too: bool,
         pending_too: bool,
     ) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.begin_write()?;
         let mut n = 0;
         {
             let mut dead = tx.open_table(DEAD).map_err(|e| self.err(e))?;

@@ -763,13 +763,7 @@ fn the_store_and_alert_files_are_private_whatever_the_umask() {
         out.display()
     );
     let p = crate::support::Proc::start_with_umask(dir.path(), &cfg, "000");
-    let mut s = std::net::TcpStream::connect(p.addr("tcp")).unwrap();
-    writeln!(
-        s,
-        r#"{{"ts":1791000000000,"event":"tool.denied","agent_id":"a","session_id":"s","tool":"t"}}"#
-    )
-    .unwrap();
-    drop(s);
+    send_one_denied(p.addr("tcp"));
     crate::support::wait_until("the alert in the file sink", || {
         std::fs::read_to_string(&out).is_ok_and(|t| t.contains("unauthorized_tool_attempt"))
     });
@@ -783,4 +777,51 @@ fn the_store_and_alert_files_are_private_whatever_the_umask() {
     assert_eq!(mode(&store), 0o600, "{}", store.display());
     let mut p = p;
     assert_eq!(p.stop(), 0);
+}
+
+#[test]
+fn the_outbox_and_state_are_listed_while_the_daemon_runs() {
+    use crate::support::{Proc, outbox_list};
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 9: the alert stays pending.
+    let cfg = "[metrics]\nenabled = false\n[[sources]]\nname = \"tcp\"\ntype = \"syslog_tcp\"\naddress = \"127.0.0.1:0\"\n[[sinks]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n";
+    let mut p = Proc::start(dir.path(), cfg);
+    send_one_denied(p.addr("tcp"));
+    crate::support::wait_until("the pending alert listed beside the daemon", || {
+        outbox_list(dir.path()).contains("unauthorized_tool_attempt")
+    });
+    let text = outbox_list(dir.path());
+    assert!(text.starts_with("pending  hook"), "{text}");
+    let cli = |args: &[&str]| {
+        assert_cmd::Command::cargo_bin("mcp-alertd")
+            .unwrap()
+            .args(args)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let state = cli(&["state", "list"]);
+    assert!(state.status.success(), "{state:?}");
+    // A change waits for the daemon to stop, with a message saying so.
+    let purge = cli(&["outbox", "purge", "--pending"]);
+    assert_eq!(purge.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&purge.stderr).contains("stop it first"),
+        "{purge:?}"
+    );
+    assert_eq!(p.stop(), 0);
+    let purge = cli(&["outbox", "purge", "--pending"]);
+    assert!(purge.status.success(), "{purge:?}");
+    assert!(outbox_list(dir.path()).trim().is_empty());
+}
+
+/// One `tool.denied` event over TCP: one `unauthorized_tool_attempt`.
+fn send_one_denied(addr: std::net::SocketAddr) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    writeln!(
+        s,
+        r#"{{"ts":1791000000000,"event":"tool.denied","agent_id":"a","session_id":"s","tool":"t"}}"#
+    )
+    .unwrap();
 }
