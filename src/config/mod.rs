@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -172,12 +171,7 @@ impl Config {
                 SourceConfig {
                     name: "syslog_tcp".to_owned(),
                     decode: SourceDecode::native(),
-                    kind: SourceKind::SyslogTcp(syslog_tcp::Settings {
-                        address: Listen::Addr(syslog),
-                        max_connections: 256,
-                        idle_timeout: Duration::from_secs(300),
-                        tls: None,
-                    }),
+                    kind: SourceKind::SyslogTcp(syslog_tcp::Settings::at(Listen::Addr(syslog))),
                 },
             ],
             outbox: OutboxSettings::default(),

@@ -141,6 +141,12 @@ impl Framer {
         self.pending.len()
     }
 
+    /// Whether a record has begun and not ended (held, or an oversize one
+    /// being skipped).
+    pub fn in_record(&self) -> bool {
+        !self.pending.is_empty() || self.skip_bytes > 0 || self.skip_line.is_some()
+    }
+
     /// Frames as many records as `input` completes into `out`. On an error
     /// `out` ends with [`FrameRef::BadFraming`] and the stream cannot be
     /// framed further.

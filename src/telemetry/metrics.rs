@@ -89,6 +89,7 @@ pub struct Metrics {
     pub udp_kernel_drops: Family<SourceLabel, Counter>,
     pub connections_open: Family<SourceLabel, Gauge>,
     pub connections_refused: Family<SourceLabel, Counter>,
+    pub connections_closed: Family<RejectLabels, Counter>,
     pub events: Family<TypeName, Counter>,
     pub alerts: Family<AlertLabels, Counter>,
     pub live_keys: Family<RuleLabel, Gauge>,
@@ -133,6 +134,7 @@ impl Metrics {
             udp_kernel_drops: Family::default(),
             connections_open: Family::default(),
             connections_refused: Family::default(),
+            connections_closed: Family::default(),
             events: Family::default(),
             alerts: Family::default(),
             live_keys: Family::default(),
@@ -172,7 +174,8 @@ impl Metrics {
             udp_dropped => "udp_datagrams_dropped", "UDP datagrams dropped because the pipeline was full";
             udp_kernel_drops => "udp_kernel_drops", "UDP datagrams the kernel dropped before the daemon read them (receive buffer full), from /proc/net/udp";
             connections_open => "connections_open", "Open TCP/TLS connections";
-            connections_refused => "connections_refused", "Connections refused at max_connections or failing TLS";
+            connections_refused => "connections_refused", "Connections refused at max_connections_per_peer or failing TLS";
+            connections_closed => "connections_closed", "Connections the daemon closed, by reason: idle (nothing for idle_timeout), slow (a record or handshake over record_timeout), evicted (replaced at max_connections)";
             events => "events", "Events decoded, by type";
             alerts => "alerts", "Alerts raised, by rule and severity";
             live_keys => "live_keys", "Live state keys per rule";

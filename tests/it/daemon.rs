@@ -15,8 +15,8 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::{
-    SOURCES, metric, replay_ids, scenario, scrape, scrape_blocking, send_tcp, send_udp, start,
-    wait_for,
+    SOURCES, metric, metric_opt, replay_ids, scenario, scrape, scrape_blocking, send_tcp, send_udp,
+    start, wait_for,
 };
 
 const EXPECTED_ALERTS: usize = 8; // 1 burst + 6 denials + 1 incident
@@ -177,7 +177,7 @@ async fn an_octet_counted_frame_over_the_bound_is_skipped_and_a_bad_header_close
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_and_half_open_connections_are_closed_and_the_connection_cap_holds() {
+async fn idle_and_half_open_connections_are_closed_and_the_connection_cap_replaces_the_idlest() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = SOURCES.replace(
         "idle_timeout = \"2s\"",
@@ -197,21 +197,41 @@ async fn idle_and_half_open_connections_are_closed_and_the_connection_cap_holds(
         ) == 2.0
     })
     .await;
+    // A third takes the place of the first (the longest without a record):
+    // its half frame is a counted truncation.
     let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    wait_for("the third refused", || {
+    let metric = |text: &str, sample: &str| metric_opt(text, sample).unwrap_or(0.0);
+    wait_for("the first replaced", || {
+        let text = scrape_blocking(m);
         metric(
-            &scrape_blocking(m),
-            "mcp_alertd_connections_refused_total{source=\"tcp\"}",
+            &text,
+            "mcp_alertd_connections_closed_total{source=\"tcp\",reason=\"evicted\"}",
         ) == 1.0
+            && metric(
+                &text,
+                "mcp_alertd_records_rejected_total{source=\"tcp\",reason=\"truncated\"}",
+            ) == 1.0
     })
     .await;
+    let mut gone = [0u8; 1];
+    let n = tokio::io::AsyncReadExt::read(&mut a, &mut gone).await;
+    assert!(n.is_err() || n.unwrap() == 0, "the first was closed");
     wait_for("idle connections closed", || {
+        let text = scrape_blocking(m);
+        metric(&text, "mcp_alertd_connections_open{source=\"tcp\"}") == 0.0
+            && metric(
+                &text,
+                "mcp_alertd_connections_closed_total{source=\"tcp\",reason=\"idle\"}",
+            ) == 2.0
+    })
+    .await;
+    assert_eq!(
         metric(
             &scrape_blocking(m),
-            "mcp_alertd_connections_open{source=\"tcp\"}",
-        ) == 0.0
-    })
-    .await;
+            "mcp_alertd_connections_refused_total{source=\"tcp\"}"
+        ),
+        0.0
+    );
     daemon.shutdown().await.unwrap();
 }
 

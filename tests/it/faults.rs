@@ -7,7 +7,9 @@ use std::path::Path;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::support::{SOURCES, metric_opt, scenario, scrape_blocking, send_udp, start, wait_for};
+use crate::support::{
+    SOURCES, metric, metric_opt, scenario, scrape_blocking, send_udp, start, wait_for,
+};
 
 /// The counts of one source in a scrape: (received, decoded, unmapped,
 /// rejected by reason).
@@ -824,4 +826,130 @@ fn send_one_denied(addr: std::net::SocketAddr) {
         r#"{{"ts":1791000000000,"event":"tool.denied","agent_id":"a","session_id":"s","tool":"t"}}"#
     )
     .unwrap();
+}
+
+/// Raises this process's open-file limit to hold `n` more sockets.
+fn allow_open_files(n: u64) {
+    let got = rlimit::increase_nofile_limit(n).unwrap();
+    assert!(
+        got >= n,
+        "the hard limit of open files ({got}) is below {n}"
+    );
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+async fn connect_from(from: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_floods_and_a_slowloris_sender_do_not_lock_out_a_real_sender() {
+    const CAP: usize = 64;
+    const PER_PEER: usize = 16;
+    const REAL: usize = 100;
+    allow_open_files(8192);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SOURCES.replace(
+        "idle_timeout = \"2s\"",
+        &format!(
+            "idle_timeout = \"1h\"\nrecord_timeout = \"2s\"\nmax_connections = {CAP}\nmax_connections_per_peer = {PER_PEER}"
+        ),
+    );
+    let (daemon, _out) = start(&cfg, dir.path()).await;
+    let addr = daemon.local_addr("tcp").unwrap();
+    let m = daemon.metrics_addr().unwrap();
+    let value = move |sample: &str| metric_opt(&scrape_blocking(m), sample).unwrap_or(0.0);
+    let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+
+    // 1000 idle connections from one peer: all but PER_PEER refused.
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(connect_from("127.0.0.2", addr).await);
+    }
+    wait_for("the peer's connections beyond its limit refused", || {
+        value("mcp_alertd_connections_refused_total{source=\"tcp\"}") == (1000 - PER_PEER) as f64
+    })
+    .await;
+
+    // A real sender and a slowloris one, each with a first record.
+    let mut real = connect_from("127.0.0.1", addr).await;
+    let line = |i: usize| {
+        format!(
+            "{{\"ts\":{},\"event\":\"tool.invoke\",\"agent_id\":\"real\",\"session_id\":\"s\",\"tool\":\"t\",\"n\":{i}}}\n",
+            base + i as i64
+        )
+    };
+    real.write_all(line(0).as_bytes()).await.unwrap();
+    let mut slow = connect_from("127.0.0.3", addr).await;
+    slow.write_all(
+        format!("{{\"ts\":{base},\"event\":\"auth.failure\",\"agent_id\":\"slow\"}}\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    wait_for("both first records", || {
+        let text = scrape_blocking(m);
+        metric_opt(&text, "mcp_alertd_events_total{type=\"tool.invoke\"}") == Some(1.0)
+            && metric_opt(&text, "mcp_alertd_events_total{type=\"auth.failure\"}") == Some(1.0)
+    })
+    .await;
+
+    // The slowloris sender: one byte every 200 ms, never a whole record;
+    // bounded by count.
+    let slowloris = tokio::spawn(async move {
+        for _ in 0..600 {
+            if slow.write_all(b"{").await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        false
+    });
+    // 1000 more idle connections from 100 peers fill the cap over and
+    // over, while the real sender sends the rest of its records.
+    let flood = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for i in 0..1000 {
+            held.push(connect_from(&format!("127.0.1.{}", 1 + i % 100), addr).await);
+        }
+        held
+    });
+    for i in 1..REAL {
+        real.write_all(line(i).as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    idle.extend(flood.await.unwrap());
+    wait_for("every record of the real sender", || {
+        value("mcp_alertd_events_total{type=\"tool.invoke\"}") == REAL as f64
+    })
+    .await;
+    wait_for("the slowloris sender cut off", || {
+        value("mcp_alertd_connections_closed_total{source=\"tcp\",reason=\"slow\"}") == 1.0
+    })
+    .await;
+    assert!(
+        slowloris.await.unwrap(),
+        "the slowloris connection was closed"
+    );
+    let text = scrape_blocking(m);
+    // Every connection admitted beyond the cap replaced an idle one; the
+    // real sender kept its connection (it had sent records).
+    let evicted = metric_opt(
+        &text,
+        "mcp_alertd_connections_closed_total{source=\"tcp\",reason=\"evicted\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(evicted >= (PER_PEER + 1000 + 2 - CAP - 1) as f64, "{text}");
+    assert!(metric(&text, "mcp_alertd_connections_open{source=\"tcp\"}") <= CAP as f64);
+    assert_eq!(
+        metric(
+            &text,
+            "mcp_alertd_connections_refused_total{source=\"tcp\"}"
+        ),
+        (1000 - PER_PEER) as f64
+    );
+    drop(idle);
+    drop(real);
+    daemon.shutdown().await.unwrap();
 }
