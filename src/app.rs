@@ -291,6 +291,7 @@ impl Daemon {
 /// read stops the start).
 fn open_state(config: &Config, rules: &Arc<RuleSet>) -> Result<(Arc<Store>, Restored)> {
     let store = Arc::new(Store::open(&config.state_dir).context("cannot open the store")?);
+    store.set_journal_entries(config.outbox.journal_entries);
     let restored = pipeline::restore(&store, rules, &config.engine)?;
     if let Some(clock) = restored.main_clock() {
         tracing::info!(

@@ -82,6 +82,12 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Show and manage the outbox: pending deliveries and dead letters.
     Outbox(OutboxArgs),
+    /// Check or export the alert journal: every alert raised, in a hash
+    /// chain (each entry holds the hash of the one before).
+    ///
+    /// `verify` exits 0 when the chain is whole, 1 at the first break
+    /// (naming the entry). Both read beside a running daemon.
+    Journal(JournalArgs),
     /// Summarize a running daemon from its /metrics.
     ///
     /// Sources and their rates, the engine, alerts by rule, the outbox and
@@ -262,14 +268,21 @@ pub struct GenerateArgs {
     pub format: String,
 }
 
+/// Where the store is: `--state-dir`, else the configuration's.
 #[derive(Debug, Args)]
-pub struct OutboxArgs {
+pub struct StoreLocation {
     /// Configuration whose `state_dir` holds the store.
     #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// The state directory (overrides the configuration's).
     #[arg(long, value_name = "DIR", global = true)]
     pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct OutboxArgs {
+    #[command(flatten)]
+    pub store: StoreLocation,
     #[command(subcommand)]
     pub action: OutboxAction,
 }
@@ -301,6 +314,29 @@ pub enum OutboxAction {
         /// Only these alert ids (default: all).
         ids: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    #[command(flatten)]
+    pub store: StoreLocation,
+    #[command(subcommand)]
+    pub action: JournalAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalAction {
+    /// Check the chain: sequences without gaps, each entry's hash its
+    /// content's, each link the hash of the entry before; print the range
+    /// and the head hash (keep it elsewhere to detect a rewritten chain).
+    Verify {
+        /// A head hash printed earlier: the chain must still hold an entry
+        /// with it (a rewritten chain, or one pruned past it, does not).
+        #[arg(long, value_name = "HEX")]
+        head: Option<String>,
+    },
+    /// Write every entry as a JSON line: seq, at, id, prev, hash, alert.
+    Export,
 }
 
 #[derive(Debug, Args)]
@@ -351,12 +387,8 @@ pub enum RulesAction {
 
 #[derive(Debug, Args)]
 pub struct StateArgs {
-    /// Configuration whose `state_dir` holds the store.
-    #[arg(long, value_name = "FILE", global = true)]
-    pub config: Option<PathBuf>,
-    /// The state directory (overrides the configuration's).
-    #[arg(long, value_name = "DIR", global = true)]
-    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreLocation,
     #[command(subcommand)]
     pub action: StateAction,
 }
@@ -391,6 +423,7 @@ pub fn run(cli: Cli, daemon: impl FnOnce(Option<PathBuf>) -> Result<u8>) -> Resu
         Command::Generate(args) => generate_cmd(args),
         Command::BenchLoad(args) => crate::bench_load::run(args),
         Command::Outbox(args) => outbox_cmd(args),
+        Command::Journal(args) => journal_cmd(args),
         Command::State(args) => state_cmd(args),
         Command::Man { dir } => man_cmd(dir.as_deref()),
         Command::Completions { shell } => {
@@ -715,13 +748,9 @@ fn man_cmd(dir: Option<&Path>) -> Result<u8> {
 
 /// Opens the store of `--state-dir`, else of the configuration: to read
 /// only (beside a running daemon) or to change it (the daemon stopped).
-fn open_store(
-    state_dir: Option<&Path>,
-    config: Option<&Path>,
-    write: bool,
-) -> Result<crate::store::Store> {
+fn open_store(at: &StoreLocation, write: bool) -> Result<crate::store::Store> {
     use crate::store::{FILE_NAME, Store};
-    let state_dir = match (state_dir, config) {
+    let state_dir = match (at.state_dir.as_deref(), at.config.as_deref()) {
         (Some(d), _) => d.to_owned(),
         (None, Some(c)) => Config::load(c)?.state_dir,
         (None, None) => Config::builtin().state_dir,
@@ -737,7 +766,7 @@ fn open_store(
 fn state_cmd(args: StateArgs) -> Result<u8> {
     use crate::store::state::{self as checkpoint, Saved};
     let write = !matches!(args.action, StateAction::List);
-    let store = open_store(args.state_dir.as_deref(), args.config.as_deref(), write)?;
+    let store = open_store(&args.store, write)?;
     let mut out = io::stdout().lock();
     match args.action {
         StateAction::List => {
@@ -770,10 +799,71 @@ fn state_cmd(args: StateArgs) -> Result<u8> {
     Ok(0)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn journal_cmd(args: JournalArgs) -> Result<u8> {
+    let store = open_store(&args.store, false)?;
+    let mut out = io::stdout().lock();
+    match args.action {
+        JournalAction::Export => {
+            store.journal_each(|entry| {
+                let entry = entry.map_err(io::Error::other)?;
+                let alert: serde_json::Value =
+                    serde_json::from_slice(&entry.alert).unwrap_or(serde_json::Value::Null);
+                let row = serde_json::json!({
+                    "seq": entry.seq,
+                    "at": crate::alert::format_ts(entry.at_ms),
+                    "id": entry.id,
+                    "prev": hex(&entry.prev),
+                    "hash": hex(&entry.hash),
+                    "alert": alert,
+                });
+                writeln!(out, "{row}")
+            })?;
+            Ok(0)
+        }
+        JournalAction::Verify { head } => {
+            let report = store.verify_journal()?;
+            if let Some((seq, why)) = &report.broken {
+                writeln!(out, "journal BROKEN at entry {seq}: {why}")?;
+                return Ok(1);
+            }
+            let Some(((first, last), hash)) = report.range.zip(report.head) else {
+                writeln!(out, "journal empty")?;
+                return Ok(if head.is_some() { 1 } else { 0 });
+            };
+            if let Some(want) = head {
+                let want = want.trim().to_ascii_lowercase();
+                let mut found = false;
+                store.journal_each(|entry| {
+                    found |= entry.is_ok_and(|e| hex(&e.hash) == want);
+                    Ok(())
+                })?;
+                if !found {
+                    writeln!(
+                        out,
+                        "journal BROKEN: no entry has the head {want} (the chain was rewritten, or pruned past it)"
+                    )?;
+                    return Ok(1);
+                }
+            }
+            writeln!(
+                out,
+                "journal OK: {} entries ({first}..={last}), head {}",
+                last - first + 1,
+                hex(&hash)
+            )?;
+            Ok(0)
+        }
+    }
+}
+
 fn outbox_cmd(args: OutboxArgs) -> Result<u8> {
     use crate::store::ListedState;
     let write = !matches!(args.action, OutboxAction::List { .. });
-    let store = open_store(args.state_dir.as_deref(), args.config.as_deref(), write)?;
+    let store = open_store(&args.store, write)?;
     let now = crate::clock::now_ms();
     let mut out = io::stdout().lock();
     match args.action {

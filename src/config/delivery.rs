@@ -12,6 +12,9 @@ use crate::options::section::{self, Empty, fields_of};
 use crate::router::{Route, Router};
 use crate::sink::{elasticsearch, email, file, kafka, splunk_hec, syslog, webhook};
 
+/// The most journal entries `outbox.journal_entries` accepts.
+const MAX_JOURNAL_ENTRIES: u64 = 100_000_000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawOutbox {
@@ -21,6 +24,7 @@ pub(super) struct RawOutbox {
     retry_max: Option<String>,
     delivered_retention: Option<String>,
     ack_window: Option<usize>,
+    journal_entries: Option<u64>,
 }
 
 impl RawOutbox {
@@ -48,8 +52,19 @@ impl RawOutbox {
             Some(n) => n,
             None => d.ack_window,
         };
+        let journal_entries = match self.journal_entries {
+            Some(n) if n == 0 || n > MAX_JOURNAL_ENTRIES => {
+                errors.push(format!(
+                    "outbox: `journal_entries` must be between 1 and {MAX_JOURNAL_ENTRIES}"
+                ));
+                d.journal_entries
+            }
+            Some(n) => n,
+            None => d.journal_entries,
+        };
         OutboxSettings {
             ack_window,
+            journal_entries,
             max_age: dur(errors, "max_age", self.max_age, d.max_age),
             max_pending,
             retry_initial: dur(errors, "retry_initial", self.retry_initial, d.retry_initial),

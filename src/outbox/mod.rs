@@ -25,6 +25,8 @@ pub struct OutboxSettings {
     /// Alerts a sink accepted that may wait for one durable
     /// acknowledgement: what a crash can deliver twice (plus one batch).
     pub ack_window: usize,
+    /// Alerts kept in the journal's hash chain (the oldest are pruned).
+    pub journal_entries: u64,
 }
 
 impl Default for OutboxSettings {
@@ -36,6 +38,7 @@ impl Default for OutboxSettings {
             retry_max: Duration::from_secs(300),
             delivered_retention: Duration::from_secs(7 * 24 * 3600),
             ack_window: 32,
+            journal_entries: crate::store::JOURNAL_ENTRIES,
         }
     }
 }

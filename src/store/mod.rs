@@ -19,6 +19,12 @@
 //!   covers; opaque here, versioned by `crate::store::state`. Written in the
 //!   same transaction as the alerts it raised last, so a restart resumes
 //!   exactly where the state left off.
+//! - `journal`:   sequence → [`JournalEntry`] (postcard): every alert the
+//!   daemon raised, once, in a hash chain (each entry holds the hash of the
+//!   one before); the oldest beyond the limit are pruned
+//!   (`meta["journal_first"]` is the first kept).
+//! - `journal_ids`: alert id → its sequence (an alert raised again after a
+//!   crash is not journaled twice).
 //!
 //! Invariants: a `pending` row has exactly one `schedule` row; an alert row
 //! exists iff `refs > 0`. Every change is one ACID transaction, durable on
@@ -47,6 +53,56 @@ const SCHEDULE: TableDefinition<(&str, i64, u64, &str), ()> = TableDefinition::n
 const DELIVERED: TableDefinition<(&str, &str), i64> = TableDefinition::new("delivered");
 const DEAD: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("dead");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+/// The journal's table (see the module docs); public so that a test can
+/// tamper with it.
+pub const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+const JOURNAL_IDS: TableDefinition<&str, u64> = TableDefinition::new("journal_ids");
+/// Journal entries kept by default (`outbox.journal_entries`).
+pub const JOURNAL_ENTRIES: u64 = 100_000;
+
+/// One alert in the journal's hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub seq: u64,
+    /// When it was journaled (wall ms).
+    pub at_ms: i64,
+    pub id: String,
+    /// The alert JSON as raised.
+    pub alert: Vec<u8>,
+    /// The hash of the entry before (zeros for the first ever).
+    pub prev: [u8; 32],
+    /// [`JournalEntry::digest`] of this entry.
+    pub hash: [u8; 32],
+}
+
+impl JournalEntry {
+    /// SHA-256 over a domain tag and every field but `hash`, each
+    /// length-prefixed, so no two entries share a digest.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"mcp-alertd journal v1\0");
+        h.update(self.seq.to_be_bytes());
+        h.update(self.at_ms.to_be_bytes());
+        h.update((self.id.len() as u64).to_be_bytes());
+        h.update(self.id.as_bytes());
+        h.update((self.alert.len() as u64).to_be_bytes());
+        h.update(&self.alert);
+        h.update(self.prev);
+        h.finalize().into()
+    }
+}
+
+/// What [`Store::verify_journal`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalReport {
+    /// The first and last sequence checked (`None`: empty).
+    pub range: Option<(u64, u64)>,
+    /// The last entry's hash.
+    pub head: Option<[u8; 32]>,
+    /// The first break: its sequence and what is wrong.
+    pub broken: Option<(u64, String)>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -112,6 +168,8 @@ pub struct Enqueue<'a> {
 pub struct Store {
     db: Db,
     path: PathBuf,
+    /// Journal entries kept (the oldest beyond are pruned).
+    journal_entries: std::sync::atomic::AtomicU64,
 }
 
 /// The database as the daemon opens it (the one writer) or as a command
@@ -142,6 +200,101 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The journal's tables within one write transaction.
+struct Journal<'t> {
+    store: &'t Store,
+    entries: redb::Table<'t, u64, &'static [u8]>,
+    ids: redb::Table<'t, &'static str, u64>,
+    /// The next sequence and the hash to link to.
+    next: u64,
+    prev: [u8; 32],
+}
+
+impl<'t> Journal<'t> {
+    fn open(
+        store: &'t Store,
+        tx: &'t redb::WriteTransaction,
+        meta: &redb::Table<'_, &'static str, u64>,
+    ) -> Result<Journal<'t>, StoreError> {
+        let entries = tx.open_table(JOURNAL).map_err(|e| store.err(e))?;
+        let ids = tx.open_table(JOURNAL_IDS).map_err(|e| store.err(e))?;
+        let last = {
+            let last = entries.last().map_err(|e| store.err(e))?;
+            match last {
+                Some((k, v)) => Some((k.value(), decode::<JournalEntry>(v.value())?.hash)),
+                None => None,
+            }
+        };
+        let (next, prev) = match last {
+            Some((seq, hash)) => (seq + 1, hash),
+            None => (
+                meta.get("journal_first")
+                    .map_err(|e| store.err(e))?
+                    .map_or(0, |v| v.value()),
+                [0; 32],
+            ),
+        };
+        Ok(Journal {
+            store,
+            entries,
+            ids,
+            next,
+            prev,
+        })
+    }
+
+    /// Journals an alert not journaled before.
+    fn append(&mut self, alert: &Enqueue<'_>, now_ms: i64) -> Result<(), StoreError> {
+        if self
+            .ids
+            .get(alert.id)
+            .map_err(|e| self.store.err(e))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut entry = JournalEntry {
+            seq: self.next,
+            at_ms: now_ms,
+            id: alert.id.to_owned(),
+            alert: alert.json.to_vec(),
+            prev: self.prev,
+            hash: [0; 32],
+        };
+        entry.hash = entry.digest();
+        self.entries
+            .insert(entry.seq, encode(&entry)?.as_slice())
+            .map_err(|e| self.store.err(e))?;
+        self.ids
+            .insert(alert.id, entry.seq)
+            .map_err(|e| self.store.err(e))?;
+        self.prev = entry.hash;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Prunes the oldest entries beyond `keep`.
+    fn finish(
+        mut self,
+        keep: u64,
+        meta: &mut redb::Table<'_, &'static str, u64>,
+    ) -> Result<(), StoreError> {
+        let kept = self.entries.len().map_err(|e| self.store.err(e))?;
+        for _ in keep..kept {
+            let Some((_, v)) = self.entries.pop_first().map_err(|e| self.store.err(e))? else {
+                break;
+            };
+            let old = decode::<JournalEntry>(v.value())?;
+            self.ids
+                .remove(old.id.as_str())
+                .map_err(|e| self.store.err(e))?;
+            meta.insert("journal_first", old.seq + 1)
+                .map_err(|e| self.store.err(e))?;
+        }
+        Ok(())
+    }
 }
 
 impl Store {
@@ -181,6 +334,7 @@ impl Store {
         let store = Store {
             db: Db::Writer(db),
             path,
+            journal_entries: JOURNAL_ENTRIES.into(),
         };
         store.init()?;
         Ok(store)
@@ -197,6 +351,7 @@ impl Store {
         let store = Store {
             db: Db::Reader(db),
             path,
+            journal_entries: JOURNAL_ENTRIES.into(),
         };
         let found = {
             let tx = store.begin_read()?;
@@ -268,6 +423,8 @@ impl Store {
             tx.open_table(DELIVERED).map_err(|e| self.err(e))?;
             tx.open_table(DEAD).map_err(|e| self.err(e))?;
             tx.open_table(STATE).map_err(|e| self.err(e))?;
+            tx.open_table(JOURNAL).map_err(|e| self.err(e))?;
+            tx.open_table(JOURNAL_IDS).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
     }
@@ -358,6 +515,7 @@ impl Store {
             let delivered = tx.open_table(DELIVERED).map_err(|e| self.err(e))?;
             let dead = tx.open_table(DEAD).map_err(|e| self.err(e))?;
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let mut journal = Journal::open(self, &tx, &meta)?;
             let mut seq = meta
                 .get("next_seq")
                 .map_err(|e| self.err(e))?
@@ -388,6 +546,7 @@ impl Store {
                     seq += 1;
                     n += 1;
                 }
+                journal.append(alert, now_ms)?;
                 if n > 0 {
                     let before = refs
                         .get(alert.id)
@@ -401,9 +560,95 @@ impl Store {
                 }
             }
             meta.insert("next_seq", seq).map_err(|e| self.err(e))?;
+            let keep = self
+                .journal_entries
+                .load(std::sync::atomic::Ordering::Relaxed);
+            journal.finish(keep, &mut meta)?;
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(added)
+    }
+
+    /// Sets how many journal entries are kept (from the next write on).
+    pub fn set_journal_entries(&self, n: u64) {
+        self.journal_entries
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Every journal entry, oldest first, to `each` (stops at its error).
+    pub fn journal_each(
+        &self,
+        mut each: impl FnMut(Result<JournalEntry, StoreError>) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        let tx = self.begin_read()?;
+        let table = tx.open_table(JOURNAL).map_err(|e| self.err(e))?;
+        for row in table.iter().map_err(|e| self.err(e))? {
+            let entry = row
+                .map_err(|e| self.err(e))
+                .and_then(|(_, v)| decode::<JournalEntry>(v.value()));
+            each(entry).map_err(|source| StoreError::Io {
+                path: "-".to_owned(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks the journal's chain: sequences without gaps from the first
+    /// kept, each entry's hash its content's, each `prev` the hash of the
+    /// entry before. Reports the first break.
+    pub fn verify_journal(&self) -> Result<JournalReport, StoreError> {
+        let first = {
+            let tx = self.begin_read()?;
+            let meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            meta.get("journal_first")
+                .map_err(|e| self.err(e))?
+                .map_or(0, |v| v.value())
+        };
+        let mut report = JournalReport {
+            range: None,
+            head: None,
+            broken: None,
+        };
+        let mut expect = first;
+        self.journal_each(|entry| {
+            if report.broken.is_some() {
+                return Ok(());
+            }
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    report.broken = Some((expect, format!("unreadable: {e}")));
+                    return Ok(());
+                }
+            };
+            let why = if entry.seq != expect {
+                Some(format!(
+                    "entry {} where entry {expect} was expected: entries were removed or added",
+                    entry.seq
+                ))
+            } else if entry.digest() != entry.hash {
+                Some("its content does not match its hash: the entry was changed".to_owned())
+            } else if report.head.is_some_and(|p| p != entry.prev) {
+                Some(
+                    "its link does not match the hash of the entry before: the chain was changed"
+                        .to_owned(),
+                )
+            } else if report.head.is_none() && entry.seq == 0 && entry.prev != [0; 32] {
+                Some("the first entry does not start the chain".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                report.broken = Some((expect, why));
+                return Ok(());
+            }
+            report.range = Some((report.range.map_or(entry.seq, |r| r.0), entry.seq));
+            report.head = Some(entry.hash);
+            expect += 1;
+            Ok(())
+        })?;
+        Ok(report)
     }
 
     /// Up to `limit` deliveries of `sink` due at `now_ms`, earliest first,

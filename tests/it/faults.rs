@@ -953,3 +953,87 @@ async fn idle_floods_and_a_slowloris_sender_do_not_lock_out_a_real_sender() {
     drop(real);
     daemon.shutdown().await.unwrap();
 }
+
+#[test]
+fn the_journal_chains_every_alert_and_verify_finds_an_edited_one() {
+    use crate::support::Proc;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "[metrics]\nenabled = false\n[outbox]\njournal_entries = 5\n[[sources]]\nname = \"tcp\"\ntype = \"syslog_tcp\"\naddress = \"127.0.0.1:0\"\n";
+    let mut p = Proc::start(dir.path(), cfg);
+    let mut s = std::net::TcpStream::connect(p.addr("tcp")).unwrap();
+    for i in 0..8 {
+        writeln!(
+            s,
+            r#"{{"ts":{},"event":"tool.denied","agent_id":"a{i}","session_id":"s{i}","tool":"t"}}"#,
+            1_791_000_000_000i64 + i
+        )
+        .unwrap();
+    }
+    drop(s);
+    p.wait_alerts(8);
+    assert_eq!(p.stop(), 0);
+    let journal = |args: &[&str]| {
+        let out = assert_cmd::Command::cargo_bin("mcp-alertd")
+            .unwrap()
+            .arg("journal")
+            .args(args)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // Eight alerts raised, the oldest three pruned at journal_entries = 5.
+    let (code, text) = journal(&["verify"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.starts_with("journal OK: 5 entries (3..=7), head "),
+        "{text}"
+    );
+    let head = text.trim().rsplit(' ').next().unwrap().to_owned();
+    let (code, exported) = journal(&["export"]);
+    assert_eq!(code, Some(0));
+    let rows: Vec<serde_json::Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 5);
+    for pair in rows.windows(2) {
+        assert_eq!(pair[1]["prev"], pair[0]["hash"]);
+    }
+    assert_eq!(rows[4]["hash"], head.as_str());
+    assert_eq!(rows[0]["alert"]["rule"], "unauthorized_tool_attempt");
+    assert_eq!(journal(&["verify", "--head", &head]).0, Some(0));
+
+    // Change the agent of entry 5 behind the daemon's back.
+    let path = dir.path().join(mcp_alertd::store::FILE_NAME);
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(mcp_alertd::store::JOURNAL).unwrap();
+            let bytes = redb::ReadableTable::get(&table, 5)
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec();
+            let mut entry: mcp_alertd::store::JournalEntry = postcard::from_bytes(&bytes).unwrap();
+            let text = String::from_utf8(entry.alert).unwrap();
+            assert!(text.contains("\"a5\""), "{text}");
+            entry.alert = text.replace("\"a5\"", "\"a9\"").into_bytes();
+            table
+                .insert(5, postcard::to_allocvec(&entry).unwrap().as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let (code, text) = journal(&["verify"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.starts_with("journal BROKEN at entry 5: its content does not match its hash"),
+        "{text}"
+    );
+}

@@ -324,7 +324,9 @@ async fn sequence_membership_and_cardinality_state_spans_a_restart() {
 
 #[test]
 fn sequence_membership_and_cardinality_state_survives_sigkill() {
-    use crate::support::{Proc, metric, scrape_blocking, wait_until};
+    use crate::support::{Proc, metric_opt, scrape_blocking, wait_until};
+    // A sample may not exist yet at the first scrapes.
+    let metric = |text: &str, sample: &str| metric_opt(text, sample).unwrap_or(0.0);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
     let cfg = format!(
