@@ -38,6 +38,7 @@ pub fn start(
         pending: 0,
         pruned_ms: 0,
         durable,
+        failures: crate::telemetry::LogLimit::new(1, FAILURE_LOG_WINDOW),
     };
     let (tx, rx) = std::sync::mpsc::sync_channel::<OutboxMsg>(OUTBOX_QUEUE);
     let thread = std::thread::Builder::new()
@@ -115,7 +116,13 @@ struct Writer {
     /// When delivered ids were last pruned (wall ms).
     pruned_ms: i64,
     durable: Arc<DurableOffsets>,
+    /// Store failures logged, per kind.
+    failures: crate::telemetry::LogLimit,
 }
+
+/// A kind of store failure is logged once per window (with how many more
+/// there were).
+pub const FAILURE_LOG_WINDOW: Duration = Duration::from_secs(30);
 
 impl Writer {
     fn run(mut self, rx: std::sync::mpsc::Receiver<OutboxMsg>, metrics: &Metrics) {
@@ -210,7 +217,12 @@ impl Writer {
         }
     }
 
-    /// One store transaction, retried until it commits.
+    /// One store transaction, retried until it commits. While it fails
+    /// the daemon is not ready (`store_available` 0, `/readyz` 503,
+    /// systemd's STATUS), the engine waits (backpressure up to the
+    /// sources), each kind of failure is logged once per
+    /// [`FAILURE_LOG_WINDOW`], and the store is opened again before each
+    /// retry after an I/O failure, so freeing space recovers it.
     fn write(&mut self, items: &[Enqueue<'_>], states: &[(String, Vec<u8>)], metrics: &Metrics) {
         let mut delay = Duration::from_millis(50);
         loop {
@@ -218,10 +230,23 @@ impl Writer {
                 Ok(added) => {
                     self.pending += added as u64;
                     metrics.outbox_pending.set(self.pending as i64);
+                    if metrics.store_available.get() != 1 {
+                        metrics.store_available.set(1);
+                        tracing::warn!("the store takes writes again: ready");
+                    }
                     return;
                 }
                 Err(e) => {
-                    tracing::error!("cannot write to the store, retrying in {delay:?}: {e}");
+                    metrics.store_available.set(0);
+                    let admit = self.failures.admit(e.kind());
+                    if admit.log || admit.held > 0 {
+                        tracing::error!(
+                            kind = e.kind(),
+                            held_back = admit.held,
+                            retry_in = ?delay,
+                            "cannot write to the store (not ready until it can): {e}"
+                        );
+                    }
                     #[allow(clippy::disallowed_methods)]
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));

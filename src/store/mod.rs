@@ -129,6 +129,37 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// An I/O failure of the file (a full disk, a failing device), after
+    /// which the store must be opened again.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db {
+                source: redb::Error::Io(_) | redb::Error::PreviousIo,
+                ..
+            } | StoreError::Io { .. }
+        )
+    }
+
+    /// The failure's kind, for logs rate-limited per kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Db {
+                source: redb::Error::Io(e),
+                ..
+            } if e.kind() == std::io::ErrorKind::StorageFull => "no_space",
+            StoreError::Db {
+                source: redb::Error::Io(_) | redb::Error::PreviousIo,
+                ..
+            }
+            | StoreError::Io { .. } => "io",
+            StoreError::InUse { .. } | StoreError::ReadOnly { .. } => "in_use",
+            StoreError::Db { .. } | StoreError::Version { .. } | StoreError::Corrupt(_) => "store",
+        }
+    }
+}
+
 /// Delivery state of one alert for one sink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
@@ -166,7 +197,11 @@ pub struct Enqueue<'a> {
 }
 
 pub struct Store {
-    db: Db,
+    /// Replaced by a fresh open after an I/O failure (redb refuses every
+    /// transaction after one until the file is opened again).
+    db: std::sync::RwLock<Db>,
+    /// An I/O failure happened and the file was not opened again since.
+    failed: std::sync::atomic::AtomicBool,
     path: PathBuf,
     /// Journal entries kept (the oldest beyond are pruned).
     journal_entries: std::sync::atomic::AtomicU64,
@@ -179,6 +214,8 @@ pub struct Store {
 enum Db {
     Writer(Database),
     Reader(ReadOnlyDatabase),
+    /// Closed after an I/O failure; opened again at the next transaction.
+    Closed,
 }
 
 fn builder() -> redb::Builder {
@@ -332,7 +369,8 @@ impl Store {
             e => db_err(&path, e),
         })?;
         let store = Store {
-            db: Db::Writer(db),
+            db: Db::Writer(db).into(),
+            failed: false.into(),
             path,
             journal_entries: JOURNAL_ENTRIES.into(),
         };
@@ -349,7 +387,8 @@ impl Store {
             .open_read_only(&path)
             .map_err(|e| db_err(&path, e))?;
         let store = Store {
-            db: Db::Reader(db),
+            db: Db::Reader(db).into(),
+            failed: false.into(),
             path,
             journal_entries: JOURNAL_ENTRIES.into(),
         };
@@ -370,19 +409,70 @@ impl Store {
     }
 
     fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
-        match &self.db {
+        self.reopen_if_failed()?;
+        let db = self.db.read().map_err(|_| self.closed())?;
+        match &*db {
             Db::Writer(db) => db.begin_read(),
             Db::Reader(db) => db.begin_read(),
+            Db::Closed => return Err(self.closed()),
         }
         .map_err(|e| self.err(e))
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
-        match &self.db {
+        self.reopen_if_failed()?;
+        let db = self.db.read().map_err(|_| self.closed())?;
+        match &*db {
             Db::Writer(db) => db.begin_write().map_err(|e| self.err(e)),
             Db::Reader(_) => Err(StoreError::ReadOnly {
                 path: self.path.display().to_string(),
             }),
+            Db::Closed => Err(self.closed()),
+        }
+    }
+
+    fn closed(&self) -> StoreError {
+        db_err(&self.path, redb::Error::DatabaseClosed)
+    }
+
+    /// Whether the store works: no I/O failure since it was last opened.
+    pub fn available(&self) -> bool {
+        !self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// After an I/O failure (a full disk, a failing device) redb refuses
+    /// every transaction until the file is opened again: open it again
+    /// (once the space is back this succeeds and the store recovers).
+    fn reopen_if_failed(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if !self.failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut db = self.db.write().map_err(|_| self.closed())?;
+        if !self.failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if matches!(&*db, Db::Reader(_)) {
+            self.failed.store(false, Ordering::Relaxed);
+            return Ok(());
+        }
+        // The old handle first: it holds the file's lock.
+        *db = Db::Closed;
+        let fresh = builder()
+            .create(&self.path)
+            .map_err(|e| db_err(&self.path, e))?;
+        *db = Db::Writer(fresh);
+        self.failed.store(false, Ordering::Relaxed);
+        tracing::info!(path = %self.path.display(), "store opened again after an I/O failure");
+        Ok(())
+    }
+
+    /// Marks the store failed when `e` is an I/O failure (the next
+    /// transaction opens the file again).
+    fn note(&self, e: &StoreError) {
+        if e.is_io() {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -391,7 +481,9 @@ impl Store {
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> StoreError {
-        db_err(&self.path, e)
+        let e = db_err(&self.path, e);
+        self.note(&e);
+        e
     }
 
     fn init(&self) -> Result<(), StoreError> {

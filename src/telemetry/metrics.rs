@@ -105,6 +105,9 @@ pub struct Metrics {
     pub alert_send_errors: Family<SinkLabel, Counter>,
     pub alerts_dead: Family<SinkLabel, Counter>,
     pub outbox_pending: Gauge,
+    /// 1 while the store takes writes, 0 after a failure until one
+    /// succeeds again (the daemon is then not ready).
+    pub store_available: Gauge,
     pub outbox_dead: Gauge,
     pub alerts_suppressed: Counter,
     pub alerts_grouped: Counter,
@@ -150,6 +153,11 @@ impl Metrics {
             alert_send_errors: Family::default(),
             alerts_dead: Family::default(),
             outbox_pending: Gauge::default(),
+            store_available: {
+                let g = Gauge::default();
+                g.set(1);
+                g
+            },
             outbox_dead: Gauge::default(),
             alerts_suppressed: Counter::default(),
             alerts_grouped: Counter::default(),
@@ -191,6 +199,7 @@ impl Metrics {
             alert_send_errors => "alert_send_errors", "Failed delivery attempts, by sink";
             alerts_dead => "alerts_dead", "Alerts moved to dead letters, by sink";
             outbox_pending => "outbox_pending_deliveries", "Deliveries waiting in the outbox";
+            store_available => "store_available", "1 while the store takes writes; 0 after a write failed (a full disk) until one succeeds: the daemon is then not ready";
             outbox_dead => "outbox_dead_letters", "Dead letters in the store";
             snapshot_bytes => "state_snapshot_bytes", "Size of the engine state last saved (units that changed)";
             state_saves => "state_saves", "Engine state saves committed to the store (with the positions they cover)";
@@ -213,8 +222,9 @@ impl Metrics {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// Started, not stopping, and the store takes writes.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.store_available.get() == 1
     }
 
     /// A one-line summary for systemd's STATUS= and `status`.
@@ -227,7 +237,12 @@ impl Metrics {
                 .sum()
         };
         format!(
-            "{} records, {} events, {} rejected, {} alerts, {} pending delivery, {} dead letters",
+            "{}{} records, {} events, {} rejected, {} alerts, {} pending delivery, {} dead letters",
+            if self.store_available.get() == 1 {
+                ""
+            } else {
+                "STORE UNAVAILABLE (not ready): "
+            },
             sum("mcp_alertd_records_received_total"),
             sum("mcp_alertd_events_total"),
             sum("mcp_alertd_records_rejected_total"),

@@ -1037,3 +1037,167 @@ fn the_journal_chains_every_alert_and_verify_finds_an_edited_one() {
         "{text}"
     );
 }
+
+/// A tmpfs of `size` mounted on `dir` for the life of the guard (`None`
+/// where this machine cannot mount: the test says so and is skipped).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0750"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+}
+
+/// Fills the filesystem of `dir` to the last byte with one file.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.write_all(&[0u8; 512]);
+    filler
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_under_the_store_makes_the_daemon_not_ready_until_space_returns() {
+    use crate::support::{Proc, get_blocking, proc::json_lines};
+    const N: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let Some(_fs) = Tmpfs::mount(&state, "16m") else {
+        eprintln!("skipped: this machine cannot mount a tmpfs (needs CAP_SYS_ADMIN)");
+        return;
+    };
+    let out = dir.path().join("sink.jsonl");
+    let cfg = format!(
+        "state_dir = \"{}\"\n[engine]\nidle_after = \"1h\"\n[metrics]\naddress = \"127.0.0.1:0\"\n[outbox]\njournal_entries = 100\n[[sources]]\nname = \"tcp\"\ntype = \"syslog_tcp\"\naddress = \"127.0.0.1:0\"\n[[sinks]]\nname = \"file\"\ntype = \"file\"\npath = \"{}\"\n",
+        state.display(),
+        out.display()
+    );
+    // The daemon's own state_dir line comes first: use a directory of
+    // its own for the rest (log, stdout).
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let cfg = cfg.replacen(&format!("state_dir = \"{}\"\n", state.display()), "", 1);
+    let mut p = Proc::start_in(&home, &state, &cfg);
+    let m = p.metrics_addr();
+    let ready = || get_blocking(m, "/readyz").starts_with("HTTP/1.1 200");
+    assert!(ready());
+    let filler = fill(&state);
+    // A storm of alerts the store cannot take (the sender blocks while
+    // the daemon waits: backpressure).
+    let addr = p.addr("tcp");
+    let sender = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        for i in 0..N {
+            writeln!(
+                s,
+                r#"{{"ts":{},"event":"tool.denied","agent_id":"a{i}","session_id":"s{i}","tool":"t"}}"#,
+                1_791_000_000_000i64 + i as i64
+            )
+            .unwrap();
+        }
+    });
+    crate::support::wait_until("the daemon not ready on the full disk", || {
+        !ready() && metric_opt(&scrape_blocking(m), "mcp_alertd_store_available") == Some(0.0)
+    });
+    // Space returns: the daemon recovers by itself.
+    std::fs::remove_file(&filler).unwrap();
+    sender.join().unwrap();
+    let ids = || -> Vec<String> {
+        json_lines(&out)
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    crate::support::wait_until("every alert delivered", || {
+        let mut all = ids();
+        all.sort();
+        all.dedup();
+        all.len() >= N
+    });
+    crate::support::wait_until("ready again", || {
+        ready() && metric_opt(&scrape_blocking(m), "mcp_alertd_store_available") == Some(1.0)
+    });
+    let all = ids();
+    let mut unique = all.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), N, "no alert lost");
+    assert_eq!(all.len(), N, "none delivered twice");
+    // Each kind of store failure logged once per 30 s, not per retry.
+    let failures = p
+        .logs()
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cannot write to the store"))
+        })
+        .count();
+    assert!(
+        (1..=10).contains(&failures),
+        "{failures} store failure lines"
+    );
+    assert_eq!(p.stop(), 0);
+}
+
+#[test]
+fn sigterm_stops_the_daemon_while_the_store_cannot_be_written() {
+    use crate::support::Proc;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let Some(_fs) = Tmpfs::mount(&state, "8m") else {
+        eprintln!("skipped: this machine cannot mount a tmpfs (needs CAP_SYS_ADMIN)");
+        return;
+    };
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let cfg = "[engine]\nidle_after = \"1h\"\nshutdown_grace = \"2s\"\n[metrics]\naddress = \"127.0.0.1:0\"\n[[sources]]\nname = \"tcp\"\ntype = \"syslog_tcp\"\naddress = \"127.0.0.1:0\"\n";
+    let mut p = Proc::start_in(&home, &state, cfg);
+    let m = p.metrics_addr();
+    fill(&state);
+    let addr = p.addr("tcp");
+    // Bounded: the sender stops at the first write the daemon refuses.
+    let sender = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        for i in 0..3000 {
+            let line = format!(
+                "{{\"ts\":{},\"event\":\"tool.denied\",\"agent_id\":\"a{i}\",\"session_id\":\"s{i}\",\"tool\":\"t\"}}\n",
+                1_791_000_000_000i64 + i
+            );
+            if s.write_all(line.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    crate::support::wait_until("the store failing", || {
+        metric_opt(&scrape_blocking(m), "mcp_alertd_store_available") == Some(0.0)
+    });
+    // It exits by itself (stop() returns -1 only when it had to kill it),
+    // saying the engine could not drain.
+    let code = p.stop();
+    assert_eq!(code, 1, "{:?}", p.logs().last());
+    let _ = sender.join();
+}

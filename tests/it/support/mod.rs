@@ -180,9 +180,14 @@ pub fn metric_opt(text: &str, sample: &str) -> Option<f64> {
 
 /// `GET /metrics` over a blocking socket (for tests without a runtime).
 pub fn scrape_blocking(addr: SocketAddr) -> String {
+    get_blocking(addr, "/metrics")
+}
+
+/// The whole HTTP/1.1 response (status line, headers, body) to a GET.
+pub fn get_blocking(addr: SocketAddr, path: &str) -> String {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
         .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();

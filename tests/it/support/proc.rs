@@ -17,18 +17,28 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(dir: &Path, config: &str) -> Proc {
-        Self::launch(dir, config, None)
+        Self::launch(dir, dir, config, None)
+    }
+
+    /// The daemon with its files (configuration, stdout, log) in `home`
+    /// and its state in `state`.
+    pub fn start_in(home: &Path, state: &Path, config: &str) -> Proc {
+        Self::launch(home, state, config, None)
     }
 
     /// The daemon started under this umask (`sh -c 'umask M; exec ...'`,
     /// so the child is the daemon itself).
     pub fn start_with_umask(dir: &Path, config: &str, umask: &str) -> Proc {
-        Self::launch(dir, config, Some(umask))
+        Self::launch(dir, dir, config, Some(umask))
     }
 
-    fn launch(dir: &Path, config: &str, umask: Option<&str>) -> Proc {
+    fn launch(dir: &Path, state: &Path, config: &str, umask: Option<&str>) -> Proc {
         let cfg = dir.join("config.toml");
-        std::fs::write(&cfg, format!("state_dir = \"{}\"\n{config}", dir.display())).unwrap();
+        std::fs::write(
+            &cfg,
+            format!("state_dir = \"{}\"\n{config}", state.display()),
+        )
+        .unwrap();
         let out = dir.join("alerts.jsonl");
         let err = dir.join("daemon.log");
         let bin = assert_cmd::cargo::cargo_bin("mcp-alertd");
