@@ -269,7 +269,11 @@ async fn a_full_queue_slows_tcp_senders_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_every_accepted_record() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, out) = start(SOURCES, dir.path()).await;
+    // What is tested is the drain, not its speed: a grace no busy machine
+    // runs out of.
+    let cfg = SOURCES.replacen("[engine]\n", "[engine]\nshutdown_grace = \"300s\"\n", 1);
+    assert_ne!(cfg, SOURCES);
+    let (daemon, out) = start(&cfg, dir.path()).await;
     let addr = daemon.local_addr("tcp").unwrap();
     let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

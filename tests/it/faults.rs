@@ -1103,7 +1103,7 @@ fn a_full_disk_under_the_store_makes_the_daemon_not_ready_until_space_returns() 
     let mut p = Proc::start_in(&home, &state, &cfg);
     let m = p.metrics_addr();
     let ready = || get_blocking(m, "/readyz").starts_with("HTTP/1.1 200");
-    assert!(ready());
+    crate::support::wait_until("ready", ready);
     let filler = fill(&state);
     // A storm of alerts the store cannot take (the sender blocks while
     // the daemon waits: backpressure).

@@ -60,7 +60,8 @@ impl Proc {
             .spawn()
             .unwrap();
         let p = Proc { child, out, err };
-        p.wait_log("ready");
+        // Exactly "ready" (the metrics line names /readyz first).
+        p.wait_log_where("ready", |m| m == "ready");
         p
     }
 
@@ -69,11 +70,15 @@ impl Proc {
     }
 
     pub fn wait_log(&self, message: &str) -> Value {
+        self.wait_log_where(message, |m| m.contains(message))
+    }
+
+    fn wait_log_where(&self, message: &str, matches: impl Fn(&str) -> bool) -> Value {
         for _ in 0..1500 {
             if let Some(v) = self
                 .logs()
                 .into_iter()
-                .find(|l| l["message"].as_str().is_some_and(|m| m.contains(message)))
+                .find(|l| l["message"].as_str().is_some_and(&matches))
             {
                 return v;
             }
