@@ -164,11 +164,14 @@ fn delivery(c: &mut Criterion) {
                         let cancel = tokio_util::sync::CancellationToken::new();
                         let task = tokio::spawn(mcp_alertd::outbox::dispatch::dispatch(
                             s,
-                            store.clone(),
+                            mcp_alertd::outbox::dispatch::Shared {
+                                store: store.clone(),
+                                metrics: metrics.clone(),
+                                dead_letters: Default::default(),
+                            },
                             OutboxSettings::default(),
                             None,
                             Arc::new(tokio::sync::Notify::new()),
-                            metrics.clone(),
                             cancel.clone(),
                         ));
                         while store.counts().unwrap().1 > 0 {

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::engine::RuleSet;
+use crate::outbox::watch::DeadLetters;
 use crate::outbox::{dispatch, writer};
 use crate::pipeline::{self, Control, Pipeline, PipelineError, Restored};
 use crate::sink::{SharedWriter, Sink};
@@ -124,10 +125,11 @@ impl Daemon {
             Some(addr) => Some(serve_metrics(addr, &metrics, &tasks.cancel_metrics).await?),
             None => None,
         };
+        let dead_letters = Arc::new(DeadLetters::default());
         let wakes = start_delivery(
             &config,
             sinks,
-            &store,
+            (&store, &dead_letters),
             &metrics,
             &tasks.cancel_delivery,
             &tasks.delivery,
@@ -146,7 +148,7 @@ impl Daemon {
             pipeline_config,
             rules,
             metrics.clone(),
-            handle,
+            (handle, dead_letters),
             store.clone(),
             restored,
         );
@@ -208,9 +210,10 @@ impl Daemon {
             || config.sinks != self.config.sinks
             || config.router != self.config.router
             || config.outbox != self.config.outbox
+            || config.monitor != self.config.monitor
         {
             tracing::warn!(
-                "changes to sources, sinks, routes, outbox, metrics or state_dir take effect at the next start"
+                "changes to sources, sinks, routes, outbox, self_monitoring, metrics or state_dir take effect at the next start"
             );
         }
         let (done, kept) = oneshot::channel();
@@ -339,7 +342,7 @@ async fn serve_metrics(
 fn start_delivery(
     config: &Config,
     sinks: Vec<Sink>,
-    store: &Arc<Store>,
+    (store, dead_letters): (&Arc<Store>, &Arc<DeadLetters>),
     metrics: &Arc<Metrics>,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
@@ -351,11 +354,14 @@ fn start_delivery(
         dispatch::register(metrics, &sink.name);
         tracker.spawn(dispatch::dispatch(
             sink,
-            store.clone(),
+            dispatch::Shared {
+                store: store.clone(),
+                metrics: metrics.clone(),
+                dead_letters: dead_letters.clone(),
+            },
             config.outbox.clone(),
             dispatch::limiter(cfg.rate_limit),
             wake,
-            metrics.clone(),
             cancel.clone(),
         ));
     }

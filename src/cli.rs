@@ -58,7 +58,10 @@ pub enum Command {
     /// the source positions it covers, and restored at start. Under systemd
     /// it sends READY, STATUS, WATCHDOG and STOPPING notifications and takes
     /// sockets passed by socket activation (address = "systemd:NAME").
-    /// SIGHUP reloads the configuration's rules and engine settings (an
+    /// It also raises alerts about itself (tenant `_daemon`, routed like
+    /// any alert): a source gone silent, dead letters, a store that refuses
+    /// writes, an engine clock behind the wall clock, state at its cap; each
+    /// can be turned off in `[self_monitoring]`. SIGHUP reloads the configuration's rules and engine settings (an
     /// invalid new set is refused and the running one stays); SIGTERM or
     /// SIGINT stops the sources, drains what was accepted, saves the state
     /// and exits.
@@ -614,6 +617,14 @@ fn print_check(
                     duration::display_ms(ms)
                 ));
             }
+            match s.silent_after {
+                Some(Some(d)) => how.push_str(&format!(
+                    ", silent after {}",
+                    duration::display_ms(d.as_millis() as i64)
+                )),
+                Some(None) => how.push_str(", never source_silent"),
+                None => {}
+            }
             writeln!(out, "  source {:<20} {:<10} {how}", s.name, s.type_name())?;
         }
         for s in &c.sinks {
@@ -631,6 +642,9 @@ fn print_check(
                 _ => format!("format {}", s.format.name()),
             };
             writeln!(out, "  sink   {:<20} {:<13} {body}", s.name, s.type_name())?;
+        }
+        for (rule, when) in c.monitor.describe() {
+            writeln!(out, "  self   {rule:<20} {when}")?;
         }
     }
     if let Some(formats) = formats {

@@ -19,6 +19,20 @@ pub use render::{Detection, RuleInfo, What, render};
 /// does not occur in identifiers).
 pub const KEY_SEP: char = '\u{1f}';
 
+/// The tenant of the alerts the daemon raises about itself (self-monitoring
+/// and `state_pressure`), so one route can take them all.
+pub const DAEMON_TENANT: &str = "_daemon";
+
+/// The rule ids of the daemon's own alerts: reserved, no rule file may use
+/// them.
+pub const DAEMON_RULES: [&str; 5] = [
+    "state_pressure",
+    "source_silent",
+    "delivery_dead_letter",
+    "store_unavailable",
+    "clock_stalled",
+];
+
 /// Marks a key value that is the `source_ip` of an auth failure claiming no
 /// identity, standing in for `agent_id` (DESIGN §2b): the alert's key then
 /// names the field `source_ip`.

@@ -50,6 +50,9 @@ pub enum What {
     },
     /// The rule `rule` reached its cap of `cap` keys; `count` were evicted.
     Pressure { rule: Arc<str>, cap: usize },
+    /// A self-monitoring alert about the daemon, with its sentence and the
+    /// time the condition began.
+    Daemon { summary: Box<str>, since: i64 },
 }
 
 /// One detection, rendered into an alert by [`render`].
@@ -83,7 +86,7 @@ pub fn render(d: Detection, detected_at: Option<i64>) -> Alert {
         What::Window { window_ms, .. } | What::Distinct { window_ms, .. } => {
             (Some(d.ts - window_ms), Some(d.ts))
         }
-        What::Absence { since } => (Some(*since), Some(d.ts)),
+        What::Absence { since } | What::Daemon { since, .. } => (Some(*since), Some(d.ts)),
         What::Sequence { start, end } => (Some(*start), Some(*end)),
         _ => (None, None),
     };
@@ -195,6 +198,7 @@ fn summary(d: &Detection) -> String {
             "Rule {rule} reached its cap of {cap} live keys; the {} oldest keys were evicted and their state lost. Raise max_keys_per_rule or narrow the rule.",
             d.count
         ),
+        What::Daemon { summary, .. } => summary.to_string(),
     }
 }
 

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -18,12 +19,13 @@ pub use formats::load_formats;
 pub use rules::{load_dir, load_rules};
 
 pub use crate::kafka::{KafkaClient, KafkaSasl, KafkaTls};
-use crate::options::{count, dur, ms_duration};
+use crate::options::{count, dur, ms_duration, switch};
 
 pub use crate::kafka::StartFrom;
 pub use crate::options::SecretRef;
 pub use crate::outbox::OutboxSettings;
 pub use crate::pipeline::EngineSettings;
+pub use crate::pipeline::monitor::MonitorSettings;
 pub use crate::sink::{SinkConfig, SinkKind, SmtpTls, SyslogMessage, SyslogProtocol};
 pub use crate::source::{Listen, SourceKind};
 use crate::source::{file, kafka, syslog_tcp, syslog_udp};
@@ -70,6 +72,9 @@ pub struct SourceConfig {
     pub name: String,
     pub decode: SourceDecode,
     pub kind: SourceKind,
+    /// Its own `silent_after` (`Some(None)`: never `source_silent`);
+    /// `None`: `[self_monitoring] source_silent`.
+    pub silent_after: Option<Option<Duration>>,
 }
 
 /// How a source's records are decoded (DESIGN §2b): the framing, the
@@ -129,6 +134,8 @@ pub struct Config {
     pub outbox: OutboxSettings,
     pub sinks: Vec<SinkConfig>,
     pub router: Router,
+    /// `[self_monitoring]`: the daemon's alerts about itself.
+    pub monitor: MonitorSettings,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -167,11 +174,13 @@ impl Config {
                         address: Listen::Addr(syslog),
                         receive_buffer_bytes: Some(DEFAULT_UDP_RECEIVE_BUFFER_BYTES),
                     }),
+                    silent_after: None,
                 },
                 SourceConfig {
                     name: "syslog_tcp".to_owned(),
                     decode: SourceDecode::native(),
                     kind: SourceKind::SyslogTcp(syslog_tcp::Settings::at(Listen::Addr(syslog))),
+                    silent_after: None,
                 },
             ],
             outbox: OutboxSettings::default(),
@@ -180,6 +189,7 @@ impl Config {
                 routes: Vec::new(),
                 default_sinks: vec!["stdout".to_owned()],
             },
+            monitor: MonitorSettings::default(),
         }
     }
 
@@ -199,9 +209,11 @@ impl Config {
                     name: s.name.clone(),
                     decoder,
                     follows_file: matches!(s.kind, SourceKind::File(_)),
+                    silent_after: s.silent_after.unwrap_or(self.monitor.source_silent),
                 })
                 .collect(),
             router: self.router.clone(),
+            monitor: self.monitor.clone(),
         })
     }
 
@@ -318,6 +330,9 @@ impl Config {
             .map_or_else(OutboxSettings::default, |o| o.validate(&mut errors));
         let (sinks, router) =
             delivery::validate_delivery(raw.sinks, raw.routes, raw.routing, &mut errors);
+        let monitor = raw
+            .self_monitoring
+            .map_or_else(MonitorSettings::default, |m| m.validate(&mut errors));
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -332,6 +347,7 @@ impl Config {
             outbox,
             sinks,
             router,
+            monitor,
         })
     }
 }
@@ -349,6 +365,45 @@ struct RawConfig {
     sinks: Option<Vec<toml::Table>>,
     routes: Option<Vec<delivery::RawRoute>>,
     routing: Option<delivery::RawRouting>,
+    self_monitoring: Option<RawMonitor>,
+}
+
+/// `[self_monitoring]`: each alert `false` (off), `true` (on with its
+/// default) or its bound as a duration.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitor {
+    source_silent: Option<toml::Value>,
+    delivery_dead_letter: Option<toml::Value>,
+    store_unavailable: Option<toml::Value>,
+    clock_stalled: Option<toml::Value>,
+    state_pressure: Option<bool>,
+}
+
+impl RawMonitor {
+    fn validate(self, errors: &mut Vec<String>) -> MonitorSettings {
+        let d = MonitorSettings::default();
+        let mut on = |name: &str, value: Option<toml::Value>, default: Option<Duration>| {
+            let on = default.unwrap_or(Duration::from_secs(60));
+            let name = format!("self_monitoring.{name}");
+            switch(errors, &name, value.as_ref(), (default, on), 1_000)
+        };
+        MonitorSettings {
+            source_silent: on("source_silent", self.source_silent, d.source_silent),
+            delivery_dead_letter: on(
+                "delivery_dead_letter",
+                self.delivery_dead_letter,
+                d.delivery_dead_letter,
+            ),
+            store_unavailable: on(
+                "store_unavailable",
+                self.store_unavailable,
+                d.store_unavailable,
+            ),
+            clock_stalled: on("clock_stalled", self.clock_stalled, d.clock_stalled),
+            state_pressure: self.state_pressure.unwrap_or(d.state_pressure),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -462,6 +517,7 @@ struct RawSourceCommon {
     format: Option<String>,
     tenant: Option<String>,
     derive_sessions: Option<String>,
+    silent_after: Option<toml::Value>,
 }
 
 /// The keys of every source kind (for "does not apply to type").
@@ -518,6 +574,16 @@ fn validate_source(
         tenant: common.tenant,
         derive_sessions_ms,
     };
+    let silent_after = common.silent_after.as_ref().map(|v| {
+        let name = format!("{at}: silent_after");
+        switch(
+            errors,
+            &name,
+            Some(v),
+            (None, Duration::from_secs(15 * 60)),
+            1_000,
+        )
+    });
     let t = common.kind.as_str();
     let kinds = source_fields();
     let pre = format!("{at}: ");
@@ -539,5 +605,10 @@ fn validate_source(
             None
         }
     }?;
-    (errors.len() == before).then_some(SourceConfig { name, decode, kind })
+    (errors.len() == before).then_some(SourceConfig {
+        name,
+        decode,
+        kind,
+        silent_after,
+    })
 }

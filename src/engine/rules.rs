@@ -733,10 +733,10 @@ fn compile_rule(
     if !valid_id(&raw.id) {
         errors.push("`id` must be 1-128 characters of a-z, 0-9, `_`, `-`, `.`".to_owned());
     }
-    if raw.id == super::STATE_PRESSURE_RULE {
+    if crate::alert::DAEMON_RULES.contains(&raw.id.as_str()) {
         errors.push(format!(
-            "`{}` is reserved for internal alerts",
-            super::STATE_PRESSURE_RULE
+            "`{}` is reserved for the daemon's own alerts",
+            raw.id
         ));
     }
     if raw.title.trim().is_empty() {

@@ -52,6 +52,34 @@ pub fn count(
     }
 }
 
+/// A feature that is on with a duration or off: `false` turns it off,
+/// `true` gives `on`, a duration string (at least `min_ms`) gives itself,
+/// and no value gives `default`.
+pub fn switch(
+    errors: &mut Vec<String>,
+    name: &str,
+    value: Option<&toml::Value>,
+    (default, on): (Option<Duration>, Duration),
+    min_ms: i64,
+) -> Option<Duration> {
+    match value {
+        None => default,
+        Some(toml::Value::Boolean(false)) => None,
+        Some(toml::Value::Boolean(true)) => Some(on),
+        Some(toml::Value::String(text)) => {
+            let fallback = i64::try_from(on.as_millis()).unwrap_or(i64::MAX);
+            Some(ms_duration(dur(errors, name, Some(text), fallback, min_ms)))
+        }
+        Some(other) => {
+            errors.push(format!(
+                "{name}: expected a duration such as \"15m\", or false to turn it off, found {}",
+                other.type_str()
+            ));
+            default
+        }
+    }
+}
+
 pub fn ms_duration(ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }

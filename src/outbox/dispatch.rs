@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::OutboxSettings;
+use super::watch::DeadLetters;
 use crate::alert::Alert;
 use crate::store::{DeadLetter, Delivery, Due, Store};
 use crate::telemetry::LogLimit;
@@ -249,16 +250,29 @@ async fn pause(cancel: &CancellationToken, delay: Duration) -> bool {
     }
 }
 
+/// What every dispatcher shares: the store, the metrics, and where dead
+/// letters are noted for the self-monitoring.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub dead_letters: Arc<DeadLetters>,
+}
+
 /// Runs one sink's deliveries until `cancel`.
 pub async fn dispatch<S: Deliver>(
     mut sink: S,
-    store: Arc<Store>,
+    shared: Shared,
     settings: OutboxSettings,
     limiter: Option<DefaultDirectRateLimiter>,
     wake: Arc<Notify>,
-    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
+    let Shared {
+        store,
+        metrics,
+        dead_letters,
+    } = shared;
     let label = crate::telemetry::metrics::SinkLabel {
         sink: sink.name().to_owned(),
     };
@@ -274,6 +288,13 @@ pub async fn dispatch<S: Deliver>(
         window: settings.ack_window.max(1),
         waiting: Vec::new(),
         failures: 0,
+    };
+    let name = sink.name().to_owned();
+    let on_failure = OnFailure {
+        sink: &name,
+        store: &store,
+        settings: &settings,
+        dead_letters: &dead_letters,
     };
     let mut store_failures = 0u32;
     loop {
@@ -345,7 +366,7 @@ pub async fn dispatch<S: Deliver>(
                 // tried again: it becomes a dead letter now.
                 if retry.down() && too_old(&d, &settings) {
                     let err = SendError::retry(d.delivery.last_error.clone());
-                    let outcome = fail(sink.name(), &d, err, &store, &settings, &mut log).await;
+                    let outcome = fail(&on_failure, &d, err, &mut log).await;
                     tally(outcome, &dead, &mut store_failed);
                     continue;
                 }
@@ -366,7 +387,7 @@ pub async fn dispatch<S: Deliver>(
                     Ok(alert) => group.push((d, alert)),
                     Err(err) => {
                         failed.inc();
-                        let outcome = fail(sink.name(), &d, err, &store, &settings, &mut log).await;
+                        let outcome = fail(&on_failure, &d, err, &mut log).await;
                         tally(outcome, &dead, &mut store_failed);
                     }
                 }
@@ -416,9 +437,9 @@ pub async fn dispatch<S: Deliver>(
                         failed.inc();
                         let outcome = match wait {
                             Some(wait) if err.retryable && !too_old(d, &settings) => {
-                                reschedule(sink.name(), d, err, wait, &store, &mut log).await
+                                reschedule(&on_failure, d, err, wait, &mut log).await
                             }
-                            _ => fail(sink.name(), d, err, &store, &settings, &mut log).await,
+                            _ => fail(&on_failure, d, err, &mut log).await,
                         };
                         if tally(outcome, &dead, &mut store_failed) {
                             parsed.forget(&d.id);
@@ -465,16 +486,25 @@ fn too_old(d: &Due, settings: &OutboxSettings) -> bool {
     crate::clock::now_ms() - d.delivery.enqueued_ms >= settings.max_age.as_millis() as i64
 }
 
+/// What a failed delivery needs: the sink's name, the store, the retry
+/// policy, and where dead letters are noted for the self-monitoring.
+struct OnFailure<'a> {
+    sink: &'a str,
+    store: &'a Arc<Store>,
+    settings: &'a OutboxSettings,
+    dead_letters: &'a DeadLetters,
+}
+
 /// A failed delivery retried after `wait` (the sink's shared schedule, its
 /// Retry-After, or this alert's backoff), with its attempt counted.
 async fn reschedule(
-    sink: &str,
+    on: &OnFailure<'_>,
     d: &Due,
     err: SendError,
     wait: Duration,
-    store: &Arc<Store>,
     log: &mut LogLimit,
 ) -> Result<bool, ()> {
+    let (sink, store) = (on.sink, on.store);
     let attempts = d.delivery.attempts + 1;
     warn_limited(
         log,
@@ -504,14 +534,8 @@ async fn reschedule(
 /// or, when the failure is permanent or the alert reached `max_age`, moved
 /// to the dead letters. Returns whether it went to the dead letters, or
 /// `Err` when the store could not record it (it stays due).
-async fn fail(
-    sink: &str,
-    d: &Due,
-    err: SendError,
-    store: &Arc<Store>,
-    settings: &OutboxSettings,
-    log: &mut LogLimit,
-) -> Result<bool, ()> {
+async fn fail(on: &OnFailure<'_>, d: &Due, err: SendError, log: &mut LogLimit) -> Result<bool, ()> {
+    let (sink, store, settings) = (on.sink, on.store, on.settings);
     let now = crate::clock::now_ms();
     let attempts = d.delivery.attempts + 1;
     let (st, name, id) = (store.clone(), sink.to_owned(), d.id.clone());
@@ -531,12 +555,13 @@ async fn fail(
             attempts,
             enqueued_ms: d.delivery.enqueued_ms,
             died_ms: now,
-            error: err.message,
+            error: err.message.clone(),
         };
         let delivery = d.delivery.clone();
-        return off_worker(sink, log, move || st.kill(&name, &id, &delivery, &letter))
-            .await
-            .map(|()| true);
+        off_worker(sink, log, move || st.kill(&name, &id, &delivery, &letter)).await?;
+        on.dead_letters
+            .note(sink, &d.id, &d.alert, &err.message, now);
+        return Ok(true);
     }
     let delay = err.retry_after.unwrap_or_else(|| {
         backoff(
@@ -545,7 +570,7 @@ async fn fail(
             settings.retry_max,
         )
     });
-    reschedule(sink, d, err, delay, store, log).await
+    reschedule(on, d, err, delay, log).await
 }
 
 /// Runs a store write on the blocking pool (never on an async worker) and

@@ -2,6 +2,7 @@
 //! sink sees them, and each sink takes its deliveries from it.
 
 pub mod dispatch;
+pub mod watch;
 pub mod writer;
 
 pub use dispatch::SendError;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::OutboxSettings;
+use super::watch::{Outage, StoreOutage};
 use crate::source::{DurableOffsets, KafkaPartition};
 use crate::store::{Enqueue, Store};
 use crate::telemetry::metrics::Metrics;
@@ -31,7 +32,9 @@ pub fn start(
     durable: Arc<DurableOffsets>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<OutboxHandle> {
+    let outage = Arc::new(StoreOutage::default());
     let writer = Writer {
+        outage: outage.clone(),
         store,
         settings,
         wakes,
@@ -47,6 +50,7 @@ pub fn start(
     Ok(OutboxHandle {
         tx: Some(tx),
         thread: Some(thread),
+        outage,
     })
 }
 
@@ -76,6 +80,7 @@ pub enum OutboxMsg {
 pub struct OutboxHandle {
     tx: Option<SyncSender<OutboxMsg>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    outage: Arc<StoreOutage>,
 }
 
 impl OutboxHandle {
@@ -86,6 +91,11 @@ impl OutboxHandle {
             Some(tx) => tx.send(msg).map_err(|_| WriterStopped),
             None => Err(WriterStopped),
         }
+    }
+
+    /// The latest period in which the store refused the writer's writes.
+    pub fn outage(&self) -> Option<Outage> {
+        self.outage.latest()
     }
 
     /// Waits until the writer has committed everything it was handed.
@@ -109,6 +119,8 @@ impl Drop for OutboxHandle {
 /// them, waits while the outbox is full, and keeps its gauges.
 struct Writer {
     store: Arc<Store>,
+    /// Outages, for the self-monitoring's `store_unavailable`.
+    outage: Arc<StoreOutage>,
     settings: OutboxSettings,
     wakes: Vec<(String, Arc<Notify>)>,
     /// Pending deliveries, as last counted plus what was added since.
@@ -232,12 +244,14 @@ impl Writer {
                     metrics.outbox_pending.set(self.pending as i64);
                     if metrics.store_available.get() != 1 {
                         metrics.store_available.set(1);
+                        self.outage.recovered(crate::clock::now_ms());
                         tracing::warn!("the store takes writes again: ready");
                     }
                     return;
                 }
                 Err(e) => {
                     metrics.store_available.set(0);
+                    self.outage.failed(e.kind(), crate::clock::now_ms());
                     let admit = self.failures.admit(e.kind());
                     if admit.log || admit.held > 0 {
                         tracing::error!(

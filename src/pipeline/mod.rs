@@ -7,6 +7,7 @@
 //! once per flush, and blocks on the outbox when it is full (backpressure
 //! up to the sources).
 
+pub mod monitor;
 pub mod step;
 mod units;
 
@@ -22,6 +23,7 @@ use crate::decode::{DecodeError, Decoder};
 use crate::engine::clock::Wall;
 use crate::engine::{DEFAULT_MAX_KEYS_PER_RULE, Engine, RuleSet};
 use crate::event::{EventKind, Position};
+use crate::outbox::watch::DeadLetters;
 use crate::outbox::writer::{
     GROUP_COMMIT_ALERTS, OutboxHandle, OutboxMsg, StateWrite, WriterStopped,
 };
@@ -34,6 +36,7 @@ use crate::telemetry::RejectLog;
 use crate::telemetry::metrics::{
     AlertLabels, FormatLabels, Metrics, QuantileLabel, RejectLabels, RuleLabel, TypeName,
 };
+use monitor::{Monitor, MonitorSettings, Observed, UnitView};
 use step::{FutureBound, Record};
 use units::{KafkaUnit, Unit, engine_config};
 pub use units::{Restored, restore};
@@ -105,21 +108,24 @@ impl Default for EngineSettings {
 }
 
 /// The engine thread's settings: `[engine]`, the sources in configuration
-/// order, and the routes.
+/// order, the routes and the self-monitoring.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub engine: EngineSettings,
     pub sources: Vec<SourceInfo>,
     pub router: Router,
+    pub monitor: MonitorSettings,
 }
 
-/// What the engine thread knows of a source: its name, its decoder and
-/// whether it follows a file (whose position is saved with the state).
+/// What the engine thread knows of a source: its name, its decoder,
+/// whether it follows a file (whose position is saved with the state) and
+/// how long it may be silent before `source_silent` (`None`: never).
 #[derive(Debug, Clone)]
 pub struct SourceInfo {
     pub name: String,
     pub decoder: Decoder,
     pub follows_file: bool,
+    pub silent_after: Option<Duration>,
 }
 
 /// A request to the engine thread.
@@ -171,16 +177,20 @@ pub struct Pipeline {
     /// Unmapped records by source and the format that detected none.
     unmapped: HashMap<(usize, Arc<str>), Counter>,
     alert_counters: HashMap<String, Counter>,
+    monitor: Monitor,
+    /// Dead letters noted by the dispatchers, for the monitor.
+    dead_letters: Arc<DeadLetters>,
 }
 
 impl Pipeline {
     /// The engine thread's state, from the settings, the sources (in
-    /// configuration order), the routes and the state restored at start.
+    /// configuration order), the routes and the state restored at start;
+    /// `dead_letters` is where the dispatchers note theirs.
     pub fn new(
         config: PipelineConfig,
         rules: Arc<RuleSet>,
         metrics: Arc<Metrics>,
-        outbox: OutboxHandle,
+        (outbox, dead_letters): (OutboxHandle, Arc<DeadLetters>),
         store: Arc<Store>,
         restored: Restored,
     ) -> Pipeline {
@@ -188,7 +198,15 @@ impl Pipeline {
             engine: s,
             sources,
             router,
+            monitor,
         } = config;
+        let monitor = Monitor::new(
+            monitor,
+            sources
+                .iter()
+                .map(|src| (Arc::from(src.name.as_str()), src.silent_after))
+                .collect(),
+        );
         let events = std::array::from_fn(|i| {
             let name = EventKind::KNOWN.get(i).map_or("other", |k| k.name());
             metrics
@@ -247,6 +265,8 @@ impl Pipeline {
             decoded,
             unmapped: HashMap::new(),
             alert_counters: HashMap::new(),
+            monitor,
+            dead_letters,
         }
     }
 
@@ -412,6 +432,13 @@ impl Pipeline {
             None => None,
         };
         let mut applied_to = None;
+        if !b.frames.frames.is_empty() {
+            self.monitor.arrived(b.source, wall.now_ms);
+            match &mut ku {
+                Some(k) => k.unit.last_record_ms = Some(wall.now_ms),
+                None => self.main.last_record_ms = Some(wall.now_ms),
+            }
+        }
         for (i, frame) in b.frames.frames.iter().enumerate() {
             let end = b.frames.ends.get(i).copied().unwrap_or(0);
             let pos = position(&b, end, &self.names[b.source]);
@@ -504,6 +531,10 @@ impl Pipeline {
         if self.alerts.is_empty() {
             return Ok(());
         }
+        if !self.monitor.state_pressure() {
+            self.alerts
+                .retain(|d| &*d.rule.id != crate::engine::STATE_PRESSURE_RULE);
+        }
         let now = crate::clock::now_ms();
         let mut routed = Routed::default();
         for detection in self.alerts.drain(..) {
@@ -572,6 +603,7 @@ impl Pipeline {
                 unit.dirty = true;
             }
         }
+        self.watch(wall);
         self.emit()?;
         self.flush_groups(false)?;
         self.update_gauges();
@@ -579,6 +611,36 @@ impl Pipeline {
             self.checkpoint(false, None)?;
         }
         Ok(())
+    }
+
+    /// The self-monitoring's alerts due at wall ms `now`.
+    fn watch(&mut self, now: i64) {
+        let kafka: Vec<(String, &Unit)> = self
+            .kafka
+            .iter()
+            .map(|(k, ku)| {
+                (
+                    checkpoint::kafka_unit(&self.names[k.0], &k.1, k.2),
+                    &ku.unit,
+                )
+            })
+            .collect();
+        let units: Vec<UnitView<'_>> = std::iter::once((checkpoint::MAIN_UNIT, &self.main))
+            .chain(kafka.iter().map(|(name, unit)| (name.as_str(), *unit)))
+            .map(|(name, unit)| UnitView {
+                name,
+                clock: unit.engine.clock(),
+                last_record_ms: unit.last_record_ms,
+            })
+            .collect();
+        let seen = Observed {
+            now_ms: now,
+            arriving_ms: self.settings.idle_after.as_millis() as i64,
+            units: &units,
+            dead_letters: self.dead_letters.take(),
+            outage: self.outbox.outage(),
+        };
+        self.monitor.check(seen, &mut self.alerts);
     }
 
     fn update_gauges(&mut self) {

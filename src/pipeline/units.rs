@@ -88,6 +88,8 @@ pub(super) struct Unit {
     pub(super) dirty: bool,
     pub(super) late_reported: u64,
     pub(super) evicted_reported: u64,
+    /// Wall ms of the last record that reached it (self-monitoring).
+    pub(super) last_record_ms: Option<i64>,
 }
 
 impl Unit {
@@ -103,6 +105,7 @@ impl Unit {
             engine,
             clock,
             dirty: false,
+            last_record_ms: None,
         }
     }
 }

@@ -136,6 +136,18 @@ fn next_steps(rule: &str) -> &'static str {
             "Check whether the agent is stuck in a loop or abandoned; end the session if it is not doing its declared task."
         }
         "state_pressure" => "Raise max_keys_per_rule or narrow the rule: state was lost.",
+        "source_silent" => {
+            "Check that the MCP servers of this source run and still log, and the path from them (forwarder, network, file rotation): while it is silent nothing of theirs is detected."
+        }
+        "delivery_dead_letter" => {
+            "Fix the sink (address, credentials, the receiver's logs), then `mcp-alertd outbox retry --sink <name>` delivers the dead letters."
+        }
+        "store_unavailable" => {
+            "Free space on the state directory's file system or fix its device; the daemon recovers by itself once it can write."
+        }
+        "clock_stalled" => {
+            "Find the source whose timestamps lag (a server clock behind, a backlog being caught up); deadlines fire that much later until it catches up."
+        }
         _ => "Review the triggering event and the agent's recent activity.",
     }
 }

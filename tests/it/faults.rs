@@ -1100,6 +1100,10 @@ fn a_full_disk_under_the_store_makes_the_daemon_not_ready_until_space_returns() 
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
     let cfg = cfg.replacen(&format!("state_dir = \"{}\"\n", state.display()), "", 1);
+    // The self-monitoring reports the outage (once the store takes it).
+    let cfg = format!(
+        "{cfg}[self_monitoring]\nstore_unavailable = \"1s\"\nsource_silent = false\nclock_stalled = false\n"
+    );
     let mut p = Proc::start_in(&home, &state, &cfg);
     let m = p.metrics_addr();
     let ready = || get_blocking(m, "/readyz").starts_with("HTTP/1.1 200");
@@ -1122,12 +1126,16 @@ fn a_full_disk_under_the_store_makes_the_daemon_not_ready_until_space_returns() 
     crate::support::wait_until("the daemon not ready on the full disk", || {
         !ready() && metric_opt(&scrape_blocking(m), "mcp_alertd_store_available") == Some(0.0)
     });
-    // Space returns: the daemon recovers by itself.
+    // The outage lasts past store_unavailable's bound, then space
+    // returns: the daemon recovers by itself.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     std::fs::remove_file(&filler).unwrap();
     sender.join().unwrap();
+    let delivered = || json_lines(&out);
     let ids = || -> Vec<String> {
-        json_lines(&out)
+        delivered()
             .iter()
+            .filter(|a| a["rule"] != "store_unavailable")
             .map(|a| a["id"].as_str().unwrap().to_owned())
             .collect()
     };
@@ -1146,6 +1154,21 @@ fn a_full_disk_under_the_store_makes_the_daemon_not_ready_until_space_returns() 
     unique.dedup();
     assert_eq!(unique.len(), N, "no alert lost");
     assert_eq!(all.len(), N, "none delivered twice");
+    crate::support::wait_until("the outage reported", || {
+        delivered().iter().any(|a| a["rule"] == "store_unavailable")
+    });
+    let outage: Vec<serde_json::Value> = delivered()
+        .into_iter()
+        .filter(|a| a["rule"] == "store_unavailable")
+        .collect();
+    assert_eq!(outage.len(), 1, "once per outage: {outage:?}");
+    // The writer's first failure: the full disk itself, or the I/O error
+    // redb reports after a dispatcher's write hit it first.
+    assert!(
+        ["no_space", "io"].contains(&outage[0]["key"]["kind"].as_str().unwrap()),
+        "{outage:?}"
+    );
+    assert_eq!(outage[0]["tenant"], "_daemon");
     // Each kind of store failure logged once per 30 s, not per retry.
     let failures = p
         .logs()

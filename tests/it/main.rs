@@ -21,6 +21,7 @@ mod golden;
 mod kafka;
 mod mcp_sdk;
 mod model;
+mod monitor;
 mod operator;
 mod packaging;
 mod process;

@@ -95,10 +95,10 @@ fn the_daemon_notifies_ready_after_binding_pings_the_watchdog_and_says_stopping(
     let cfg = dir.path().join("config.toml");
     std::fs::write(
         &cfg,
-        format!(
+        crate::support::with_self_monitoring_off(&format!(
             "state_dir = \"{}\"\n[metrics]\nenabled = false\n[[sources]]\nname = \"tcp\"\ntype = \"syslog_tcp\"\naddress = \"127.0.0.1:0\"\n",
             dir.path().display()
-        ),
+        )),
     )
     .unwrap();
     let log = dir.path().join("daemon.log");
@@ -144,10 +144,10 @@ fn sockets_passed_by_systemd_are_used_by_name() {
     let cfg = dir.path().join("config.toml");
     std::fs::write(
         &cfg,
-        format!(
+        crate::support::with_self_monitoring_off(&format!(
             "state_dir = \"{}\"\n[metrics]\nenabled = false\n[[sources]]\nname = \"tcp\"\ntype = \"syslog_tcp\"\naddress = \"systemd:syslog-tcp\"\n",
             dir.path().display()
-        ),
+        )),
     )
     .unwrap();
     let out = dir.path().join("alerts.jsonl");

@@ -39,6 +39,7 @@ impl Capture {
 
 pub async fn start(config_text: &str, state: &Path) -> (Daemon, Capture) {
     let text = format!("state_dir = \"{}\"\n{config_text}", state.display());
+    let text = super::with_self_monitoring_off(&text);
     let config = Config::parse(&text).unwrap();
     let rules = config.load_rules().unwrap();
     let out = Capture::default();

@@ -36,7 +36,10 @@ impl Proc {
         let cfg = dir.join("config.toml");
         std::fs::write(
             &cfg,
-            format!("state_dir = \"{}\"\n{config}", state.display()),
+            super::with_self_monitoring_off(&format!(
+                "state_dir = \"{}\"\n{config}",
+                state.display()
+            )),
         )
         .unwrap();
         let out = dir.join("alerts.jsonl");
