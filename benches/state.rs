@@ -71,7 +71,7 @@ fn restore(rules: &Arc<RuleSet>, store: &Store) -> Engine {
             &u.engine,
         )
         .unwrap(),
-        Saved::Router(_) => unreachable!(),
+        Saved::Router(_) | Saved::Sources(_) => unreachable!(),
     }
 }
 

@@ -800,6 +800,7 @@ fn state_cmd(args: StateArgs) -> Result<u8> {
                         format!("clock={clock} {}", pos.join(" "))
                     }
                     Ok(Saved::Router(rows)) => format!("repeat_keys={}", rows.len()),
+                    Ok(Saved::Sources(names)) => format!("delivering={}", names.join(",")),
                     Err(e) => format!("unreadable: {e}"),
                 };
                 writeln!(out, "{unit:<40} {:>10} bytes  {what}", bytes.len())?;

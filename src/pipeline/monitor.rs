@@ -2,8 +2,9 @@
 //! routed like any alert (tenant [`DAEMON_TENANT`], so one route can take
 //! them all), each a default the user can turn off (`[self_monitoring]`):
 //!
-//! - `source_silent`: a source that delivered records since the start has
-//!   sent none for its `silent_after`; once per silence.
+//! - `source_silent`: a source that delivered records (before a restart
+//!   too: the names are saved with the state) has sent none for its
+//!   `silent_after`; once per silence.
 //! - `delivery_dead_letter`: alerts became dead letters on a sink; at most
 //!   one alert per sink per interval, counting what died meanwhile.
 //! - `store_unavailable`: the store refused writes for longer than a bound;
@@ -197,6 +198,26 @@ impl Monitor {
     /// Whether the engine's `state_pressure` alerts are delivered.
     pub fn state_pressure(&self) -> bool {
         self.settings.state_pressure
+    }
+
+    /// The sources of `names` delivered records before a restart at wall
+    /// ms `now_ms`: each is expected to deliver within its bound of it.
+    pub fn resume(&mut self, names: &[String], now_ms: i64) {
+        for s in &mut self.sources {
+            if names.iter().any(|n| **n == *s.name) {
+                s.last_ms.get_or_insert(now_ms);
+            }
+        }
+    }
+
+    /// The names of the sources that delivered records (saved, for
+    /// [`resume`](Self::resume)).
+    pub fn delivering(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .filter(|s| s.last_ms.is_some())
+            .map(|s| s.name.to_string())
+            .collect()
     }
 
     /// Source `index` delivered a record at wall ms `now_ms`.

@@ -15,12 +15,16 @@ use crate::outbox::writer::{OutboxMsg, StateWrite};
 use crate::source::KafkaPartition;
 use crate::source::file::SavedPosition;
 use crate::store::Store;
-use crate::store::state::{self as checkpoint, EngineUnit, MAIN_UNIT, ROUTER_UNIT, Saved};
+use crate::store::state::{
+    self as checkpoint, EngineUnit, MAIN_UNIT, MONITOR_UNIT, ROUTER_UNIT, Saved,
+};
 
 /// Saved state found in the store at start, validated.
 pub struct Restored {
     pub(super) main: Option<(Engine, EngineUnit)>,
     pub(super) router: Vec<(u32, String, i64)>,
+    /// The sources that delivered records before (self-monitoring).
+    pub(super) delivering: Vec<String>,
 }
 
 impl Restored {
@@ -49,12 +53,14 @@ pub fn restore(
     let mut restored = Restored {
         main: None,
         router: Vec::new(),
+        delivering: Vec::new(),
     };
     let states = store.states().map_err(PipelineError::Store)?;
     for (unit, bytes) in states {
         let saved = checkpoint::decode(&unit, &bytes)?;
         match saved {
             Saved::Router(rows) if unit == ROUTER_UNIT => restored.router = rows,
+            Saved::Sources(names) if unit == MONITOR_UNIT => restored.delivering = names,
             Saved::Engine(e) => {
                 let engine = Engine::restore(rules.clone(), engine_config(settings), &e.engine)
                     .map_err(|source| PipelineError::Restore {
@@ -65,7 +71,7 @@ pub fn restore(
                     restored.main = Some((engine, e));
                 }
             }
-            Saved::Router(_) => return Err(PipelineError::Corrupt(unit)),
+            Saved::Router(_) | Saved::Sources(_) => return Err(PipelineError::Corrupt(unit)),
         }
     }
     Ok(restored)
@@ -147,7 +153,7 @@ impl Pipeline {
                         .map(|engine| (engine, e.next_offset))
                         .map_err(PipelineError::from)
                 }
-                Saved::Router(_) => Err(PipelineError::Corrupt(name.clone())),
+                Saved::Router(_) | Saved::Sources(_) => Err(PipelineError::Corrupt(name.clone())),
             });
         match restored {
             Ok((engine, next_offset)) => {
@@ -223,6 +229,15 @@ impl Pipeline {
         if all || router != self.saved_router {
             self.saved_router = router.clone();
             states.push((ROUTER_UNIT.to_owned(), router));
+        }
+        let delivering = self.monitor.delivering();
+        if all || delivering != self.saved_delivering {
+            let saved = Saved::Sources(delivering.clone());
+            states.push((
+                MONITOR_UNIT.to_owned(),
+                checkpoint::encode(MONITOR_UNIT, &saved)?,
+            ));
+            self.saved_delivering = delivering;
         }
         if states.is_empty() && done.is_none() {
             // Nothing changed: no transaction (and no fsync) while idle.

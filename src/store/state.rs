@@ -9,10 +9,14 @@
 //! is the unit `router`. Units are written together with the alerts they
 //! raised, in one store transaction.
 //!
+//! The self-monitoring's unit `monitor` lists the sources that delivered
+//! records, so a source silent since before a restart is still reported.
+//!
 //! Format: postcard of `(STATE_VERSION, Saved)`. The engine's own bytes
-//! carry the engine snapshot version. Version 1 (file positions without a
-//! fingerprint) is read and upgraded; a unit of any other version is
-//! refused with a message that names it; it is never silently dropped.
+//! carry the engine snapshot version. Version 2 (no `monitor` unit) is read
+//! as it is; version 1 (file positions without a fingerprint) is read and
+//! upgraded; a unit of any other version is refused with a message that
+//! names it; it is never silently dropped.
 
 use std::collections::BTreeMap;
 
@@ -22,12 +26,14 @@ use crate::source::file::SavedPosition;
 pub use crate::source::{DurableOffsets, KafkaPartition};
 
 /// The unit format this build reads and writes.
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 
 /// The unit of the syslog and file sources.
 pub const MAIN_UNIT: &str = "main";
 /// The unit of the router's repeat-suppression state.
 pub const ROUTER_UNIT: &str = "router";
+/// The unit of the self-monitoring: the sources that delivered records.
+pub const MONITOR_UNIT: &str = "monitor";
 
 /// The unit name of a Kafka partition consumed by a source.
 pub fn kafka_unit(source: &str, topic: &str, partition: i32) -> String {
@@ -52,6 +58,9 @@ pub enum Saved {
     Engine(EngineUnit),
     /// Repeat suppression: (route index, alert key) → last passed (wall ms).
     Router(Vec<(u32, String, i64)>),
+    /// The sources (by name) that delivered records: each is expected to
+    /// deliver within its `silent_after` of the next start.
+    Sources(Vec<String>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +94,8 @@ pub fn decode(unit: &str, bytes: &[u8]) -> Result<Saved, CheckpointError> {
         let (_, saved): (u32, v1::Saved) = postcard::from_bytes(bytes).map_err(corrupt)?;
         return Ok(saved.into());
     }
-    if version != STATE_VERSION {
+    // Version 2 is version 3 without the `Sources` variant.
+    if version != STATE_VERSION && version != 2 {
         return Err(CheckpointError::Version {
             unit: unit.to_owned(),
             found: version,
@@ -154,7 +164,7 @@ impl super::Store {
         let bytes = self.state(unit).ok()??;
         match decode(unit, &bytes).ok()? {
             Saved::Engine(e) => e.next_offset,
-            Saved::Router(_) => None,
+            Saved::Router(_) | Saved::Sources(_) => None,
         }
     }
 }

@@ -124,6 +124,23 @@ fn a_source_that_delivered_is_reported_once_per_silence_at_its_bound() {
     );
 }
 
+#[test]
+fn a_source_that_delivered_before_a_restart_must_deliver_within_its_bound_of_the_start() {
+    let mut m = monitor(settings());
+    // Saved by the last run: tcp delivered, and a source no longer
+    // configured. Down for an hour: the silence counts from the start.
+    m.resume(&["tcp".to_owned(), "gone".to_owned()], T0);
+    assert_eq!(m.delivering(), ["tcp"]);
+    assert!(check(&mut m, T0 + 10 * MIN - 1).is_empty());
+    let out = check(&mut m, T0 + 10 * MIN);
+    assert_eq!(
+        keys(&out),
+        [("source_silent".to_owned(), "source=tcp".to_owned())]
+    );
+    m.arrived(1, T0 + 11 * MIN);
+    assert_eq!(m.delivering(), ["tcp", "udp"]);
+}
+
 fn tally(count: u64, first_ms: i64, last_id: &str) -> DeadTally {
     DeadTally {
         count,
@@ -447,21 +464,26 @@ fn fresh(event: &str, n: usize, one_session: bool) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_source_raises_source_silent_once_per_silence() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = format!(
-        r#"{TCP}silent_after = "1s"
+/// A TCP source with a `silent_after` of its own and a UDP source with the
+/// `[self_monitoring]` one, both `after`.
+fn silent_after(after: &str) -> String {
+    format!(
+        r#"{TCP}silent_after = "{after}"
 [[sources]]
 name = "udp"
 type = "syslog_udp"
 address = "127.0.0.1:0"
 [self_monitoring]
-source_silent = "1s"
+source_silent = "{after}"
 clock_stalled = false
 "#
-    );
-    let (daemon, out) = start(&cfg, dir.path()).await;
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_source_raises_source_silent_once_per_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, out) = start(&silent_after("1s"), dir.path()).await;
     let tcp = daemon.local_addr("tcp").unwrap();
     send_tcp(tcp, &fresh("auth.success", 1, false)).await;
     wait_for("source_silent", || {
@@ -483,6 +505,39 @@ clock_stalled = false
         assert_eq!(a["events"][0]["event"], "daemon.source_silent");
     }
     assert_ne!(silent[0]["id"], silent[1]["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_delivered_before_a_restart_and_not_after_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first run: tcp delivers, then the daemon stops before its
+    // silence is reported.
+    let (daemon, _) = start(&silent_after("1h"), dir.path()).await;
+    send_tcp(
+        daemon.local_addr("tcp").unwrap(),
+        &fresh("auth.success", 1, false),
+    )
+    .await;
+    let m = daemon.metrics_addr().unwrap();
+    wait_for("the record", || {
+        metric_opt(
+            &scrape_blocking(m),
+            "mcp_alertd_events_total{type=\"auth.success\"}",
+        ) == Some(1.0)
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    // The second run: nothing arrives.
+    let (daemon, out) = start(&silent_after("1s"), dir.path()).await;
+    wait_for("source_silent", || {
+        !of_rule(&out.alerts(), "source_silent").is_empty()
+    })
+    .await;
+    daemon.shutdown().await.unwrap();
+    let alerts = out.alerts();
+    let silent = of_rule(&alerts, "source_silent");
+    assert_eq!(silent.len(), 1, "{silent:?}");
+    assert_eq!(silent[0]["key"]["source"], "tcp", "udp never delivered");
 }
 
 /// A webhook receiver that refuses every delivery for good (400).

@@ -111,6 +111,24 @@ async fn a_window_spans_a_restart() {
     );
 }
 
+#[test]
+fn units_of_version_2_are_read_as_they_are() {
+    // Version 3 only added the self-monitoring's unit.
+    for saved in [
+        Saved::Router(vec![(0, "k".to_owned(), 5)]),
+        Saved::Engine(EngineUnit {
+            next_offset: Some(7),
+            engine: vec![1, 2, 3],
+            ..EngineUnit::default()
+        }),
+    ] {
+        let mut bytes = checkpoint::encode(MAIN_UNIT, &saved).unwrap();
+        assert_eq!(bytes[0], checkpoint::STATE_VERSION as u8);
+        bytes[0] = 2;
+        assert_eq!(checkpoint::decode(MAIN_UNIT, &bytes).unwrap(), saved);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saved_state_of_another_format_version_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,6 +192,12 @@ async fn state_list_and_reset_show_and_drop_saved_units() {
     assert!(text.contains(&format!("audit@{size}")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("main ")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("router ")), "{text}");
+    // The self-monitoring's sources that delivered (for source_silent).
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("monitor ") && l.ends_with("delivering=audit")),
+        "{text}"
+    );
 
     let reset = std::process::Command::new(&bin)
         .args(["state", "reset", "main", "--state-dir"])
