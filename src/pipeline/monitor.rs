@@ -158,15 +158,19 @@ pub struct Monitor {
     stalled: BTreeSet<String>,
 }
 
-/// A span a person reads: `1h 5m`, `5m 1s`, `42s` (rounded down).
+/// A span a person reads: `2d 5h`, `1h 5m`, `5m 1s`, `42s` (rounded down).
 fn human(ms: i64) -> String {
     let s = ms.max(0) / 1000;
-    match (s / 3600, s % 3600 / 60, s % 60) {
-        (0, 0, s) => format!("{s}s"),
-        (0, m, 0) => format!("{m}m"),
-        (0, m, s) => format!("{m}m {s}s"),
-        (h, 0, _) => format!("{h}h"),
-        (h, m, _) => format!("{h}h {m}m"),
+    let (d, h, m, s) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
+    let (big, small) = match (d, h, m) {
+        (0, 0, 0) => return format!("{s}s"),
+        (0, 0, _) => ((m, "m"), (s, "s")),
+        (0, _, _) => ((h, "h"), (m, "m")),
+        _ => ((d, "d"), (h, "h")),
+    };
+    match small {
+        (0, _) => format!("{}{}", big.0, big.1),
+        _ => format!("{}{} {}{}", big.0, big.1, small.0, small.1),
     }
 }
 

@@ -314,7 +314,7 @@ fn a_clock_behind_while_records_arrive_is_reported_once_per_episode() {
     assert!(check_with(&mut m, now + 2000, &[unit(now, now + 2000)], none(), None).is_empty());
     let kafka = UnitView {
         name: "kafka/k/audit/0",
-        clock: Some(now - 30 * MIN),
+        clock: Some(now - 51 * 60 * MIN),
         last_record_ms: Some(now + 3000),
     };
     let out = check_with(
@@ -334,6 +334,8 @@ fn a_clock_behind_while_records_arrive_is_reported_once_per_episode() {
             )
         ]
     );
+    let a = render(out[1].clone(), None);
+    assert!(a.summary.contains("2d 3h behind"), "{}", a.summary);
 }
 
 #[test]
