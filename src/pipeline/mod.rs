@@ -622,20 +622,25 @@ impl Pipeline {
 
     /// The self-monitoring's alerts due at wall ms `now`.
     fn watch(&mut self, now: i64) {
-        let kafka: Vec<(String, &Unit)> = self
+        let kafka: Vec<(String, String, &Unit)> = self
             .kafka
             .iter()
             .map(|(k, ku)| {
-                (
-                    checkpoint::kafka_unit(&self.names[k.0], &k.1, k.2),
-                    &ku.unit,
-                )
+                let source = &self.names[k.0];
+                let name = checkpoint::kafka_unit(source, &k.1, k.2);
+                (name, format!("kafka/{source}"), &ku.unit)
             })
             .collect();
-        let units: Vec<UnitView<'_>> = std::iter::once((checkpoint::MAIN_UNIT, &self.main))
-            .chain(kafka.iter().map(|(name, unit)| (name.as_str(), *unit)))
-            .map(|(name, unit)| UnitView {
+        let main = (checkpoint::MAIN_UNIT, checkpoint::MAIN_UNIT, &self.main);
+        let units: Vec<UnitView<'_>> = std::iter::once(main)
+            .chain(
+                kafka
+                    .iter()
+                    .map(|(n, g, unit)| (n.as_str(), g.as_str(), *unit)),
+            )
+            .map(|(name, group, unit)| UnitView {
                 name,
+                group,
                 clock: unit.engine.clock(),
                 last_record_ms: unit.last_record_ms,
             })

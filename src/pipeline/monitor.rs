@@ -12,7 +12,8 @@
 //!   store takes it, so it may arrive when the outage is over).
 //! - `clock_stalled`: an engine clock lags the wall clock by more than a
 //!   bound while records arrive (deadlines fire that late); once per
-//!   episode.
+//!   episode, one for the `main` unit and one for all the partitions of a
+//!   Kafka source.
 //! - `state_pressure` (raised by the engine) can be turned off here too.
 //!
 //! The monitor is a state machine over what the engine thread observes:
@@ -114,6 +115,9 @@ const CLOCK_STALLED: &str = DAEMON_RULES[4];
 pub struct UnitView<'a> {
     /// `main`, or a Kafka partition's unit name.
     pub name: &'a str,
+    /// What its alert names: `main`, or `kafka/<source>` for all the
+    /// partitions of a Kafka source.
+    pub group: &'a str,
     /// The engine clock (`None` before any event).
     pub clock: Option<i64>,
     /// Wall ms of the last record that reached it.
@@ -154,8 +158,10 @@ pub struct Monitor {
     sinks: BTreeMap<String, Sink>,
     /// The start of the outage last reported.
     store_reported: Option<i64>,
-    /// Units whose stall was reported (until they catch up).
-    stalled: BTreeSet<String>,
+    /// Units stalled now: their group and their clock.
+    stalled: BTreeMap<String, (String, i64)>,
+    /// Groups whose stall was reported (until all their units catch up).
+    stalled_groups: BTreeSet<String>,
 }
 
 /// A span a person reads: `2d 5h`, `1h 5m`, `5m 1s`, `42s` (rounded down).
@@ -195,7 +201,8 @@ impl Monitor {
                 .collect(),
             sinks: BTreeMap::new(),
             store_reported: None,
-            stalled: BTreeSet::new(),
+            stalled: BTreeMap::new(),
+            stalled_groups: BTreeSet::new(),
         }
     }
 
@@ -357,35 +364,60 @@ impl Monitor {
         let Some(bound) = self.settings.clock_stalled.map(ms) else {
             return;
         };
+        // Each unit on its own: stalled while it lags and receives, until
+        // it catches up.
         for u in units {
             let lagging = u.clock.filter(|c| now - c > bound);
             let receiving = u.last_record_ms.is_some_and(|t| now - t <= arriving);
-            let Some(clock) = lagging.filter(|_| receiving) else {
-                if lagging.is_none() {
+            match (lagging, receiving) {
+                (Some(clock), true) => {
+                    self.stalled
+                        .insert(u.name.to_owned(), (u.group.to_owned(), clock));
+                }
+                (Some(clock), false) => {
+                    if let Some(s) = self.stalled.get_mut(u.name) {
+                        s.1 = clock;
+                    }
+                }
+                (None, _) => {
                     self.stalled.remove(u.name);
                 }
-                continue;
-            };
-            if !self.stalled.insert(u.name.to_owned()) {
+            }
+        }
+        // Units that are gone (a Kafka partition revoked) are forgotten.
+        self.stalled
+            .retain(|name, _| units.iter().any(|u| u.name == name));
+        // One alert per group (a Kafka source's partitions are one) when
+        // its first unit stalls; again once all of them caught up.
+        let mut groups: BTreeMap<&str, (usize, i64)> = BTreeMap::new();
+        for (group, clock) in self.stalled.values() {
+            let g = groups.entry(group).or_insert((0, *clock));
+            g.0 += 1;
+            g.1 = g.1.min(*clock);
+        }
+        self.stalled_groups
+            .retain(|g| groups.contains_key(g.as_str()));
+        for (group, (n, clock)) in groups {
+            if !self.stalled_groups.insert(group.to_owned()) {
                 continue;
             }
+            let which = match n {
+                1 => String::new(),
+                n => format!(" ({n} partitions; the furthest behind)"),
+            };
             let summary = format!(
-                "The engine clock of unit {} is at {}, {} behind the wall clock, while records arrive: deadlines (session overrun, unused credentials) fire that late. A source sends old timestamps (a server clock behind, or a backlog being caught up).",
-                u.name,
+                "The engine clock of `{group}`{which} is at {}, {} behind the wall clock, while records arrive: deadlines (session overrun, unused credentials) fire that late. A source sends old timestamps (a server clock behind, or a backlog being caught up).",
                 format_ts(clock),
                 human(now - clock)
             );
             out.push(daemon_alert(
                 CLOCK_STALLED,
-                ("unit", u.name),
+                ("unit", group),
                 (clock, now),
-                1,
+                n as u64,
                 summary,
             ));
         }
-        // Units that are gone (a Kafka partition revoked) are forgotten.
-        self.stalled
-            .retain(|name| units.iter().any(|u| u.name == name));
     }
 }
 

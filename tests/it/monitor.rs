@@ -266,6 +266,7 @@ fn a_clock_behind_while_records_arrive_is_reported_once_per_episode() {
     let now = T0 + 60 * MIN;
     let unit = |clock: i64, last: i64| UnitView {
         name: "main",
+        group: "main",
         clock: Some(clock),
         last_record_ms: Some(last),
     };
@@ -296,7 +297,7 @@ fn a_clock_behind_while_records_arrive_is_reported_once_per_episode() {
     );
     let a = render(out[0].clone(), None);
     assert!(
-        a.summary.contains("5m behind") && a.summary.contains("unit main"),
+        a.summary.contains("5m behind") && a.summary.contains("clock of `main`"),
         "{}",
         a.summary
     );
@@ -312,30 +313,58 @@ fn a_clock_behind_while_records_arrive_is_reported_once_per_episode() {
     );
     // Caught up, then behind again: a new episode.
     assert!(check_with(&mut m, now + 2000, &[unit(now, now + 2000)], none(), None).is_empty());
-    let kafka = UnitView {
-        name: "kafka/k/audit/0",
-        clock: Some(now - 51 * 60 * MIN),
-        last_record_ms: Some(now + 3000),
+    // A Kafka source's partitions: one alert for all of them, naming the
+    // furthest behind; a partition without records (its clock stays at
+    // its last event) is not stalled.
+    let part = |p: &'static str, clock: i64, last: i64| UnitView {
+        name: p,
+        group: "kafka/k",
+        clock: Some(clock),
+        last_record_ms: Some(last),
     };
+    let t = now + 3000;
     let out = check_with(
         &mut m,
-        now + 3000,
-        &[unit(now - 10 * MIN, now + 3000), kafka],
+        t,
+        &[
+            unit(now - 10 * MIN, t),
+            part("kafka/k/audit/0", t - 51 * 60 * MIN, t),
+            part("kafka/k/audit/1", t - 6 * MIN, t),
+            part("kafka/k/audit/2", t - 90 * 24 * 60 * MIN, t - 60 * MIN),
+        ],
         none(),
         None,
     );
     assert_eq!(
         keys(&out),
         [
+            ("clock_stalled".to_owned(), "unit=kafka/k".to_owned()),
             ("clock_stalled".to_owned(), "unit=main".to_owned()),
-            (
-                "clock_stalled".to_owned(),
-                "unit=kafka/k/audit/0".to_owned()
-            )
         ]
     );
-    let a = render(out[1].clone(), None);
-    assert!(a.summary.contains("2d 3h behind"), "{}", a.summary);
+    assert_eq!(out[0].count, 2);
+    let a = render(out[0].clone(), None);
+    assert!(
+        a.summary
+            .contains("`kafka/k` (2 partitions; the furthest behind)")
+            && a.summary.contains("2d 3h behind"),
+        "{}",
+        a.summary
+    );
+    // Another partition stalls while the source's stall goes on: nothing
+    // new. All caught up, then one behind again: a new alert.
+    let t = now + 4000;
+    let quiet = [
+        unit(t, t),
+        part("kafka/k/audit/0", t - 6 * MIN, t),
+        part("kafka/k/audit/1", t - 6 * MIN, t),
+        part("kafka/k/audit/2", t - 6 * MIN, t),
+    ];
+    assert!(check_with(&mut m, t, &quiet, none(), None).is_empty());
+    let caught_up = [part("kafka/k/audit/0", t, t), part("kafka/k/audit/1", t, t)];
+    assert!(check_with(&mut m, t, &caught_up, none(), None).is_empty());
+    let again = [part("kafka/k/audit/1", t - 6 * MIN, t)];
+    assert_eq!(keys(&check_with(&mut m, t, &again, none(), None)).len(), 1);
 }
 
 #[test]
@@ -355,6 +384,7 @@ fn every_self_monitoring_alert_can_be_turned_off() {
     m.arrived(0, T0);
     let unit = [UnitView {
         name: "main",
+        group: "main",
         clock: Some(T0),
         last_record_ms: Some(T0 + 1000 * MIN),
     }];
