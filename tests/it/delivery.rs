@@ -517,7 +517,7 @@ async fn storm(n: usize, rate: u32, burst: u32, max_pending: u32) -> Storm {
     let (daemon, _out) = start(&cfg, dir.path()).await;
     let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
     let lines: Vec<String> = (0..n as i64)
-        .map(|i| format!(r#"{{"ts":{},"event":"tool.denied","agent_id":"a{i}","session_id":"s{i}","tool":"t"}}"#, base + i))
+        .map(|i| crate::support::denial(base, i))
         .collect();
     send_tcp(daemon.local_addr("tcp").unwrap(), &lines).await;
     let m = daemon.metrics_addr().unwrap();

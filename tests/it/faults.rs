@@ -657,12 +657,7 @@ burst = 1
     let base = jiff::Timestamp::now().as_millisecond() - 3_600_000;
     let mut s = std::net::TcpStream::connect(p.addr("tcp")).unwrap();
     for i in 0..N as i64 {
-        writeln!(
-            s,
-            r#"{{"ts":{},"event":"tool.denied","agent_id":"a{i}","session_id":"s{i}","tool":"t"}}"#,
-            base + i
-        )
-        .unwrap();
+        writeln!(s, "{}", crate::support::denial(base, i)).unwrap();
     }
     s.flush().unwrap();
     drop(s);
@@ -964,12 +959,7 @@ fn the_journal_chains_every_alert_and_verify_finds_an_edited_one() {
     let mut p = Proc::start(dir.path(), cfg);
     let mut s = std::net::TcpStream::connect(p.addr("tcp")).unwrap();
     for i in 0..8 {
-        writeln!(
-            s,
-            r#"{{"ts":{},"event":"tool.denied","agent_id":"a{i}","session_id":"s{i}","tool":"t"}}"#,
-            1_791_000_000_000i64 + i
-        )
-        .unwrap();
+        writeln!(s, "{}", crate::support::denial(1_791_000_000_000, i)).unwrap();
     }
     drop(s);
     p.wait_alerts(8);
@@ -1117,12 +1107,7 @@ fn a_full_disk_under_the_store_makes_the_daemon_not_ready_until_space_returns() 
     let sender = std::thread::spawn(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         for i in 0..N {
-            writeln!(
-                s,
-                r#"{{"ts":{},"event":"tool.denied","agent_id":"a{i}","session_id":"s{i}","tool":"t"}}"#,
-                1_791_000_000_000i64 + i as i64
-            )
-            .unwrap();
+            writeln!(s, "{}", crate::support::denial(1_791_000_000_000, i as i64)).unwrap();
         }
     });
     crate::support::wait_until("the daemon not ready on the full disk", || {
@@ -1208,10 +1193,7 @@ fn sigterm_stops_the_daemon_while_the_store_cannot_be_written() {
     let sender = std::thread::spawn(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         for i in 0..3000 {
-            let line = format!(
-                "{{\"ts\":{},\"event\":\"tool.denied\",\"agent_id\":\"a{i}\",\"session_id\":\"s{i}\",\"tool\":\"t\"}}\n",
-                1_791_000_000_000i64 + i
-            );
+            let line = format!("{}\n", crate::support::denial(1_791_000_000_000, i));
             if s.write_all(line.as_bytes()).is_err() {
                 return;
             }

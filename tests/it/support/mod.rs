@@ -38,6 +38,15 @@ pub fn with_self_monitoring_off(config: &str) -> String {
     )
 }
 
+/// The `i`-th of a run of denials that each raise one alert: agent `a<i>`
+/// in session `s<i>`, dated `base + i` (epoch ms).
+pub fn denial(base: i64, i: i64) -> String {
+    format!(
+        r#"{{"ts":{},"event":"tool.denied","agent_id":"a{i}","session_id":"s{i}","tool":"t"}}"#,
+        base + i
+    )
+}
+
 /// Polls `cond` until it holds (async tests).
 pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..POLLS {
