@@ -840,7 +840,20 @@ fn journal_cmd(args: JournalArgs) -> Result<u8> {
             Ok(0)
         }
         JournalAction::Verify { head } => {
-            let report = store.verify_journal()?;
+            // A head that is not 64 hex digits matches no entry.
+            let want = head.as_deref().map(|h| {
+                let h = h.trim().to_ascii_lowercase();
+                let mut bytes = [0u8; 32];
+                let ok = h.len() == 64
+                    && h.bytes().all(|c| c.is_ascii_hexdigit())
+                    && bytes.iter_mut().enumerate().all(|(i, b)| {
+                        u8::from_str_radix(h.get(2 * i..2 * i + 2).unwrap_or("zz"), 16)
+                            .map(|v| *b = v)
+                            .is_ok()
+                    });
+                (h, ok.then_some(bytes))
+            });
+            let report = store.verify_journal(want.as_ref().and_then(|(_, b)| b.as_ref()))?;
             if let Some((seq, why)) = &report.broken {
                 writeln!(out, "journal BROKEN at entry {seq}: {why}")?;
                 return Ok(1);
@@ -849,20 +862,14 @@ fn journal_cmd(args: JournalArgs) -> Result<u8> {
                 writeln!(out, "journal empty")?;
                 return Ok(if head.is_some() { 1 } else { 0 });
             };
-            if let Some(want) = head {
-                let want = want.trim().to_ascii_lowercase();
-                let mut found = false;
-                store.journal_each(|entry| {
-                    found |= entry.is_ok_and(|e| hex(&e.hash) == want);
-                    Ok(())
-                })?;
-                if !found {
-                    writeln!(
-                        out,
-                        "journal BROKEN: no entry has the head {want} (the chain was rewritten, or pruned past it)"
-                    )?;
-                    return Ok(1);
-                }
+            if let Some((want, _)) = want
+                && !report.has_head
+            {
+                writeln!(
+                    out,
+                    "journal BROKEN: no entry has the head {want} (the chain was rewritten, or pruned past it)"
+                )?;
+                return Ok(1);
             }
             writeln!(
                 out,

@@ -102,6 +102,9 @@ pub struct JournalReport {
     pub head: Option<[u8; 32]>,
     /// The first break: its sequence and what is wrong.
     pub broken: Option<(u64, String)>,
+    /// Whether an entry checked has the hash asked for (a head printed
+    /// earlier); `false` when none was asked for.
+    pub has_head: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -689,7 +692,9 @@ impl Store {
     /// Checks the journal's chain: sequences without gaps from the first
     /// kept, each entry's hash its content's, each `prev` the hash of the
     /// entry before. Reports the first break.
-    pub fn verify_journal(&self) -> Result<JournalReport, StoreError> {
+    /// Checks the chain in one pass; `head`, a hash printed earlier, is
+    /// looked for among the entries checked.
+    pub fn verify_journal(&self, head: Option<&[u8; 32]>) -> Result<JournalReport, StoreError> {
         let first = {
             let tx = self.begin_read()?;
             let meta = tx.open_table(META).map_err(|e| self.err(e))?;
@@ -701,6 +706,7 @@ impl Store {
             range: None,
             head: None,
             broken: None,
+            has_head: false,
         };
         let mut expect = first;
         self.journal_each(|entry| {
@@ -736,6 +742,7 @@ impl Store {
                 return Ok(());
             }
             report.range = Some((report.range.map_or(entry.seq, |r| r.0), entry.seq));
+            report.has_head |= head == Some(&entry.hash);
             report.head = Some(entry.hash);
             expect += 1;
             Ok(())

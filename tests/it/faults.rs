@@ -999,6 +999,18 @@ fn the_journal_chains_every_alert_and_verify_finds_an_edited_one() {
     assert_eq!(rows[4]["hash"], head.as_str());
     assert_eq!(rows[0]["alert"]["rule"], "unauthorized_tool_attempt");
     assert_eq!(journal(&["verify", "--head", &head]).0, Some(0));
+    // A head kept earlier is any entry's hash, in either case; anything
+    // else is no head of this chain.
+    let middle = rows[2]["hash"].as_str().unwrap().to_ascii_uppercase();
+    assert_eq!(journal(&["verify", "--head", &middle]).0, Some(0));
+    for other in ["0".repeat(64), format!("+{}", &head[1..]), "xyz".to_owned()] {
+        let (code, text) = journal(&["verify", "--head", &other]);
+        assert_eq!(code, Some(1), "{other}: {text}");
+        assert!(
+            text.starts_with("journal BROKEN: no entry has the head"),
+            "{text}"
+        );
+    }
 
     // Change the agent of entry 5 behind the daemon's back.
     let path = dir.path().join(mcp_alertd::store::FILE_NAME);
