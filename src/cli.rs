@@ -61,10 +61,10 @@ pub enum Command {
     /// It also raises alerts about itself (tenant `_daemon`, routed like
     /// any alert): a source gone silent, dead letters, a store that refuses
     /// writes, an engine clock behind the wall clock, state at its cap; each
-    /// can be turned off in `[self_monitoring]`. SIGHUP reloads the configuration's rules and engine settings (an
-    /// invalid new set is refused and the running one stays); SIGTERM or
-    /// SIGINT stops the sources, drains what was accepted, saves the state
-    /// and exits.
+    /// can be turned off in `[self_monitoring]`. SIGHUP reloads the
+    /// configuration's rules and engine settings (an invalid new set is
+    /// refused and the running one stays); SIGTERM or SIGINT stops the
+    /// sources, drains what was accepted, saves the state and exits.
     Run(RunArgs),
     /// Run audit logs through the rules once and print the alerts.
     ///
@@ -620,7 +620,7 @@ fn print_check(
             match s.silent_after {
                 Some(Some(d)) => how.push_str(&format!(
                     ", silent after {}",
-                    duration::display_ms(d.as_millis() as i64)
+                    duration::display_ms(duration::millis(d))
                 )),
                 Some(None) => how.push_str(", never source_silent"),
                 None => {}
@@ -818,6 +818,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The 32 bytes of a SHA-256 written as 64 hex digits, if `text` is one.
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (b, pair) in out.iter_mut().zip(text.as_bytes().chunks(2)) {
+        *b = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
 fn journal_cmd(args: JournalArgs) -> Result<u8> {
     let store = open_store(&args.store, false)?;
     let mut out = io::stdout().lock();
@@ -840,20 +852,10 @@ fn journal_cmd(args: JournalArgs) -> Result<u8> {
             Ok(0)
         }
         JournalAction::Verify { head } => {
+            let want = head.as_deref().map(|h| h.trim().to_ascii_lowercase());
             // A head that is not 64 hex digits matches no entry.
-            let want = head.as_deref().map(|h| {
-                let h = h.trim().to_ascii_lowercase();
-                let mut bytes = [0u8; 32];
-                let ok = h.len() == 64
-                    && h.bytes().all(|c| c.is_ascii_hexdigit())
-                    && bytes.iter_mut().enumerate().all(|(i, b)| {
-                        u8::from_str_radix(h.get(2 * i..2 * i + 2).unwrap_or("zz"), 16)
-                            .map(|v| *b = v)
-                            .is_ok()
-                    });
-                (h, ok.then_some(bytes))
-            });
-            let report = store.verify_journal(want.as_ref().and_then(|(_, b)| b.as_ref()))?;
+            let hash = want.as_deref().and_then(unhex);
+            let report = store.verify_journal(hash.as_ref())?;
             if let Some((seq, why)) = &report.broken {
                 writeln!(out, "journal BROKEN at entry {seq}: {why}")?;
                 return Ok(1);
@@ -862,7 +864,7 @@ fn journal_cmd(args: JournalArgs) -> Result<u8> {
                 writeln!(out, "journal empty")?;
                 return Ok(if head.is_some() { 1 } else { 0 });
             };
-            if let Some((want, _)) = want
+            if let Some(want) = want
                 && !report.has_head
             {
                 writeln!(

@@ -91,6 +91,28 @@ pub fn display_ms(ms: i64) -> impl fmt::Display {
     D(ms)
 }
 
+/// A duration in whole milliseconds (saturating).
+pub fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A span a person reads, rounded down to its two largest units: `2d 5h`,
+/// `1h 5m`, `5m 1s`, `42s`.
+pub fn display_span(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    let (d, h, m, s) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
+    let (big, small) = match (d, h, m) {
+        (0, 0, 0) => return format!("{s}s"),
+        (0, 0, _) => ((m, "m"), (s, "s")),
+        (0, _, _) => ((h, "h"), (m, "m")),
+        _ => ((d, "d"), (h, "h")),
+    };
+    match small {
+        (0, _) => format!("{}{}", big.0, big.1),
+        _ => format!("{}{} {}{}", big.0, big.1, small.0, small.1),
+    }
+}
+
 /// A clap value parser for duration options.
 pub fn parse_arg(text: &str) -> Result<i64, String> {
     parse_ms(text).map_err(|e| e.to_string())

@@ -19,19 +19,25 @@ pub use render::{Detection, RuleInfo, What, render};
 /// does not occur in identifiers).
 pub const KEY_SEP: char = '\u{1f}';
 
-/// The tenant of the alerts the daemon raises about itself (self-monitoring
-/// and `state_pressure`), so one route can take them all.
-pub const DAEMON_TENANT: &str = "_daemon";
-
-/// The rule ids of the daemon's own alerts: reserved, no rule file may use
-/// them.
-pub const DAEMON_RULES: [&str; 5] = [
-    "state_pressure",
-    "source_silent",
-    "delivery_dead_letter",
-    "store_unavailable",
-    "clock_stalled",
-];
+/// The alerts the daemon raises about itself (self-monitoring and
+/// `state_pressure`): their tenant, so one route can take them all, and
+/// their rule ids, which no rule file may use.
+pub mod daemon {
+    pub const TENANT: &str = "_daemon";
+    pub const STATE_PRESSURE: &str = "state_pressure";
+    pub const SOURCE_SILENT: &str = "source_silent";
+    pub const DEAD_LETTER: &str = "delivery_dead_letter";
+    pub const STORE_UNAVAILABLE: &str = "store_unavailable";
+    pub const CLOCK_STALLED: &str = "clock_stalled";
+    /// Every one of them (reserved).
+    pub const RULES: [&str; 5] = [
+        STATE_PRESSURE,
+        SOURCE_SILENT,
+        DEAD_LETTER,
+        STORE_UNAVAILABLE,
+        CLOCK_STALLED,
+    ];
+}
 
 /// Marks a key value that is the `source_ip` of an auth failure claiming no
 /// identity, standing in for `agent_id` (DESIGN §2b): the alert's key then

@@ -382,26 +382,33 @@ struct RawMonitor {
 
 impl RawMonitor {
     fn validate(self, errors: &mut Vec<String>) -> MonitorSettings {
-        let d = MonitorSettings::default();
-        let mut on = |name: &str, value: Option<toml::Value>, default: Option<Duration>| {
-            let on = default.unwrap_or(Duration::from_secs(60));
+        use crate::pipeline::monitor::{
+            CLOCK_STALLED_LAG, DEAD_LETTER_INTERVAL, SOURCE_SILENT_AFTER, STORE_UNAVAILABLE_AFTER,
+        };
+        let mut on = |name: &str, value: Option<toml::Value>, default: Duration| {
             let name = format!("self_monitoring.{name}");
-            switch(errors, &name, value.as_ref(), (default, on), 1_000)
+            switch(
+                errors,
+                &name,
+                value.as_ref(),
+                (Some(default), default),
+                1_000,
+            )
         };
         MonitorSettings {
-            source_silent: on("source_silent", self.source_silent, d.source_silent),
+            source_silent: on("source_silent", self.source_silent, SOURCE_SILENT_AFTER),
             delivery_dead_letter: on(
                 "delivery_dead_letter",
                 self.delivery_dead_letter,
-                d.delivery_dead_letter,
+                DEAD_LETTER_INTERVAL,
             ),
             store_unavailable: on(
                 "store_unavailable",
                 self.store_unavailable,
-                d.store_unavailable,
+                STORE_UNAVAILABLE_AFTER,
             ),
-            clock_stalled: on("clock_stalled", self.clock_stalled, d.clock_stalled),
-            state_pressure: self.state_pressure.unwrap_or(d.state_pressure),
+            clock_stalled: on("clock_stalled", self.clock_stalled, CLOCK_STALLED_LAG),
+            state_pressure: self.state_pressure.unwrap_or(true),
         }
     }
 }
@@ -580,7 +587,7 @@ fn validate_source(
             errors,
             &name,
             Some(v),
-            (None, Duration::from_secs(15 * 60)),
+            (None, crate::pipeline::monitor::SOURCE_SILENT_AFTER),
             1_000,
         )
     });

@@ -40,7 +40,7 @@ use kinds::threshold;
 use kinds::{RuleState, Trigger};
 
 /// The rule id of internal alerts raised when state is evicted at the cap.
-pub const STATE_PRESSURE_RULE: &str = crate::alert::DAEMON_RULES[0];
+pub use crate::alert::daemon::STATE_PRESSURE as STATE_PRESSURE_RULE;
 
 pub use crate::alert::KEY_SEP;
 
@@ -881,7 +881,7 @@ fn pressure(
         severity: Severity::High,
         key_fields: vec!["rule".to_owned()],
     };
-    let key = format!("{}{KEY_SEP}{}", alert::DAEMON_TENANT, rule.id);
+    let key = format!("{}{KEY_SEP}{}", alert::daemon::TENANT, rule.id);
     Detection {
         rule: Arc::new(info),
         key: key.into(),

@@ -733,7 +733,7 @@ fn compile_rule(
     if !valid_id(&raw.id) {
         errors.push("`id` must be 1-128 characters of a-z, 0-9, `_`, `-`, `.`".to_owned());
     }
-    if crate::alert::DAEMON_RULES.contains(&raw.id.as_str()) {
+    if crate::alert::daemon::RULES.contains(&raw.id.as_str()) {
         errors.push(format!(
             "`{}` is reserved for the daemon's own alerts",
             raw.id

@@ -67,7 +67,7 @@ pub fn switch(
         Some(toml::Value::Boolean(false)) => None,
         Some(toml::Value::Boolean(true)) => Some(on),
         Some(toml::Value::String(text)) => {
-            let fallback = i64::try_from(on.as_millis()).unwrap_or(i64::MAX);
+            let fallback = crate::duration::millis(on);
             Some(ms_duration(dur(errors, name, Some(text), fallback, min_ms)))
         }
         Some(other) => {

@@ -18,14 +18,21 @@ pub struct DeadTally {
     pub last_error: String,
 }
 
+impl DeadTally {
+    /// Adds the dead letters of `later` (the first time stays).
+    pub fn add(&mut self, later: DeadTally) {
+        self.count += later.count;
+        self.last_id = later.last_id;
+        self.last_rule = later.last_rule;
+        self.last_error = later.last_error;
+    }
+}
+
 /// Dead letters per sink, noted by the dispatchers and taken by the
 /// monitor. A dead `delivery_dead_letter` alert is not noted: an alert
 /// about a sink that refuses everything must not feed itself.
 #[derive(Debug, Default)]
 pub struct DeadLetters(Mutex<BTreeMap<String, DeadTally>>);
-
-/// The rule of the alert that reports dead letters.
-pub const DEAD_LETTER_RULE: &str = crate::alert::DAEMON_RULES[2];
 
 impl DeadLetters {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, DeadTally>> {
@@ -40,18 +47,23 @@ impl DeadLetters {
         }
         let rule =
             serde_json::from_slice::<RuleOf>(json).map_or_else(|_| String::new(), |r| r.rule);
-        if rule == DEAD_LETTER_RULE {
+        if rule == crate::alert::daemon::DEAD_LETTER {
             return;
         }
-        let mut map = self.lock();
-        let tally = map.entry(sink.to_owned()).or_insert_with(|| DeadTally {
+        let one = DeadTally {
+            count: 1,
             first_ms: now_ms,
-            ..DeadTally::default()
-        });
-        tally.count += 1;
-        tally.last_id = id.to_owned();
-        tally.last_rule = rule;
-        tally.last_error = error.to_owned();
+            last_id: id.to_owned(),
+            last_rule: rule,
+            last_error: error.to_owned(),
+        };
+        let mut map = self.lock();
+        match map.get_mut(sink) {
+            Some(tally) => tally.add(one),
+            None => {
+                map.insert(sink.to_owned(), one);
+            }
+        }
     }
 
     /// What was noted since the last call, per sink.

@@ -178,8 +178,6 @@ pub struct Pipeline {
     unmapped: HashMap<(usize, Arc<str>), Counter>,
     alert_counters: HashMap<String, Counter>,
     monitor: Monitor,
-    /// The delivering sources as last saved (saved again when they change).
-    saved_delivering: Vec<String>,
     /// Dead letters noted by the dispatchers, for the monitor.
     dead_letters: Arc<DeadLetters>,
 }
@@ -212,7 +210,6 @@ impl Pipeline {
         // A source that delivered before the restart is expected to
         // deliver again within its silent_after of this start.
         monitor.resume(&restored.delivering, crate::clock::now_ms());
-        let saved_delivering = monitor.delivering();
         let events = std::array::from_fn(|i| {
             let name = EventKind::KNOWN.get(i).map_or("other", |k| k.name());
             metrics
@@ -272,7 +269,6 @@ impl Pipeline {
             unmapped: HashMap::new(),
             alert_counters: HashMap::new(),
             monitor,
-            saved_delivering,
             dead_letters,
         }
     }

@@ -1,5 +1,5 @@
 //! Self-monitoring: alerts the daemon raises about itself, rendered and
-//! routed like any alert (tenant [`DAEMON_TENANT`], so one route can take
+//! routed like any alert (tenant `_daemon`, so one route can take
 //! them all), each a default the user can turn off (`[self_monitoring]`):
 //!
 //! - `source_silent`: a source that delivered records (before a restart
@@ -23,9 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::alert::{self, DAEMON_RULES, DAEMON_TENANT, Detection, EventRef, KEY_SEP, RuleInfo};
+use crate::alert::{self, Detection, EventRef, KEY_SEP, RuleInfo, daemon};
 use crate::alert::{Severity, What, format_ts};
-use crate::duration::display_ms;
+use crate::duration::{display_ms, display_span, millis};
 use crate::outbox::watch::{DeadTally, Outage};
 
 /// `[self_monitoring]`: each alert with its bound, `None` when turned off.
@@ -45,13 +45,19 @@ pub struct MonitorSettings {
     pub state_pressure: bool,
 }
 
+/// The default bounds (what `true` gives in `[self_monitoring]`).
+pub const SOURCE_SILENT_AFTER: Duration = Duration::from_secs(15 * 60);
+pub const DEAD_LETTER_INTERVAL: Duration = Duration::from_secs(5 * 60);
+pub const STORE_UNAVAILABLE_AFTER: Duration = Duration::from_secs(30);
+pub const CLOCK_STALLED_LAG: Duration = Duration::from_secs(5 * 60);
+
 impl Default for MonitorSettings {
     fn default() -> Self {
         MonitorSettings {
-            source_silent: Some(Duration::from_secs(15 * 60)),
-            delivery_dead_letter: Some(Duration::from_secs(5 * 60)),
-            store_unavailable: Some(Duration::from_secs(30)),
-            clock_stalled: Some(Duration::from_secs(5 * 60)),
+            source_silent: Some(SOURCE_SILENT_AFTER),
+            delivery_dead_letter: Some(DEAD_LETTER_INTERVAL),
+            store_unavailable: Some(STORE_UNAVAILABLE_AFTER),
+            clock_stalled: Some(CLOCK_STALLED_LAG),
             state_pressure: true,
         }
     }
@@ -63,37 +69,37 @@ impl MonitorSettings {
         let bound = |d: Option<Duration>, on: &str| {
             d.map_or_else(
                 || "off".to_owned(),
-                |d| format!("{on} {}", display_ms(ms(d))),
+                |d| format!("{on} {}", display_ms(millis(d))),
             )
         };
         [
             (
-                SOURCE_SILENT,
+                SOURCE_SILENT.rule,
                 bound(
                     self.source_silent,
                     "a source that delivered sends nothing for",
                 ),
             ),
             (
-                DEAD_LETTER,
+                DEAD_LETTER.rule,
                 bound(
                     self.delivery_dead_letter,
                     "dead letters on a sink, at most once per",
                 ),
             ),
             (
-                STORE_UNAVAILABLE,
+                STORE_UNAVAILABLE.rule,
                 bound(self.store_unavailable, "the store refuses writes for"),
             ),
             (
-                CLOCK_STALLED,
+                CLOCK_STALLED.rule,
                 bound(
                     self.clock_stalled,
                     "records arrive with the clock behind by more than",
                 ),
             ),
             (
-                DAEMON_RULES[0],
+                daemon::STATE_PRESSURE,
                 if self.state_pressure {
                     "a rule evicts keys at max_keys_per_rule".to_owned()
                 } else {
@@ -104,11 +110,33 @@ impl MonitorSettings {
     }
 }
 
-/// The rule ids, by alert.
-const SOURCE_SILENT: &str = DAEMON_RULES[1];
-const DEAD_LETTER: &str = DAEMON_RULES[2];
-const STORE_UNAVAILABLE: &str = DAEMON_RULES[3];
-const CLOCK_STALLED: &str = DAEMON_RULES[4];
+/// What an alert of the monitor says about itself.
+struct Kind {
+    rule: &'static str,
+    title: &'static str,
+    severity: Severity,
+}
+
+const SOURCE_SILENT: Kind = Kind {
+    rule: daemon::SOURCE_SILENT,
+    title: "Audit source silent",
+    severity: Severity::High,
+};
+const DEAD_LETTER: Kind = Kind {
+    rule: daemon::DEAD_LETTER,
+    title: "Alerts could not be delivered",
+    severity: Severity::High,
+};
+const STORE_UNAVAILABLE: Kind = Kind {
+    rule: daemon::STORE_UNAVAILABLE,
+    title: "Store refused writes",
+    severity: Severity::Critical,
+};
+const CLOCK_STALLED: Kind = Kind {
+    rule: daemon::CLOCK_STALLED,
+    title: "Engine clock behind the wall clock",
+    severity: Severity::Medium,
+};
 
 /// One engine unit as the monitor sees it at a check.
 #[derive(Debug, Clone, Copy)]
@@ -162,26 +190,8 @@ pub struct Monitor {
     stalled: BTreeMap<String, (String, i64)>,
     /// Groups whose stall was reported (until all their units catch up).
     stalled_groups: BTreeSet<String>,
-}
-
-/// A span a person reads: `2d 5h`, `1h 5m`, `5m 1s`, `42s` (rounded down).
-fn human(ms: i64) -> String {
-    let s = ms.max(0) / 1000;
-    let (d, h, m, s) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
-    let (big, small) = match (d, h, m) {
-        (0, 0, 0) => return format!("{s}s"),
-        (0, 0, _) => ((m, "m"), (s, "s")),
-        (0, _, _) => ((h, "h"), (m, "m")),
-        _ => ((d, "d"), (h, "h")),
-    };
-    match small {
-        (0, _) => format!("{}{}", big.0, big.1),
-        _ => format!("{}{} {}{}", big.0, big.1, small.0, small.1),
-    }
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    /// A source delivered its first record since the last save.
+    delivering_changed: bool,
 }
 
 impl Monitor {
@@ -194,7 +204,7 @@ impl Monitor {
                 .into_iter()
                 .map(|(name, silent)| Source {
                     name,
-                    silent_after_ms: silent.map(ms),
+                    silent_after_ms: silent.map(millis),
                     last_ms: None,
                     reported: false,
                 })
@@ -203,6 +213,7 @@ impl Monitor {
             store_reported: None,
             stalled: BTreeMap::new(),
             stalled_groups: BTreeSet::new(),
+            delivering_changed: false,
         }
     }
 
@@ -231,9 +242,16 @@ impl Monitor {
             .collect()
     }
 
+    /// Whether a source delivered its first record since the last call
+    /// (the saved list is then out of date).
+    pub fn take_delivering_changed(&mut self) -> bool {
+        std::mem::take(&mut self.delivering_changed)
+    }
+
     /// Source `index` delivered a record at wall ms `now_ms`.
     pub fn arrived(&mut self, index: usize, now_ms: i64) {
         if let Some(s) = self.sources.get_mut(index) {
+            self.delivering_changed |= s.last_ms.is_none();
             s.last_ms = Some(now_ms);
             s.reported = false;
         }
@@ -260,11 +278,11 @@ impl Monitor {
             let summary = format!(
                 "Source {} has delivered no record for {} (its last at {}): check the MCP servers and the path from them (a stopped server or forwarder, a network change, or audit logging turned off).",
                 s.name,
-                human(now - last),
+                display_span(now - last),
                 format_ts(last)
             );
             out.push(daemon_alert(
-                SOURCE_SILENT,
+                &SOURCE_SILENT,
                 ("source", &s.name),
                 (last, now),
                 1,
@@ -279,18 +297,13 @@ impl Monitor {
         taken: BTreeMap<String, DeadTally>,
         out: &mut Vec<Detection>,
     ) {
-        let Some(interval) = self.settings.delivery_dead_letter.map(ms) else {
+        let Some(interval) = self.settings.delivery_dead_letter.map(millis) else {
             return;
         };
         for (name, t) in taken {
             let sink = self.sinks.entry(name).or_default();
             match &mut sink.pending {
-                Some(p) => {
-                    p.count += t.count;
-                    p.last_id = t.last_id;
-                    p.last_rule = t.last_rule;
-                    p.last_error = t.last_error;
-                }
+                Some(p) => p.add(t),
                 None => sink.pending = Some(t),
             }
         }
@@ -312,7 +325,7 @@ impl Monitor {
                 t.last_rule,
             );
             out.push(daemon_alert(
-                DEAD_LETTER,
+                &DEAD_LETTER,
                 ("sink", name),
                 (t.first_ms, now),
                 t.count,
@@ -322,7 +335,7 @@ impl Monitor {
     }
 
     fn store(&mut self, now: i64, outage: Option<Outage>, out: &mut Vec<Detection>) {
-        let (Some(after), Some(o)) = (self.settings.store_unavailable.map(ms), outage) else {
+        let (Some(after), Some(o)) = (self.settings.store_unavailable.map(millis), outage) else {
             return;
         };
         let end = o.until_ms.unwrap_or(now);
@@ -334,19 +347,19 @@ impl Monitor {
             None => format!(
                 "The store has refused writes since {} ({}, {}): the daemon is not ready, and holds alerts and state in memory (backpressure up to the sources) until it can write; free space or fix the state directory.",
                 format_ts(o.since_ms),
-                human(end - o.since_ms),
+                display_span(end - o.since_ms),
                 o.kind
             ),
             Some(until) => format!(
                 "The store refused writes from {} to {} ({}, {}); it takes writes again and nothing was lost. Check the state directory's free space.",
                 format_ts(o.since_ms),
                 format_ts(until),
-                human(until - o.since_ms),
+                display_span(until - o.since_ms),
                 o.kind
             ),
         };
         out.push(daemon_alert(
-            STORE_UNAVAILABLE,
+            &STORE_UNAVAILABLE,
             ("kind", o.kind),
             (o.since_ms, end),
             1,
@@ -361,7 +374,7 @@ impl Monitor {
         units: &[UnitView<'_>],
         out: &mut Vec<Detection>,
     ) {
-        let Some(bound) = self.settings.clock_stalled.map(ms) else {
+        let Some(bound) = self.settings.clock_stalled.map(millis) else {
             return;
         };
         // Each unit on its own: stalled while it lags and receives, until
@@ -408,10 +421,10 @@ impl Monitor {
             let summary = format!(
                 "The engine clock of `{group}`{which} is at {}, {} behind the wall clock, while records arrive: deadlines (session overrun, unused credentials) fire that late. A source sends old timestamps (a server clock behind, or a backlog being caught up).",
                 format_ts(clock),
-                human(now - clock)
+                display_span(now - clock)
             );
             out.push(daemon_alert(
-                CLOCK_STALLED,
+                &CLOCK_STALLED,
                 ("unit", group),
                 (clock, now),
                 n as u64,
@@ -421,33 +434,23 @@ impl Monitor {
     }
 }
 
-/// The title and severity of each alert.
-fn info(rule: &str) -> (&'static str, Severity) {
-    match rule {
-        SOURCE_SILENT => ("Audit source silent", Severity::High),
-        DEAD_LETTER => ("Alerts could not be delivered", Severity::High),
-        STORE_UNAVAILABLE => ("Store refused writes", Severity::Critical),
-        _ => ("Engine clock behind the wall clock", Severity::Medium),
-    }
-}
-
 /// A self-monitoring detection keyed by one field, at wall ms `to`, about
 /// what began at `from`.
 fn daemon_alert(
-    rule: &'static str,
+    kind: &Kind,
     (field, value): (&str, &str),
     (from, to): (i64, i64),
     count: u64,
     summary: String,
 ) -> Detection {
-    let (title, severity) = info(rule);
+    let rule = kind.rule;
     let info = RuleInfo {
         id: rule.into(),
-        title: title.into(),
-        severity,
+        title: kind.title.into(),
+        severity: kind.severity,
         key_fields: vec![field.to_owned()],
     };
-    let key = format!("{DAEMON_TENANT}{KEY_SEP}{value}");
+    let key = format!("{}{KEY_SEP}{value}", daemon::TENANT);
     // Distinct per condition and per report: its key and both ends.
     let basis = format!("{rule}{KEY_SEP}{key}{KEY_SEP}{from}{KEY_SEP}{to}");
     Detection {

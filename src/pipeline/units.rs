@@ -230,14 +230,12 @@ impl Pipeline {
             self.saved_router = router.clone();
             states.push((ROUTER_UNIT.to_owned(), router));
         }
-        let delivering = self.monitor.delivering();
-        if all || delivering != self.saved_delivering {
-            let saved = Saved::Sources(delivering.clone());
+        if self.monitor.take_delivering_changed() || all {
+            let saved = Saved::Sources(self.monitor.delivering());
             states.push((
                 MONITOR_UNIT.to_owned(),
                 checkpoint::encode(MONITOR_UNIT, &saved)?,
             ));
-            self.saved_delivering = delivering;
         }
         if states.is_empty() && done.is_none() {
             // Nothing changed: no transaction (and no fsync) while idle.

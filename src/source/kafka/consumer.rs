@@ -240,8 +240,7 @@ impl Context {
         fresh: &[(Arc<str>, i32)],
         start: &mut TopicPartitionList,
     ) {
-        let since = crate::clock::now_ms()
-            - i64::try_from(self.rebuild_window.as_millis()).unwrap_or(i64::MAX);
+        let since = crate::clock::now_ms() - crate::duration::millis(self.rebuild_window);
         let mut query = TopicPartitionList::new();
         let mut committed_q = TopicPartitionList::new();
         for (topic, partition) in fresh {
