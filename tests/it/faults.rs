@@ -8,7 +8,7 @@ use std::path::Path;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::{
-    SOURCES, metric, metric_opt, scenario, scrape_blocking, send_udp, start, wait_for,
+    SOURCES, TCP, metric, metric_opt, scenario, scrape_blocking, send_udp, start, wait_for,
 };
 
 /// The counts of one source in a scrape: (received, decoded, unmapped,
@@ -511,13 +511,7 @@ async fn clock_daemon(
 [engine]
 idle_after = "{idle_after}"
 allowed_lateness = "0s"
-[metrics]
-address = "127.0.0.1:0"
-[[sources]]
-name = "tcp"
-type = "syslog_tcp"
-address = "127.0.0.1:0"
-"#,
+{TCP}"#,
         rules.display()
     );
     start(&cfg, &dir.join("state")).await
@@ -635,13 +629,7 @@ fn sigkill_during_a_backlog_repeats_at_most_the_ack_window_per_kill() {
     let cfg = format!(
         r#"[engine]
 idle_after = "1h"
-[metrics]
-address = "127.0.0.1:0"
-[[sources]]
-name = "tcp"
-type = "syslog_tcp"
-address = "127.0.0.1:0"
-[outbox]
+{TCP}[outbox]
 ack_window = {WINDOW}
 [[sinks]]
 name = "file"

@@ -5,8 +5,7 @@
 //! alerts are routed like any other.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mcp_alertd::alert::{Detection, render};
@@ -15,20 +14,11 @@ use mcp_alertd::outbox::watch::{DeadLetters, DeadTally, Outage, StoreOutage};
 use mcp_alertd::pipeline::monitor::{Monitor, MonitorSettings, Observed, UnitView};
 use serde_json::Value;
 
-use crate::support::{metric_opt, scrape_blocking, send_tcp, start, wait_for};
+use crate::support::webhook::{Hook, webhook_server};
+use crate::support::{TCP, metric_opt, scrape_blocking, send_tcp, start, wait_for};
 
 const T0: i64 = 1_790_000_000_000;
 
-/// Metrics and one TCP source on loopback ports the kernel picks; keys
-/// that follow belong to the source.
-const TCP: &str = r#"
-[metrics]
-address = "127.0.0.1:0"
-[[sources]]
-name = "tcp"
-type = "syslog_tcp"
-address = "127.0.0.1:0"
-"#;
 const MIN: i64 = 60_000;
 
 fn settings() -> MonitorSettings {
@@ -572,31 +562,17 @@ async fn a_source_that_delivered_before_a_restart_and_not_after_is_reported() {
     assert_eq!(silent[0]["key"]["source"], "tcp", "udp never delivered");
 }
 
-/// A webhook receiver that refuses every delivery for good (400).
-async fn refusing_webhook() -> (String, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move || {
-            let c = c.clone();
-            async move {
-                c.fetch_add(1, Ordering::SeqCst);
-                axum::http::StatusCode::BAD_REQUEST
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, calls)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_raise_delivery_dead_letter_routed_like_any_alert_and_never_about_itself() {
     const DENIALS: usize = 6;
     let dir = tempfile::tempdir().unwrap();
-    let (url, calls) = refusing_webhook().await;
+    // A webhook that refuses every delivery for good (400).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let hook = Hook::default();
+    *hook.script.lock().unwrap() = vec![400; 64];
+    tokio::spawn(webhook_server(hook.clone(), listener));
+    let calls = hook.calls.clone();
     // The alert about dead letters goes to the refusing webhook too: its
     // own death must not raise another.
     let cfg = format!(

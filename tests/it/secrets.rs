@@ -2,6 +2,8 @@
 
 use assert_cmd::Command;
 
+use crate::support::TCP;
+
 const SECRET: &str = "sk-live-DO-NOT-LEAK-4242";
 
 #[test]
@@ -114,13 +116,7 @@ fn secrets_never_reach_logs_metrics_alerts_or_check_and_unsafe_files_are_reporte
         &cfg,
         format!(
             r#"state_dir = "{}"
-[metrics]
-address = "127.0.0.1:0"
-[[sources]]
-name = "tcp"
-type = "syslog_tcp"
-address = "127.0.0.1:0"
-[[sinks]]
+{TCP}[[sinks]]
 name = "archive"
 type = "file"
 path = "{}"

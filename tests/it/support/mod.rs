@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod proc;
+pub mod webhook;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -68,6 +69,17 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// Metrics and one TCP source named `tcp`, on loopback ports the kernel
+/// picks; keys that follow belong to the source.
+pub const TCP: &str = r#"
+[metrics]
+address = "127.0.0.1:0"
+[[sources]]
+name = "tcp"
+type = "syslog_tcp"
+address = "127.0.0.1:0"
+"#;
 
 pub const SOURCES: &str = r#"
 [engine]
