@@ -1,7 +1,7 @@
 //! Scaffolding shared by the integration tests: the in-process daemon and
 //! its captured output, the daemon as a child process, waits, loopback
-//! connections, metric scrapes, and the events and configurations the
-//! tests share. Test modules import from here, never from each other.
+//! connections, metric scrapes, a scriptable webhook receiver, and the
+//! events and configurations the tests share. Test modules import from here, never from each other.
 
 pub mod daemon;
 pub mod proc;
