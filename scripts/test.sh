@@ -3,7 +3,8 @@
 # golden, CLI, daemon over loopback, interop with real syslog clients) and a
 # build of the benchmarks. Runs from any directory on Debian with a Rust
 # toolchain, as root: it installs what the interop tests use when missing
-# (util-linux `logger`, rsyslog, the aiosmtpd SMTP server, the Standard
+# (util-linux `logger`, rsyslog, the aiosmtpd SMTP server, Chromium for the
+# console's browser test, the Standard
 # Webhooks reference verifier and the MCP Python SDK from PyPI, and the
 # tansu Kafka-protocol broker from crates.io, built once into
 # $MCP_ALERTD_TOOLS, default
@@ -20,6 +21,8 @@ command -v logger >/dev/null 2>&1 || missing+=(bsdutils)
 # systemd-analyze and systemd-socket-activate for the unit and activation tests.
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
+# Debian's Chromium for the console's browser test (headless).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::console::Console;
 use crate::engine::RuleSet;
 use crate::outbox::watch::DeadLetters;
 use crate::outbox::{dispatch, writer};
@@ -121,8 +122,9 @@ impl Daemon {
             addrs.extend(bound.local.map(|local| (source.name.clone(), local)));
             starters.push(bound.start);
         }
+        let console = Arc::new(Console::new(&config.console, &rules));
         let metrics_addr = match config.metrics {
-            Some(addr) => Some(serve_metrics(addr, &metrics, &tasks.cancel_metrics).await?),
+            Some(addr) => Some(serve_http(addr, &config, &metrics, &console, &tasks).await?),
             None => None,
         };
         let dead_letters = Arc::new(DeadLetters::default());
@@ -151,7 +153,8 @@ impl Daemon {
             (handle, dead_letters),
             store.clone(),
             restored,
-        );
+        )
+        .with_console(console);
         let engine =
             pipeline::spawn(pipeline, rx, control_rx).context("cannot start the engine thread")?;
         for start in starters {
@@ -317,20 +320,59 @@ fn saved_offsets(store: &Arc<Store>) -> Box<dyn Fn(&str) -> SavedOffset + Send> 
     })
 }
 
-/// Binds `/metrics`, `/healthz` and `/readyz` and serves them until `cancel`.
-async fn serve_metrics(
+/// Binds the metrics address and serves `/metrics`, `/healthz`, `/readyz`
+/// and (unless turned off) the console until the metrics are cancelled;
+/// HTTPS with `[metrics.tls]`.
+async fn serve_http(
     addr: SocketAddr,
+    config: &Config,
     metrics: &Arc<Metrics>,
-    cancel: &CancellationToken,
+    console: &Arc<Console>,
+    tasks: &Tasks,
 ) -> Result<SocketAddr> {
-    let listener = crate::telemetry::metrics::bind(addr)
+    let acceptor = match &config.metrics_tls {
+        Some(tls) => Some(
+            crate::source::syslog_tcp::tls_acceptor(tls)
+                .map_err(|e| config.error(vec![format!("metrics.tls: {e}")]))?,
+        ),
+        None => None,
+    };
+    let mut app = crate::telemetry::metrics::routes(metrics.clone());
+    if config.console.enabled {
+        let token = match &config.console.token {
+            Some(secret) => Some(
+                secret
+                    .read()
+                    .map_err(|e| config.error(vec![format!("console.token: {e}")]))?,
+            ),
+            None => None,
+        };
+        if token.as_deref().is_some_and(str::is_empty) {
+            return Err(config
+                .error(vec!["console.token: the token is empty".to_owned()])
+                .into());
+        }
+        app = app.merge(crate::console::http::routes(
+            console.clone(),
+            metrics.clone(),
+            token.as_deref(),
+            acceptor.is_some(),
+        ));
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("metrics: cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(address = %local, "serving /metrics, /healthz, /readyz");
-    let (m, c) = (metrics.clone(), cancel.clone());
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let console = if config.console.enabled {
+        format!(" and the console on {scheme}://{local}/")
+    } else {
+        String::new()
+    };
+    tracing::info!(address = %local, "serving /metrics, /healthz, /readyz over {scheme}{console}");
+    let cancel = tasks.cancel_metrics.clone();
     tokio::spawn(async move {
-        if let Err(e) = crate::telemetry::metrics::serve(listener, m, c).await {
+        if let Err(e) = crate::console::http::serve(listener, acceptor, app, cancel).await {
             tracing::error!("metrics endpoint failed: {e}");
         }
     });

@@ -85,3 +85,4 @@ pub mod rule_tests;
 pub mod bench_load;
 pub mod corpus;
 pub mod status;
+pub mod console;

@@ -128,8 +128,12 @@ pub struct Config {
     /// Format files that add to (or replace) the built-in formats.
     pub formats_dir: Option<PathBuf>,
     pub engine: EngineSettings,
-    /// `None`: no metrics endpoint.
+    /// `None`: no metrics endpoint (and no console).
     pub metrics: Option<SocketAddr>,
+    /// `[metrics.tls]`: the metrics address speaks HTTPS.
+    pub metrics_tls: Option<crate::source::syslog_tcp::TlsSettings>,
+    /// `[console]`: the web console on the metrics address.
+    pub console: crate::console::ConsoleSettings,
     pub sources: Vec<SourceConfig>,
     pub outbox: OutboxSettings,
     pub sinks: Vec<SinkConfig>,
@@ -166,6 +170,8 @@ impl Config {
             formats_dir: None,
             engine: EngineSettings::default(),
             metrics: Some(loopback(DEFAULT_METRICS_ADDRESS)),
+            metrics_tls: None,
+            console: crate::console::ConsoleSettings::default(),
             sources: vec![
                 SourceConfig {
                     name: "syslog_udp".to_owned(),
@@ -290,24 +296,41 @@ impl Config {
         let engine = raw
             .engine
             .map_or_else(EngineSettings::default, |e| e.validate(&mut errors));
-        let metrics = match raw.metrics {
-            None => builtin.metrics,
-            Some(m) if !m.enabled.unwrap_or(true) => None,
-            Some(m) => match m
-                .address
-                .as_deref()
-                .unwrap_or(DEFAULT_METRICS_ADDRESS)
-                .parse::<SocketAddr>()
-            {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    errors.push(format!(
-                        "metrics.address: {e} (write e.g. \"127.0.0.1:9464\")"
-                    ));
-                    None
+        let (metrics, metrics_tls) = match raw.metrics {
+            None => (builtin.metrics, None),
+            Some(m) if !m.enabled.unwrap_or(true) => (None, None),
+            Some(m) => {
+                let tls = m.tls.map(|t| t.validate("metrics", &mut errors));
+                let address = m
+                    .address
+                    .as_deref()
+                    .unwrap_or(DEFAULT_METRICS_ADDRESS)
+                    .parse::<SocketAddr>();
+                match address {
+                    Ok(a) => (Some(a), tls),
+                    Err(e) => {
+                        errors.push(format!(
+                            "metrics.address: {e} (write e.g. \"127.0.0.1:9464\")"
+                        ));
+                        (None, tls)
+                    }
                 }
-            },
+            }
         };
+        let console = raw
+            .console
+            .map_or_else(crate::console::ConsoleSettings::default, |c| {
+                c.validate(&mut errors)
+            });
+        if let Some(addr) = metrics
+            && console.enabled
+            && !addr.ip().is_loopback()
+            && (console.token.is_none() || metrics_tls.is_none())
+        {
+            errors.push(format!(
+                "console: metrics.address {addr} is not loopback: the console there needs a token (console.token_file or console.token_credential) and TLS ([metrics.tls]), or set console.enabled = false"
+            ));
+        }
         let sources = match raw.sources {
             None => builtin.sources,
             Some(list) => {
@@ -343,6 +366,8 @@ impl Config {
             formats_dir: raw.formats_dir,
             engine,
             metrics,
+            metrics_tls,
+            console,
             sources,
             outbox,
             sinks,
@@ -366,6 +391,7 @@ struct RawConfig {
     routes: Option<Vec<delivery::RawRoute>>,
     routing: Option<delivery::RawRouting>,
     self_monitoring: Option<RawMonitor>,
+    console: Option<crate::console::RawConsole>,
 }
 
 /// `[self_monitoring]`: each alert `false` (off), `true` (on with its
@@ -511,6 +537,7 @@ impl RawEngine {
 struct RawMetrics {
     enabled: Option<bool>,
     address: Option<String>,
+    tls: Option<crate::source::syslog_tcp::RawTls>,
 }
 
 /// The keys every `[[sources]]` entry has.

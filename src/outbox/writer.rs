@@ -161,6 +161,7 @@ impl Writer {
                     self.put(&rows, states, metrics);
                     if let Some(s) = state {
                         metrics.state_saves.inc();
+                        metrics.state_last_save.set(crate::clock::now_secs());
                         self.durable.raise(&s.offsets);
                         if let Some(done) = s.done {
                             let _ = done.send(());

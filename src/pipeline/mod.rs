@@ -19,6 +19,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::alert::{self, Detection};
+use crate::console::Console;
+use crate::console::meter::Denial;
 use crate::decode::{DecodeError, Decoder};
 use crate::engine::clock::Wall;
 use crate::engine::{DEFAULT_MAX_KEYS_PER_RULE, Engine, RuleSet};
@@ -180,6 +182,8 @@ pub struct Pipeline {
     monitor: Monitor,
     /// Dead letters noted by the dispatchers, for the monitor.
     dead_letters: Arc<DeadLetters>,
+    /// The web console's meter and recent alerts (`None`: no console).
+    console: Option<Arc<Console>>,
 }
 
 impl Pipeline {
@@ -270,7 +274,14 @@ impl Pipeline {
             alert_counters: HashMap::new(),
             monitor,
             dead_letters,
+            console: None,
         }
+    }
+
+    /// Feeds the console: denied tool calls and every alert raised.
+    pub fn with_console(mut self, console: Arc<Console>) -> Pipeline {
+        self.console = Some(console);
+        self
     }
 
     /// Runs until every source has hung up, then drains: the last alerts
@@ -461,6 +472,7 @@ impl Pipeline {
             } = unit;
             let mut rejected = Vec::new();
             let events = &self.events;
+            let console = self.console.as_deref();
             let applied = step::apply(
                 record,
                 &self.decoders[b.source],
@@ -474,6 +486,14 @@ impl Pipeline {
                         *dirty = true;
                         triggered += applied.raised;
                         events[step::kind_index(applied.kind)].inc();
+                        if let (Some(c), Some(d)) = (console, &applied.denied) {
+                            c.deny(Denial {
+                                ts: d.ts,
+                                tenant: &d.tenant,
+                                agent_id: d.agent_id.as_deref(),
+                                session_id: d.session_id.as_deref(),
+                            });
+                        }
                     }
                     Err(err) => rejected.push((err, at.clone())),
                 },
@@ -540,8 +560,12 @@ impl Pipeline {
         }
         let now = crate::clock::now_ms();
         let mut routed = Routed::default();
+        let mut listed = Vec::new();
         for detection in self.alerts.drain(..) {
             let alert = alert::render(detection, Some(now));
+            if self.console.is_some() {
+                listed.push(alert.clone());
+            }
             let metrics = &self.metrics;
             self.alert_counters
                 .entry(alert.rule.clone())
@@ -556,6 +580,9 @@ impl Pipeline {
                 })
                 .inc();
             self.routes.route(alert, now, &mut routed);
+        }
+        if let Some(c) = &self.console {
+            c.raised(&listed);
         }
         self.deliver(routed)?;
         // Latency ends here: the alerts are routed and handed to the outbox
@@ -598,6 +625,7 @@ impl Pipeline {
         let alerts = &mut self.alerts;
         let units =
             std::iter::once(&mut self.main).chain(self.kafka.values_mut().map(|k| &mut k.unit));
+        let mut latest = None;
         for unit in units {
             if let Some(c) = unit.clock.tick_live(now, wall)
                 && unit.engine.clock().is_none_or(|old| c > old)
@@ -605,6 +633,10 @@ impl Pipeline {
                 unit.engine.advance_to(c, alerts);
                 unit.dirty = true;
             }
+            latest = latest.max(unit.engine.clock());
+        }
+        if let (Some(console), Some(clock)) = (&self.console, latest) {
+            console.advance(clock);
         }
         self.watch(wall);
         self.emit()?;
@@ -732,6 +764,9 @@ impl Pipeline {
                         until_engine_ms = until,
                         "rule not in the new rule set: its state is kept for engine.removed_rule_grace in case it comes back"
                     );
+                }
+                if let Some(c) = &self.console {
+                    c.set_rules(&rules);
                 }
                 self.rules = rules;
                 self.settings.removed_rule_grace_ms = settings.removed_rule_grace_ms;

@@ -53,6 +53,16 @@ pub struct Applied {
     pub other: Option<String>,
     /// Alerts the event itself raised (after those of the timers it fired).
     pub raised: usize,
+    /// A `tool.denied` event's identity, for the console's meter.
+    pub denied: Option<Denied>,
+}
+
+/// Who a denied tool call was of, and when.
+pub struct Denied {
+    pub ts: i64,
+    pub tenant: String,
+    pub agent_id: Option<String>,
+    pub session_id: Option<String>,
 }
 
 /// Decodes one record and applies each event it yields: `clock` maps an
@@ -135,6 +145,17 @@ fn one(
         kind: ev.kind,
         other: (ev.kind == EventKind::Other).then(|| ev.event.to_string()),
         raised: alerts.len() - before,
+        denied: (ev.kind == EventKind::ToolDenied).then(|| Denied {
+            ts: ev.ts,
+            tenant: ev.tenant.to_string(),
+            // An unclaimed identity is nobody's.
+            agent_id: ev
+                .agent_id
+                .as_deref()
+                .filter(|_| !ev.unclaimed)
+                .map(str::to_owned),
+            session_id: ev.session_id.as_deref().map(str::to_owned),
+        }),
     })
 }
 /// The index of an event kind in [`EventKind::KNOWN`] (`KNOWN.len()` for

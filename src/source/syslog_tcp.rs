@@ -90,13 +90,35 @@ pub fn tls_acceptor(tls: &TlsSettings) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Connection limits of a TCP source.
+/// `tls = { cert_file, key_file, client_ca_file }` as written.
 #[derive(Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     cert_file: PathBuf,
     key_file: PathBuf,
     client_ca_file: Option<PathBuf>,
+}
+
+impl RawTls {
+    /// The settings, each file checked to exist (`at` names the section).
+    pub fn validate(self, at: &str, errors: &mut Vec<String>) -> TlsSettings {
+        for (what, file) in [
+            ("cert_file", Some(&self.cert_file)),
+            ("key_file", Some(&self.key_file)),
+            ("client_ca_file", self.client_ca_file.as_ref()),
+        ] {
+            if let Some(file) = file
+                && let Err(e) = std::fs::metadata(file)
+            {
+                errors.push(format!("{at}: tls.{what} {}: {e}", file.display()));
+            }
+        }
+        TlsSettings {
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+            client_ca_file: self.client_ca_file,
+        }
+    }
 }
 
 /// `type = "syslog_tcp"`: the section as written.
@@ -138,24 +160,7 @@ impl Settings {
 
 impl Raw {
     pub fn validate(self, at: &str, errors: &mut Vec<String>) -> Settings {
-        let tls = self.tls.map(|t| {
-            for (what, file) in [
-                ("cert_file", Some(&t.cert_file)),
-                ("key_file", Some(&t.key_file)),
-                ("client_ca_file", t.client_ca_file.as_ref()),
-            ] {
-                if let Some(file) = file
-                    && let Err(e) = std::fs::metadata(file)
-                {
-                    errors.push(format!("{at}: tls.{what} {}: {e}", file.display()));
-                }
-            }
-            TlsSettings {
-                cert_file: t.cert_file,
-                key_file: t.key_file,
-                client_ca_file: t.client_ca_file,
-            }
-        });
+        let tls = self.tls.map(|t| t.validate(at, errors));
         Settings {
             address: Listen::parse(self.address.as_deref(), at, errors),
             max_connections: count(

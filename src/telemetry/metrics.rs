@@ -1,5 +1,5 @@
-//! The metrics registry (Prometheus text format) and the HTTP endpoint
-//! serving `/metrics`, `/healthz` and `/readyz`. Metric names follow
+//! The metrics registry (Prometheus text format) and the routes of the
+//! HTTP endpoint serving `/metrics`, `/healthz` and `/readyz`. Metric names follow
 //! `mcp_alertd_<noun>_<unit>`; labels are bounded (source names, reasons,
 //! event types, rule ids, severities), never agent or session ids.
 
@@ -12,7 +12,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
@@ -113,6 +112,8 @@ pub struct Metrics {
     pub alerts_grouped: Counter,
     pub snapshot_bytes: Gauge,
     pub state_saves: Counter,
+    /// Wall clock of the last state save committed (epoch seconds).
+    pub state_last_save: Gauge,
     pub snapshot_seconds: FloatGauge,
     pub kafka_lag: Family<PartitionLabels, Gauge>,
     pub kafka_rebalances: Family<SourceLabel, Counter>,
@@ -163,6 +164,7 @@ impl Metrics {
             alerts_grouped: Counter::default(),
             snapshot_bytes: Gauge::default(),
             state_saves: Counter::default(),
+            state_last_save: Gauge::default(),
             snapshot_seconds: FloatGauge::default(),
             kafka_lag: Family::default(),
             kafka_rebalances: Family::default(),
@@ -203,6 +205,7 @@ impl Metrics {
             outbox_dead => "outbox_dead_letters", "Dead letters in the store";
             snapshot_bytes => "state_snapshot_bytes", "Size of the engine state last saved (units that changed)";
             state_saves => "state_saves", "Engine state saves committed to the store (with the positions they cover)";
+            state_last_save => "state_last_save_timestamp_seconds", "Wall clock (Unix seconds) of the last engine state save committed";
             snapshot_seconds => "state_snapshot_seconds", "Time the engine spent serializing the last saved state";
             kafka_lag => "kafka_consumer_lag_records", "Records in a Kafka partition not yet read (high watermark minus position)";
             kafka_rebalances => "kafka_rebalances", "Kafka partition assignments and revocations, by source";
@@ -262,17 +265,13 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `cancel`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
+/// The routes `/metrics`, `/healthz` and `/readyz`.
+pub fn routes(metrics: Arc<Metrics>) -> axum::Router {
     use axum::http::{StatusCode, header};
     use axum::routing::get;
     let render = metrics.clone();
-    let ready = metrics.clone();
-    let app = axum::Router::new()
+    let ready = metrics;
+    axum::Router::new()
         .route(
             "/metrics",
             get(move || {
@@ -301,10 +300,7 @@ pub async fn serve(
                     }
                 }
             }),
-        );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+        )
 }
 
 /// Binds the metrics address.

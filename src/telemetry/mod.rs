@@ -3,6 +3,7 @@
 //! standard error; standard output is reserved for alerts.
 
 pub mod metrics;
+pub mod scrape;
 
 use std::collections::HashMap;
 

@@ -34,6 +34,8 @@ fn tier(module: &str) -> Option<Tier> {
         "store" => Tier::Stage(4),
         "outbox" => Tier::Stage(5),
         "sink" => Tier::Stage(6),
+        // Fed by the engine thread beside the outbox; read over HTTP.
+        "console" => Tier::Stage(6),
         "pipeline" => Tier::Stage(7),
         "config" => Tier::Config,
         "replay" | "rule_tests" | "bench_load" | "corpus" | "status" => Tier::Tool,

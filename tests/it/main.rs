@@ -9,6 +9,7 @@ mod architecture;
 mod support;
 mod cli;
 mod clock;
+mod console;
 mod correlation;
 mod daemon;
 mod decode;
