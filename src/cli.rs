@@ -53,8 +53,10 @@ pub enum Command {
     ///
     /// Without --config it listens for syslog on 127.0.0.1:5514 (UDP and
     /// TCP), uses the built-in rules, writes alerts as JSON lines to stdout
-    /// and serves /metrics, /healthz and /readyz on 127.0.0.1:9464.
-    /// Engine state is saved in the state directory every few seconds with
+    /// and serves /metrics, /healthz, /readyz and the web console (/: the
+    /// injection meter, recent alerts, pipeline health; JSON under /api/)
+    /// on 127.0.0.1:9464; off loopback the console needs a token and TLS
+    /// (`[console]`, `[metrics.tls]`). Engine state is saved in the state directory every few seconds with
     /// the source positions it covers, and restored at start. Under systemd
     /// it sends READY, STATUS, WATCHDOG and STOPPING notifications and takes
     /// sockets passed by socket activation (address = "systemd:NAME").
@@ -581,6 +583,24 @@ fn build_check(c: &Config) -> Result<Vec<String>> {
             problems.push(e);
         }
     }
+    if c.metrics.is_some() {
+        if let Some(tls) = &c.metrics_tls
+            && let Err(e) = crate::source::syslog_tcp::tls_acceptor(tls)
+        {
+            problems.push(format!("metrics.tls: {e}"));
+        }
+        if c.console.enabled
+            && let Some(token) = &c.console.token
+        {
+            match token.read() {
+                Ok(t) if t.is_empty() => {
+                    problems.push("console.token: the token is empty".to_owned())
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(format!("console.token: {e}")),
+            }
+        }
+    }
     #[cfg(feature = "kafka")]
     for s in &c.sources {
         if let crate::config::SourceKind::Kafka(k) = &s.kind
@@ -645,6 +665,23 @@ fn print_check(
         }
         for (rule, when) in c.monitor.describe() {
             writeln!(out, "  self   {rule:<20} {when}")?;
+        }
+        if let Some(addr) = c.metrics {
+            let scheme = if c.metrics_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let console = match (&c.console.enabled, &c.console.token) {
+                (false, _) => "metrics only, console off".to_owned(),
+                (true, None) => "metrics and console, no token".to_owned(),
+                (true, Some(_)) => "metrics and console, token required".to_owned(),
+            };
+            writeln!(
+                out,
+                "  http   {:<20} {console}",
+                format!("{scheme}://{addr}/")
+            )?;
         }
     }
     if let Some(formats) = formats {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::telemetry::scrape::{Sample, parse};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::scrape::{Sample, parse};
 
 /// Samples closer together than this are not kept (rates need a span).
 const MIN_SPACING: Duration = Duration::from_secs(1);

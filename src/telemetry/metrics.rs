@@ -77,6 +77,14 @@ pub struct ResultLabel {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// The name a registered metric's samples carry.
+fn series_name<M: prometheus_client::metrics::TypedMetric>(name: &str, _: &M) -> String {
+    match M::TYPE {
+        prometheus_client::metrics::MetricType::Counter => format!("mcp_alertd_{name}_total"),
+        _ => format!("mcp_alertd_{name}"),
+    }
+}
+
 /// Every metric of the daemon. Cheap to share (`Arc`); updates are atomic.
 pub struct Metrics {
     registry: Registry,
@@ -118,6 +126,8 @@ pub struct Metrics {
     pub kafka_lag: Family<PartitionLabels, Gauge>,
     pub kafka_rebalances: Family<SourceLabel, Counter>,
     ready: AtomicBool,
+    /// Every series name the daemon exports (a counter with `_total`).
+    exported: Vec<String>,
 }
 
 impl Default for Metrics {
@@ -169,11 +179,16 @@ impl Metrics {
             kafka_lag: Family::default(),
             kafka_rebalances: Family::default(),
             ready: AtomicBool::new(false),
+            exported: Vec::new(),
             registry: Registry::default(),
         };
+        let mut exported = Vec::new();
         macro_rules! register {
             ($($field:ident => $name:literal, $help:literal;)*) => {
-                $(registry.register($name, $help, m.$field.clone());)*
+                $(
+                    registry.register($name, $help, m.$field.clone());
+                    exported.push(series_name($name, &m.$field));
+                )*
             };
         }
         register! {
@@ -212,7 +227,17 @@ impl Metrics {
             alerts_suppressed => "alerts_suppressed", "Alerts held back by a route's repeat_interval";
             alerts_grouped => "alerts_grouped", "Alerts folded into a group digest by a route's group_window";
         }
-        Metrics { registry, ..m }
+        Metrics {
+            registry,
+            exported,
+            ..m
+        }
+    }
+
+    /// Every series name the daemon exports, whether or not it has a
+    /// sample yet (a family without labels yet is not rendered).
+    pub fn exported(&self) -> &[String] {
+        &self.exported
     }
 
     pub fn source(name: &str) -> SourceLabel {

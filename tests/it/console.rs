@@ -833,3 +833,71 @@ fn off_loopback_the_console_needs_a_token_and_tls() {
         "{errors:?}"
     );
 }
+
+/// Every metric name a query of the Grafana dashboard names.
+fn dashboard_metrics(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if let (true, Some(text)) =
+                    (k == "expr" || k == "query" || k == "definition", v.as_str())
+                {
+                    let mut rest = text;
+                    while let Some(at) = rest.find("mcp_alertd_") {
+                        let name: String = rest[at..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        rest = &rest[at + name.len()..];
+                        out.push(name);
+                    }
+                }
+                dashboard_metrics(v, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| dashboard_metrics(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_the_daemon_exports() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/grafana/mcp-alertd.json");
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let metrics = mcp_alertd::telemetry::metrics::Metrics::new();
+    let exported = metrics.exported();
+    let mut named = Vec::new();
+    dashboard_metrics(&dash, &mut named);
+    assert!(named.len() > 20, "{named:?}");
+    for name in &named {
+        assert!(
+            exported.contains(name),
+            "the dashboard queries `{name}`, which the daemon does not export"
+        );
+    }
+    // It shows every metric but the latency's sample count.
+    for name in exported {
+        assert!(
+            named.contains(name) || name.ends_with("latency_samples_total"),
+            "`{name}` is on no panel"
+        );
+    }
+    // Panels: unique ids, each with a place, a title and (but rows) a query.
+    let panels = dash["panels"].as_array().unwrap();
+    let mut ids: Vec<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), panels.len());
+    for p in panels {
+        assert!(p["gridPos"]["w"].as_u64().unwrap() > 0, "{p}");
+        assert!(!p["title"].as_str().unwrap().is_empty());
+        if p["type"] != "row" {
+            let targets = p["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{p}");
+            for t in targets {
+                assert_eq!(t["datasource"]["uid"], "${datasource}", "{p}");
+            }
+        }
+    }
+    assert_eq!(dash["uid"], "mcp-alertd");
+}
