@@ -349,7 +349,8 @@ pub struct StatusArgs {
     /// The daemon's configuration (its metrics address is used).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The metrics address (overrides the configuration's).
+    /// The metrics address (overrides the configuration's; HTTPS when the
+    /// configuration's `[metrics] tls` is set, its certificate pinned).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
     /// Time between the two scrapes that give the rates.
@@ -438,16 +439,19 @@ pub fn run(cli: Cli, daemon: impl FnOnce(Option<PathBuf>) -> Result<u8>) -> Resu
             Ok(0)
         }
         Command::Status(args) => {
-            let addr = match (args.metrics, &args.config) {
-                (Some(a), _) => a,
-                (None, Some(c)) => Config::load(c)?
-                    .metrics
-                    .ok_or_else(|| anyhow::anyhow!("the configuration disables metrics"))?,
-                (None, None) => Config::builtin()
-                    .metrics
-                    .ok_or_else(|| anyhow::anyhow!("no metrics address"))?,
+            let config = match &args.config {
+                Some(c) => Config::load(c)?,
+                None => Config::builtin(),
             };
-            crate::status::run(addr, args.interval, &mut io::stdout().lock())
+            let addr = args.metrics.or(config.metrics).ok_or_else(|| {
+                anyhow::anyhow!("the configuration disables metrics (give --metrics ADDR)")
+            })?;
+            // The configuration's certificate, when its address speaks TLS.
+            let at = match &config.metrics_tls {
+                Some(tls) => crate::status::Endpoint::tls(addr, &tls.cert_file)?,
+                None => crate::status::Endpoint::plain(addr),
+            };
+            crate::status::run(&at, args.interval, &mut io::stdout().lock())
         }
         Command::Rules(args) => match args.action {
             RulesAction::Test {

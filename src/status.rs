@@ -7,33 +7,158 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
+use rustls::pki_types::CertificateDer;
 
 pub use crate::telemetry::scrape::{Sample, parse};
 
-/// GET `path` from `addr` over HTTP/1.1; returns (status, body).
-fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("cannot connect to the metrics endpoint {addr}"))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .with_context(|| format!("reading {path} from {addr}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("{addr}{path}: not an HTTP response"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("{addr}{path}: no HTTP status"))?;
-    Ok((status, body.to_owned()))
+/// Where `status` finds the daemon: its metrics address and, when that
+/// speaks TLS (`[metrics] tls`), the certificate the daemon serves (read
+/// from the configuration's `cert_file` and pinned: trusted as it is,
+/// self-signed or not, and nothing else is).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub pinned: Option<CertificateDer<'static>>,
+}
+
+impl Endpoint {
+    pub fn plain(addr: SocketAddr) -> Endpoint {
+        Endpoint { addr, pinned: None }
+    }
+
+    /// The endpoint of a daemon whose TLS certificate chain is `cert_file`.
+    pub fn tls(addr: SocketAddr, cert_file: &std::path::Path) -> Result<Endpoint> {
+        use rustls::pki_types::pem::PemObject;
+        let cert = CertificateDer::pem_file_iter(cert_file)
+            .and_then(|mut certs| certs.next().transpose())
+            .with_context(|| format!("metrics.tls: {}", cert_file.display()))?
+            .ok_or_else(|| {
+                anyhow::anyhow!("metrics.tls: no certificate in {}", cert_file.display())
+            })?;
+        Ok(Endpoint {
+            addr,
+            pinned: Some(cert),
+        })
+    }
+
+    /// GET `path` over HTTP/1.1 (in TLS when pinned); returns (status,
+    /// body).
+    fn get(&self, path: &str, timeout: Duration) -> Result<(u16, String)> {
+        let addr = self.addr;
+        let mut tcp = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("cannot connect to the metrics endpoint {addr}"))?;
+        tcp.set_read_timeout(Some(timeout))?;
+        tcp.set_write_timeout(Some(timeout))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut raw = Vec::new();
+        match &self.pinned {
+            None => {
+                tcp.write_all(request.as_bytes())?;
+                tcp.read_to_end(&mut raw)
+                    .with_context(|| format!("reading {path} from {addr}"))?;
+            }
+            Some(cert) => {
+                let conn = rustls::ClientConnection::new(
+                    pinned_client(cert.clone())?,
+                    rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                )?;
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                tls.write_all(request.as_bytes())
+                    .with_context(|| format!("TLS to the metrics endpoint {addr}"))?;
+                // A peer closing without close_notify ends the body too.
+                if let Err(e) = tls.read_to_end(&mut raw)
+                    && raw.is_empty()
+                {
+                    return Err(e).with_context(|| format!("reading {path} from {addr}"));
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("{addr}{path}: not an HTTP response"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("{addr}{path}: no HTTP status"))?;
+        Ok((status, body.to_owned()))
+    }
+}
+
+/// A TLS client that trusts exactly `cert` as the server's certificate.
+fn pinned_client(cert: CertificateDer<'static>) -> Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned { cert, provider }))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Accepts the one pinned certificate; the handshake's signatures are
+/// still checked with it.
+#[derive(Debug)]
+struct Pinned {
+    cert: CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 fn sum(samples: &[Sample], name: &str) -> f64 {
@@ -207,16 +332,16 @@ fn sources(before: &[Sample], after: &[Sample], secs: f64) -> Vec<String> {
 
 /// Scrapes the daemon at `addr` twice, `interval` apart, and prints the
 /// summary. Exit code 0 when ready, 1 when not (or unreachable).
-pub fn run(addr: SocketAddr, interval: Duration, out: &mut dyn Write) -> Result<u8> {
-    let timeout = Duration::from_secs(5);
-    let (_, first) = get(addr, "/metrics", timeout)?;
+pub fn run(at: &Endpoint, interval: Duration, out: &mut dyn Write) -> Result<u8> {
+    let (addr, timeout) = (at.addr, Duration::from_secs(5));
+    let (_, first) = at.get("/metrics", timeout)?;
     // A one-shot command on the main thread: no runtime to stall.
     #[allow(clippy::disallowed_methods)]
     std::thread::sleep(interval);
     let started = std::time::Instant::now();
-    let (_, second) = get(addr, "/metrics", timeout)?;
+    let (_, second) = at.get("/metrics", timeout)?;
     let secs = interval.as_secs_f64() + started.elapsed().as_secs_f64();
-    let (ready, _) = get(addr, "/readyz", timeout)?;
+    let (ready, _) = at.get("/readyz", timeout)?;
     let ready = ready == 200;
     write!(
         out,

@@ -6,8 +6,8 @@
 //! at most `max_*` entries. At the cap the sixteenth of the entries with the
 //! fewest denials in the last day (the oldest first on ties) is evicted at
 //! once, so the O(n) selection is amortized; an entry holds 24 hourly and
-//! 12 five-minute buckets (288 bytes) plus its names, about 400 bytes in
-//! all. The heavy hitters (the only entries the top 20 can show) are the
+//! 12 five-minute buckets (288 bytes) plus its names, about 750 bytes
+//! resident with the hash table's slack (`cargo bench --bench console`). The heavy hitters (the only entries the top 20 can show) are the
 //! ones that stay; an agent evicted and seen again starts from zero, which
 //! the response says (`evicted`).
 
@@ -108,91 +108,118 @@ impl Counts {
     }
 }
 
-/// A table's key: (tenant, agent or session id).
-type Key = (Box<str>, Box<str>);
+/// A table's key: the tenant and the agent or session id, joined by a
+/// unit separator (so a lookup needs no allocation).
+const SEP: char = '\u{1f}';
 
 /// One capped table of counts.
 #[derive(Debug)]
 struct Table {
     max: usize,
-    map: HashMap<Key, Counts>,
+    map: HashMap<Box<str>, Counts, foldhash::fast::RandomState>,
     evicted: u64,
+    /// The key being looked up (reused).
+    buf: String,
 }
 
 impl Table {
     fn new(max: usize) -> Table {
         Table {
             max: max.max(1),
-            map: HashMap::new(),
+            map: HashMap::default(),
             evicted: 0,
+            buf: String::new(),
         }
     }
 
-    fn entry(&mut self, key: (&str, &str), now_ms: i64) -> &mut Counts {
-        let key: Key = (key.0.into(), key.1.into());
-        if !self.map.contains_key(&key) && self.map.len() >= self.max {
-            self.evict(now_ms);
+    /// The counts of (tenant, id), made (after making room) if new.
+    fn entry(&mut self, tenant: &str, id: &str, now_ms: i64) -> Option<&mut Counts> {
+        self.buf.clear();
+        self.buf.push_str(tenant);
+        self.buf.push(SEP);
+        self.buf.push_str(id);
+        if !self.map.contains_key(self.buf.as_str()) {
+            if self.map.len() >= self.max {
+                self.evict(now_ms);
+            }
+            let counts = Counts {
+                tenant: "".into(),
+                agent_id: "".into(),
+                session_id: None,
+                hours: Ring::new(),
+                fives: Ring::new(),
+                total: 0,
+                last_ms: i64::MIN,
+            };
+            self.map.insert(self.buf.as_str().into(), counts);
         }
-        self.map.entry(key).or_insert_with(|| Counts {
-            tenant: "".into(),
-            agent_id: "".into(),
-            session_id: None,
-            hours: Ring::new(),
-            fives: Ring::new(),
-            total: 0,
-            last_ms: i64::MIN,
-        })
+        self.map.get_mut(self.buf.as_str())
     }
 
     /// Evicts the sixteenth of the entries with the fewest denials in the
     /// day (oldest first on ties).
     fn evict(&mut self, now_ms: i64) {
         let n = (self.map.len() / EVICT_FRACTION).max(1);
-        let mut ranked: Vec<(u64, i64, Key)> = self
+        let mut ranked: Vec<(u64, i64, &str)> = self
             .map
             .iter()
-            .map(|(k, c)| (c.day(now_ms), c.last_ms, k.clone()))
+            .map(|(k, c)| (c.day(now_ms), c.last_ms, &**k))
             .collect();
         if n < ranked.len() {
             ranked.select_nth_unstable(n);
         }
-        for (_, _, k) in ranked.into_iter().take(n) {
+        let victims: Vec<Box<str>> = ranked.iter().take(n).map(|(_, _, k)| (*k).into()).collect();
+        for k in victims {
             self.map.remove(&k);
             self.evicted += 1;
         }
     }
 
+    /// The [`TOP`] entries with the most denials in `window` (then the most
+    /// in all, then by name).
     fn top(&self, now_ms: i64, window: Window) -> Vec<Row> {
-        let mut rows: Vec<Row> = self
+        let mut ranked: Vec<(u64, &Counts)> = self
             .map
             .values()
-            .map(|c| Row {
-                tenant: c.tenant.to_string(),
-                agent_id: c.agent_id.to_string(),
-                session_id: c.session_id.as_deref().map(str::to_owned),
-                count: match window {
+            .map(|c| {
+                let count = match window {
                     Window::Hour => c.hour(now_ms),
                     Window::Day => c.day(now_ms),
-                },
-                hour: c.hour(now_ms),
-                day: c.day(now_ms),
-                total: c.total,
-                sparkline: c.hours.series(now_ms.div_euclid(HOUR_MS)).to_vec(),
-                streak_hours: c.streak(now_ms),
-                sustained: c.streak(now_ms) >= SUSTAINED_HOURS,
-                last_denied_ms: c.last_ms,
+                };
+                (count, c)
             })
-            .filter(|r| r.count > 0)
+            .filter(|(count, _)| *count > 0)
             .collect();
-        rows.sort_by(|a, b| {
-            b.count
-                .cmp(&a.count)
-                .then(b.total.cmp(&a.total))
-                .then_with(|| (&a.tenant, &a.agent_id).cmp(&(&b.tenant, &b.agent_id)))
-                .then_with(|| a.session_id.cmp(&b.session_id))
-        });
-        rows.truncate(TOP);
-        rows
+        let order = |a: &(u64, &Counts), b: &(u64, &Counts)| {
+            b.0.cmp(&a.0)
+                .then(b.1.total.cmp(&a.1.total))
+                .then_with(|| (&a.1.tenant, &a.1.agent_id).cmp(&(&b.1.tenant, &b.1.agent_id)))
+                .then_with(|| a.1.session_id.cmp(&b.1.session_id))
+        };
+        if ranked.len() > TOP {
+            ranked.select_nth_unstable_by(TOP, order);
+            ranked.truncate(TOP);
+        }
+        ranked.sort_unstable_by(order);
+        ranked
+            .into_iter()
+            .map(|(count, c)| {
+                let streak = c.streak(now_ms);
+                Row {
+                    tenant: c.tenant.to_string(),
+                    agent_id: c.agent_id.to_string(),
+                    session_id: c.session_id.as_deref().map(str::to_owned),
+                    count,
+                    hour: c.hour(now_ms),
+                    day: c.day(now_ms),
+                    total: c.total,
+                    sparkline: c.hours.series(now_ms.div_euclid(HOUR_MS)).to_vec(),
+                    streak_hours: streak,
+                    sustained: streak >= SUSTAINED_HOURS,
+                    last_denied_ms: c.last_ms,
+                }
+            })
+            .collect()
     }
 }
 
@@ -292,9 +319,13 @@ impl Meter {
             c.total += 1;
             c.last_ms = c.last_ms.max(d.ts);
         };
-        count(self.agents.entry((d.tenant, agent), now), None);
-        if let Some(s) = d.session_id.filter(|s| !s.is_empty()) {
-            count(self.sessions.entry((d.tenant, s), now), Some(s));
+        if let Some(c) = self.agents.entry(d.tenant, agent, now) {
+            count(c, None);
+        }
+        if let Some(s) = d.session_id.filter(|s| !s.is_empty())
+            && let Some(c) = self.sessions.entry(d.tenant, s, now)
+        {
+            count(c, Some(s));
         }
     }
 

@@ -183,10 +183,13 @@ impl Console {
         lock(&self.meter).advance(clock_ms);
     }
 
-    /// Lists alerts just raised (the oldest leave beyond the cap).
-    pub fn raised<'a>(&self, alerts: impl IntoIterator<Item = &'a Alert>) {
+    /// Lists alerts just raised (the oldest leave beyond the cap; of a
+    /// storm only the last `cap` are copied).
+    pub fn raised(&self, alerts: &[Alert]) {
         let mut recent = lock(&self.recent);
-        for alert in alerts {
+        let skip = alerts.len().saturating_sub(recent.cap);
+        recent.next_seq += skip as u64;
+        for alert in &alerts[skip..] {
             let seq = recent.next_seq;
             recent.next_seq += 1;
             let advice = recent.advice.get(&alert.rule).cloned();

@@ -560,12 +560,15 @@ impl Pipeline {
         }
         let now = crate::clock::now_ms();
         let mut routed = Routed::default();
-        let mut listed = Vec::new();
-        for detection in self.alerts.drain(..) {
-            let alert = alert::render(detection, Some(now));
-            if self.console.is_some() {
-                listed.push(alert.clone());
-            }
+        let rendered: Vec<alert::Alert> = self
+            .alerts
+            .drain(..)
+            .map(|d| alert::render(d, Some(now)))
+            .collect();
+        if let Some(c) = &self.console {
+            c.raised(&rendered);
+        }
+        for alert in rendered {
             let metrics = &self.metrics;
             self.alert_counters
                 .entry(alert.rule.clone())
@@ -580,9 +583,6 @@ impl Pipeline {
                 })
                 .inc();
             self.routes.route(alert, now, &mut routed);
-        }
-        if let Some(c) = &self.console {
-            c.raised(&listed);
         }
         self.deliver(routed)?;
         // Latency ends here: the alerts are routed and handed to the outbox

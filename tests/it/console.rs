@@ -764,6 +764,32 @@ address = "127.0.0.1:0"
     )
     .await;
     assert_eq!(status(&r), 401, "{r}");
+
+    // `status` with the configuration speaks TLS to it, the served
+    // certificate pinned from cert_file.
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, &cfg).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("mcp-alertd"))
+            .args(["status", "--interval", "100ms", "--config"])
+            .arg(&file)
+            .arg("--metrics")
+            .arg(m.to_string())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with(&format!("mcp-alertd at {m}: ready")),
+        "{text}"
+    );
     daemon.shutdown().await.unwrap();
 }
 
