@@ -5,6 +5,9 @@
 //! `cargo bench --bench console`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/rss.rs"]
+mod rss;
+
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -136,26 +139,15 @@ fn meter(c: &mut Criterion) {
     g.finish();
 
     // The meter's memory at its default caps (resident growth).
-    let before = rss();
+    let before = rss::rss();
     let m = full(n);
-    let after = rss();
+    let after = rss::rss();
     println!(
         "console/meter_memory: {n} agents + {n} sessions: {:.1} MB resident, {} bytes per entry",
         (after - before) as f64 / 1e6,
         (after - before) / (2 * n)
     );
     black_box(m);
-}
-
-/// Resident memory of this process, bytes.
-fn rss() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
 }
 
 criterion_group!(benches, meter);

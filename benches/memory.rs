@@ -5,6 +5,9 @@
 //! another's. `cargo bench --bench memory`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/rss.rs"]
+mod rss;
+
 use std::sync::Arc;
 
 use mcp_alertd::decode::Decoder;
@@ -66,17 +69,6 @@ fn ts(i: usize) -> i64 {
     1_790_000_000_000 + (i as i64 % 50_000)
 }
 
-/// Resident memory of this process, bytes.
-fn rss() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// The default rule `id` alone, as a rule set.
 fn one_rule(id: &str) -> Arc<RuleSet> {
     let all = RuleSet::embedded().unwrap();
@@ -105,7 +97,7 @@ fn measure(kind: &str) {
     let rules = one_rule(id);
     let decoder = Decoder::default();
     let lines: Vec<String> = (0..KEYS).map(line).collect();
-    let before = rss();
+    let before = rss::rss();
     let mut engine = Engine::new(
         rules,
         EngineConfig {
@@ -118,7 +110,7 @@ fn measure(kind: &str) {
         engine.on_event(&decoder.decode(l.as_bytes()).unwrap(), None, &mut out);
         out.clear();
     }
-    let after = rss();
+    let after = rss::rss();
     let live: usize = engine.live_keys().iter().map(|(_, n)| n).sum();
     assert_eq!(live, KEYS, "{kind}: {live} live keys");
     let snapshot = engine.snapshot().unwrap().len();
