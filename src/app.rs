@@ -209,6 +209,8 @@ impl Daemon {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if config.sources != self.config.sources
             || config.metrics != self.config.metrics
+            || config.metrics_tls != self.config.metrics_tls
+            || config.console != self.config.console
             || config.state_dir != self.config.state_dir
             || config.sinks != self.config.sinks
             || config.router != self.config.router
@@ -216,7 +218,7 @@ impl Daemon {
             || config.monitor != self.config.monitor
         {
             tracing::warn!(
-                "changes to sources, sinks, routes, outbox, self_monitoring, metrics or state_dir take effect at the next start"
+                "changes to sources, sinks, routes, outbox, self_monitoring, metrics, console or state_dir take effect at the next start"
             );
         }
         let (done, kept) = oneshot::channel();

@@ -927,3 +927,26 @@ fn the_grafana_dashboard_queries_only_metrics_the_daemon_exports() {
     }
     assert_eq!(dash["uid"], "mcp-alertd");
 }
+
+#[test]
+fn source_rates_come_from_samples_a_second_or_more_apart() {
+    use mcp_alertd::console::health::{Rates, health};
+    use mcp_alertd::telemetry::metrics::Metrics;
+    let metrics = Metrics::new();
+    let received = metrics
+        .records_received
+        .get_or_create(&Metrics::source("tcp"));
+    received.inc_by(100);
+    let rates = Rates::default();
+    let t0 = std::time::Instant::now();
+    let first = health(&metrics, &rates, t0);
+    assert_eq!(first.sources[0].received, 100);
+    assert_eq!(first.sources[0].rate_per_s, None, "one sample: no rate");
+    received.inc_by(50);
+    let soon = health(&metrics, &rates, t0 + std::time::Duration::from_millis(200));
+    assert_eq!(soon.sources[0].rate_per_s, None, "too close to the first");
+    received.inc_by(150);
+    let later = health(&metrics, &rates, t0 + std::time::Duration::from_secs(2));
+    assert_eq!(later.sources[0].received, 300);
+    assert_eq!(later.sources[0].rate_per_s, Some(100.0));
+}
