@@ -274,8 +274,8 @@ async fn api_health(State(s): State<Shared>) -> Response {
 }
 
 /// A TLS listener for `axum::serve`: connections are accepted and their
-/// handshakes run in tasks of their own (at most [`MAX_HANDSHAKES`] at
-/// once, each within [`HANDSHAKE_TIMEOUT`]), so one slow client holds up
+/// handshakes run in tasks of their own (at most 64 at
+/// once, each within 10 s), so one slow client holds up
 /// nobody.
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
