@@ -214,10 +214,10 @@ fn api(addr: SocketAddr, path: &str) -> Value {
     serde_json::from_str(body(&r)).unwrap_or_else(|e| panic!("{path}: {e}: {r}"))
 }
 
-/// The live injection scenario, dated back from `t` (epoch ms): agent
-/// `agent-injected` denied once in each of the three hours before `t`
-/// (session `sess-1`) and six times in the last minute (session
-/// `sess-2`), agent `agent-careful` once ten minutes before `t`.
+/// The live injection scenario, dated back from `t` (epoch ms, half past
+/// an hour): agent `agent-injected` denied once in each of the three
+/// hours before `t` (session `sess-1`) and six times in the 25 s up to `t`
+/// (session `sess-2`), agent `agent-careful` once ten minutes before `t`.
 fn injection(t: i64) -> Vec<String> {
     let line = |ts: i64, agent: &str, session: &str, tool: &str| {
         format!(
@@ -277,8 +277,10 @@ async fn daemon_on_examples(
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/audit.jsonl"))
             .unwrap();
     let mut lines: Vec<String> = examples.lines().map(str::to_owned).collect();
-    // A minute ago: within max_future_skew, and the hour buckets hold.
-    let t = jiff::Timestamp::now().as_millisecond() - 60_000;
+    // Half past the last full hour (30 to 90 minutes ago): the scenario's
+    // burst stays inside one hour bucket whatever the time of the run.
+    let now = jiff::Timestamp::now().as_millisecond();
+    let t = now.div_euclid(HOUR_MS) * HOUR_MS - 30 * 60_000;
     lines.extend(injection(t));
     append(&log, &lines);
     let (daemon, out) = start(&config(&log), &dir.join("state")).await;
