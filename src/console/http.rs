@@ -50,6 +50,8 @@ struct Shared {
     rates: Arc<Rates>,
     /// The SHA-256 of the token, when one is required.
     token: Option<[u8; 32]>,
+    /// The SHA-256 of the login cookie's value (the token's digest in hex).
+    cookie: Option<[u8; 32]>,
     tls: bool,
 }
 
@@ -78,7 +80,7 @@ impl Shared {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-            .any(|v| digest(v.as_bytes()) == digest(hex(&want).as_bytes()));
+            .any(|v| Some(digest(v.as_bytes())) == self.cookie);
         bearer || cookie
     }
 }
@@ -95,6 +97,7 @@ pub fn routes(
         metrics,
         rates: Arc::new(Rates::default()),
         token: token.map(|t| digest(t.as_bytes())),
+        cookie: token.map(|t| digest(hex(&digest(t.as_bytes())).as_bytes())),
         tls,
     };
     let guarded = Router::new()

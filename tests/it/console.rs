@@ -245,20 +245,9 @@ fn injection(t: i64) -> Vec<String> {
     lines
 }
 
+/// The support's file source, with the metrics (and console) on.
 fn config(log: &Path) -> String {
-    format!(
-        r#"[engine]
-idle_after = "1h"
-[metrics]
-address = "127.0.0.1:0"
-[[sources]]
-name = "audit"
-type = "file"
-path = "{}"
-poll_interval = "20ms"
-"#,
-        log.display()
-    )
+    crate::support::file_config(log).replace("enabled = false", "address = \"127.0.0.1:0\"")
 }
 
 /// Starts a daemon on `examples/audit.jsonl` followed by the injection
@@ -477,6 +466,19 @@ async fn headless(url: String, profile: &Path, args: Vec<String>) -> String {
     .unwrap()
 }
 
+/// Saves a screenshot of `url`, 1440 pixels wide and `height` high, as
+/// `png` (a PNG it checks was written).
+async fn screenshot(url: String, profile: &Path, png: &Path, height: u32) {
+    let _ = std::fs::remove_file(png);
+    let args = vec![
+        format!("--screenshot={}", png.display()),
+        format!("--window-size=1440,{height}"),
+    ];
+    headless(url, profile, args).await;
+    let bytes = std::fs::read(png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG"), "a PNG at {}", png.display());
+}
+
 /// The text of the element holding `attr` (e.g. `data-agent="x"`), up to
 /// the end of its row.
 fn row<'a>(dom: &'a str, attr: &str) -> &'a str {
@@ -564,19 +566,13 @@ async fn the_page_in_a_real_browser_shows_the_meter_the_alerts_and_the_health() 
     // Screenshots for people: the whole page, under target/.
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
     std::fs::create_dir_all(&shots).unwrap();
-    let png = shots.join("console.png");
-    let _ = std::fs::remove_file(&png);
-    headless(
+    screenshot(
         url,
         &dir.path().join("profile-shot"),
-        vec![
-            format!("--screenshot={}", png.display()),
-            "--window-size=1440,1500".into(),
-        ],
+        &shots.join("console.png"),
+        1500,
     )
     .await;
-    let bytes = std::fs::read(&png).unwrap();
-    assert!(bytes.starts_with(b"\x89PNG"), "a PNG at {}", png.display());
 
     // A link to one alert opens it: its summary, key, window, events and
     // what to check next.
@@ -617,18 +613,25 @@ async fn the_page_in_a_real_browser_shows_the_meter_the_alerts_and_the_health() 
         );
     }
     let png = shots.join("console-alert.png");
-    let _ = std::fs::remove_file(&png);
-    headless(
-        linked,
-        &dir.path().join("profile-linked-shot"),
-        vec![
-            format!("--screenshot={}", png.display()),
-            "--window-size=1440,2400".into(),
-        ],
-    )
-    .await;
-    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    screenshot(linked, &dir.path().join("profile-linked-shot"), &png, 2400).await;
     daemon.shutdown().await.unwrap();
+}
+
+/// A certificate for `localhost` signed by `ca`, its key and a token file
+/// (mode 600) holding `token`, in `dir`: (cert, key, token) paths.
+fn tls_files(
+    dir: &Path,
+    ca: &crate::TestCa,
+    token: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let (cert_pem, key_pem) = ca.issue("localhost");
+    let paths = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("token"));
+    std::fs::write(&paths.0, cert_pem).unwrap();
+    std::fs::write(&paths.1, key_pem).unwrap();
+    std::fs::write(&paths.2, token).unwrap();
+    std::fs::set_permissions(&paths.2, std::fs::Permissions::from_mode(0o600)).unwrap();
+    paths
 }
 
 /// One HTTPS request (HTTP/1.1, the connection closed after it) to a
@@ -665,19 +668,7 @@ fn get(path: &str, headers: &str) -> String {
 async fn with_a_token_and_tls_the_page_and_the_api_need_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let ca = crate::TestCa::new();
-    let (cert_pem, key_pem) = ca.issue("localhost");
-    let (cert, key, token) = (
-        dir.path().join("cert.pem"),
-        dir.path().join("key.pem"),
-        dir.path().join("token"),
-    );
-    std::fs::write(&cert, cert_pem).unwrap();
-    std::fs::write(&key, key_pem).unwrap();
-    std::fs::write(&token, "s3cret-console-token\n").unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    let (cert, key, token) = tls_files(dir.path(), &ca, "s3cret-console-token\n");
     let cfg = format!(
         r#"[metrics]
 address = "127.0.0.1:0"
@@ -799,15 +790,7 @@ address = "127.0.0.1:0"
 fn off_loopback_the_console_needs_a_token_and_tls() {
     let dir = tempfile::tempdir().unwrap();
     let ca = crate::TestCa::new();
-    let (cert_pem, key_pem) = ca.issue("localhost");
-    let (cert, key, token) = (
-        dir.path().join("cert.pem"),
-        dir.path().join("key.pem"),
-        dir.path().join("token"),
-    );
-    std::fs::write(&cert, cert_pem).unwrap();
-    std::fs::write(&key, key_pem).unwrap();
-    std::fs::write(&token, "t").unwrap();
+    let (cert, key, token) = tls_files(dir.path(), &ca, "t");
     let tls = format!(
         "tls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n",
         cert.display(),
