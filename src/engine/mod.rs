@@ -106,6 +106,10 @@ pub struct Engine {
     config: EngineConfig,
     clock: Option<i64>,
     next_sweep: i64,
+    /// Keys per rule after its last sweep: a periodic sweep visits a rule
+    /// only once it has grown by a quarter since, so sweeping costs O(1)
+    /// per inserted key however many keys are live.
+    swept_len: Vec<usize>,
     late: u64,
     evicted: u64,
     /// Reused buffers for building state keys and distinct values: no
@@ -129,6 +133,7 @@ impl Engine {
             config,
             clock: None,
             next_sweep: i64::MIN,
+            swept_len: Vec::new(),
             late: 0,
             evicted: 0,
             key_buf: String::with_capacity(128),
@@ -222,7 +227,7 @@ impl Engine {
             }
         }
         if clock >= self.next_sweep {
-            self.sweep(clock);
+            self.sweep(clock, false);
             self.next_sweep = clock.saturating_add(SWEEP_EVERY_MS);
         }
     }
@@ -633,9 +638,17 @@ impl Engine {
     }
 
     /// Drops expired keys (memory only: expiry is also checked on access).
-    fn sweep(&mut self, clock: i64) {
-        for (rule, state) in self.rules.rules().iter().zip(&mut self.states) {
-            state.sweep(rule, clock, self.config.lateness_ms);
+    /// Drops expired keys: of every rule when `all`, else of the rules
+    /// grown by a quarter since their last sweep.
+    fn sweep(&mut self, clock: i64, all: bool) {
+        self.swept_len.resize(self.states.len(), 0);
+        let rules = self.rules.rules().iter().zip(&mut self.states);
+        for ((rule, state), swept) in rules.zip(&mut self.swept_len) {
+            let len = state.len();
+            if all || len == 0 || len >= *swept + *swept / 4 {
+                state.sweep(rule, clock, self.config.lateness_ms);
+                *swept = state.len();
+            }
         }
         self.parked.retain(|p| p.until > clock);
         self.sessions.sweep(clock);
@@ -661,7 +674,7 @@ impl Engine {
             return;
         }
         if let Some(clock) = self.clock {
-            self.sweep(clock);
+            self.sweep(clock, true);
         }
         let state = &mut self.states[i];
         if state.len() < cap {
@@ -689,6 +702,7 @@ impl Engine {
             .map(|(r, s)| (r.id.clone(), r.definition.clone(), r.kind.name(), s))
             .collect();
         let mut kept = 0;
+        self.swept_len.clear();
         self.states = rules
             .rules()
             .iter()
@@ -793,7 +807,7 @@ fn detection(
 fn kept_detection(rule: &Rule, state_key: &str, ts: i64, what: What, t: &Trigger) -> Detection {
     Detection {
         rule: rule.info.clone(),
-        key: alert_key(rule, state_key, &t.tenant),
+        key: alert_key(rule, state_key, t.tenant()),
         ts,
         count: 1,
         what,

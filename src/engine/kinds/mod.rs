@@ -30,16 +30,87 @@ use threshold::{LifetimeKey, WindowKey};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trigger(Arc<TriggerData>);
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A kept event's text fields live in one allocation: `event`, `tenant`,
+/// then `tool`, `reason` and `server` when present, each ending at its
+/// entry of `ends` (a missing one ends where the previous did and is
+/// marked absent in `present`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct TriggerData {
     pub ts: i64,
-    event: Box<str>,
-    tool: Option<Box<str>>,
-    reason: Option<Box<str>>,
-    server: Option<Box<str>>,
+    text: Box<str>,
+    ends: [u32; 5],
+    present: u8,
     position: Option<KeptPosition>,
-    pub tenant: Box<str>,
     pub fingerprint: Fingerprint,
+}
+
+const EVENT: usize = 0;
+const TENANT: usize = 1;
+const TOOL: usize = 2;
+const REASON: usize = 3;
+const SERVER: usize = 4;
+
+impl TriggerData {
+    fn pack(
+        ts: i64,
+        parts: [Option<&str>; 5],
+        position: Option<KeptPosition>,
+        fingerprint: Fingerprint,
+    ) -> TriggerData {
+        let mut text = String::with_capacity(parts.iter().flatten().map(|p| p.len()).sum());
+        let (mut ends, mut present) = ([0u32; 5], 0u8);
+        for (i, part) in parts.iter().enumerate() {
+            if let Some(p) = part {
+                text.push_str(p);
+                present |= 1 << i;
+            }
+            // Kept fields come from one record, far below 4 GiB.
+            ends[i] = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        }
+        TriggerData {
+            ts,
+            text: text.into_boxed_str(),
+            ends,
+            present,
+            position,
+            fingerprint,
+        }
+    }
+
+    fn part(&self, i: usize) -> Option<&str> {
+        if self.present & (1 << i) == 0 {
+            return None;
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.text.get(start..self.ends[i] as usize)
+    }
+
+    pub fn event(&self) -> &str {
+        self.part(EVENT).unwrap_or_default()
+    }
+
+    pub fn tenant(&self) -> &str {
+        self.part(TENANT).unwrap_or_default()
+    }
+}
+
+/// The saved form of a kept event (the snapshot format: field order and
+/// names as written).
+#[derive(Serialize, Deserialize)]
+struct TriggerWire<'a> {
+    ts: i64,
+    #[serde(borrow)]
+    event: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    tool: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    reason: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    server: Option<std::borrow::Cow<'a, str>>,
+    position: Option<KeptPosition>,
+    #[serde(borrow)]
+    tenant: std::borrow::Cow<'a, str>,
+    fingerprint: Fingerprint,
 }
 
 /// Where a kept event came from: the position itself while live (a clone
@@ -74,37 +145,64 @@ impl std::ops::Deref for Trigger {
 
 impl Serialize for Trigger {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
+        let t = &self.0;
+        TriggerWire {
+            ts: t.ts,
+            event: t.event().into(),
+            tool: t.part(TOOL).map(Into::into),
+            reason: t.part(REASON).map(Into::into),
+            server: t.part(SERVER).map(Into::into),
+            position: t.position.clone(),
+            tenant: t.tenant().into(),
+            fingerprint: t.fingerprint,
+        }
+        .serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for Trigger {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Trigger, D::Error> {
-        TriggerData::deserialize(d).map(|t| Trigger(Arc::new(t)))
+        let w = TriggerWire::deserialize(d)?;
+        let parts = [
+            Some(&*w.event),
+            Some(&*w.tenant),
+            w.tool.as_deref(),
+            w.reason.as_deref(),
+            w.server.as_deref(),
+        ];
+        Ok(Trigger(Arc::new(TriggerData::pack(
+            w.ts,
+            parts,
+            w.position,
+            w.fingerprint,
+        ))))
     }
 }
 
 impl Trigger {
     pub fn of(ev: &Event<'_>, pos: Option<&Position>) -> Trigger {
-        Trigger(Arc::new(TriggerData {
-            ts: ev.ts,
-            event: ev.event.as_ref().into(),
-            tool: ev.tool.as_deref().map(Into::into),
-            reason: ev.reason.as_deref().map(Into::into),
-            server: ev.server.as_deref().map(Into::into),
-            position: pos.cloned().map(KeptPosition::Live),
-            tenant: ev.tenant.as_ref().into(),
-            fingerprint: alert::fingerprint(ev.payload, ev.part),
-        }))
+        let parts = [
+            Some(&*ev.event),
+            Some(&*ev.tenant),
+            ev.tool.as_deref(),
+            ev.reason.as_deref(),
+            ev.server.as_deref(),
+        ];
+        Trigger(Arc::new(TriggerData::pack(
+            ev.ts,
+            parts,
+            pos.cloned().map(KeptPosition::Live),
+            alert::fingerprint(ev.payload, ev.part),
+        )))
     }
 
     pub fn event_ref(&self) -> EventRef {
         EventRef {
             ts: self.ts,
-            event: self.event.to_string(),
-            tool: self.tool.as_deref().map(str::to_owned),
-            reason: self.reason.as_deref().map(str::to_owned),
-            server: self.server.as_deref().map(str::to_owned),
+            event: self.event().to_owned(),
+            tool: self.part(TOOL).map(str::to_owned),
+            reason: self.part(REASON).map(str::to_owned),
+            server: self.part(SERVER).map(str::to_owned),
             position: self.position.as_ref().map(|p| match p {
                 KeptPosition::Live(p) => p.to_string(),
                 KeptPosition::Text(t) => t.to_string(),
