@@ -187,7 +187,7 @@ impl Engine {
             .rules()
             .iter()
             .zip(&self.states)
-            .map(|(r, s)| (r.id.clone(), s.len()))
+            .map(|(r, s)| (r.id.clone(), s.held()))
             .collect()
     }
 
@@ -441,27 +441,24 @@ impl Engine {
             end: a.saturating_add(*within_ms),
         };
         let is_then = is_then && build_key(&mut self.key_buf, ev, then_key, true, scoped);
-        if is_then
-            && let RuleState::Sequence(keys) = &mut self.states[i]
-            && let Some(k) = keys.get_mut(self.key_buf.as_str())
-        {
-            k.tidy(clock, *within_ms, lateness);
-            let shown = alert_key(rule, &self.key_buf, &ev.tenant);
-            for a in k.complete(ev.ts, clock, *after_ms, *within_ms) {
-                let mut d = detection(rule, &shown, a.ts, 1, what(a.ts), ev, pos);
-                d.earlier = Some(a.event_ref());
-                out.push(d);
+        if is_then && let RuleState::Sequence(s) = &mut self.states[i] {
+            let done = s.complete(&self.key_buf, ev.ts, clock, *after_ms, *within_ms);
+            if !done.is_empty() {
+                let shown = alert_key(rule, &self.key_buf, &ev.tenant);
+                for a in done {
+                    let mut d = detection(rule, &shown, a.ts, 1, what(a.ts), ev, pos);
+                    d.earlier = Some(a.event_ref());
+                    out.push(d);
+                }
             }
         }
         if is_first && build_key(&mut self.key_buf, ev, first_key, true, scoped) {
             let a = ev.ts;
             let waits = clock <= a.saturating_add(*within_ms);
             let completed = match &mut self.states[i] {
-                RuleState::Sequence(keys) => keys.get_mut(self.key_buf.as_str()).and_then(|k| {
-                    k.tidy(clock, *within_ms, lateness);
-                    k.completed_by(a, clock, (*after_ms, *within_ms, lateness))
-                        .cloned()
-                }),
+                RuleState::Sequence(s) => s
+                    .completed_by(&self.key_buf, a, clock, (*after_ms, *within_ms, lateness))
+                    .cloned(),
                 _ => None,
             };
             if let Some(b) = completed {
@@ -471,17 +468,23 @@ impl Engine {
             } else if waits {
                 let t = self.kept(ev, pos);
                 if let Some(k) = self.keyed(i, ev, pos, out, RuleState::sequence) {
-                    k.wait(t);
+                    k.wait(t, clock, *within_ms);
                 }
             }
+            // The key of the `then` side again, for keeping this event.
+            if is_then {
+                build_key(&mut self.key_buf, ev, then_key, true, scoped);
+            }
         }
-        if is_then
-            && clock <= ev.ts.saturating_add(lateness)
-            && build_key(&mut self.key_buf, ev, then_key, true, scoped)
-        {
+        if is_then && clock <= ev.ts.saturating_add(lateness) {
             let t = self.kept(ev, pos);
-            if let Some(k) = self.keyed(i, ev, pos, out, RuleState::sequence) {
-                k.keep(t);
+            let cap = self.config.max_keys_per_rule;
+            if let RuleState::Sequence(s) = &mut self.states[i] {
+                let evicted = s.keep(&self.key_buf, t, clock, lateness, cap);
+                if evicted > 0 {
+                    self.evicted += evicted as u64;
+                    out.push(pressure(rule, evicted, cap.max(1), ev, pos));
+                }
             }
         }
     }

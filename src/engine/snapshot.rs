@@ -169,7 +169,7 @@ impl Engine {
         }
         let rules = engine.rules.clone();
         for (i, rule) in rules.rules().iter().enumerate() {
-            if engine.states[i].len() == 0
+            if engine.states[i].held() == 0
                 && let Some(state) = engine.unpark(rule)
             {
                 engine.states[i] = state;

@@ -21,7 +21,7 @@ use crate::event::{Event, Position};
 use absence::AbsenceState;
 use cardinality::DistinctKey;
 use membership::MemberKey;
-use sequence::SequenceKey;
+use sequence::{SequenceKey, SequenceState};
 use threshold::{LifetimeKey, WindowKey};
 
 /// An event kept in state (a pending start, a sequence's sides, a held
@@ -217,7 +217,7 @@ pub enum RuleState {
     Window(KeyMap<WindowKey>),
     Lifetime(KeyMap<LifetimeKey>),
     Absence(AbsenceState),
-    Sequence(KeyMap<SequenceKey>),
+    Sequence(SequenceState),
     Distinct(KeyMap<DistinctKey>),
     Membership(KeyMap<MemberKey>),
 }
@@ -234,7 +234,7 @@ fn evict<V>(map: &mut KeyMap<V>, n: usize, age: impl Fn(&V) -> i64) -> usize {
 impl RuleState {
     pub fn sequence(&mut self) -> Option<&mut KeyMap<SequenceKey>> {
         match self {
-            RuleState::Sequence(m) => Some(m),
+            RuleState::Sequence(s) => Some(&mut s.keys),
             _ => None,
         }
     }
@@ -261,7 +261,7 @@ impl RuleState {
             } => RuleState::Window(KeyMap::default()),
             RuleKind::Threshold { window: None, .. } => RuleState::Lifetime(KeyMap::default()),
             RuleKind::Absence { .. } => RuleState::Absence(AbsenceState::default()),
-            RuleKind::Sequence { .. } => RuleState::Sequence(KeyMap::default()),
+            RuleKind::Sequence { .. } => RuleState::Sequence(SequenceState::default()),
             RuleKind::Cardinality { .. } => RuleState::Distinct(KeyMap::default()),
             RuleKind::Membership { .. } => RuleState::Membership(KeyMap::default()),
         }
@@ -273,9 +273,17 @@ impl RuleState {
             RuleState::Window(m) => m.len(),
             RuleState::Lifetime(m) => m.len(),
             RuleState::Absence(a) => a.pending.len(),
-            RuleState::Sequence(m) => m.len(),
+            RuleState::Sequence(s) => s.keys.len(),
             RuleState::Distinct(m) => m.len(),
             RuleState::Membership(m) => m.len(),
+        }
+    }
+
+    /// Live keys, and for a sequence also the `then` events it keeps.
+    pub fn held(&self) -> usize {
+        match self {
+            RuleState::Sequence(s) => s.keys.len() + s.kept_thens(),
+            _ => self.len(),
         }
     }
 
@@ -285,7 +293,7 @@ impl RuleState {
             RuleState::Window(m) => m.contains_key(key),
             RuleState::Lifetime(m) => m.contains_key(key),
             RuleState::Absence(a) => a.pending.contains_key(key),
-            RuleState::Sequence(m) => m.contains_key(key),
+            RuleState::Sequence(s) => s.keys.contains_key(key),
             RuleState::Distinct(m) => m.contains_key(key),
             RuleState::Membership(m) => m.contains_key(key),
             RuleState::Match => true,
@@ -299,7 +307,7 @@ impl RuleState {
             RuleState::Match => 0,
             RuleState::Window(m) => evict(m, n, WindowKey::last_seen),
             RuleState::Lifetime(m) => evict(m, n, LifetimeKey::last_seen),
-            RuleState::Sequence(m) => evict(m, n, SequenceKey::last_seen),
+            RuleState::Sequence(s) => evict(&mut s.keys, n, SequenceKey::last_seen),
             RuleState::Distinct(m) => evict(m, n, DistinctKey::last_seen),
             RuleState::Membership(m) => evict(m, n, MemberKey::last_seen),
             RuleState::Absence(a) => {
@@ -327,8 +335,8 @@ impl RuleState {
             (RuleKind::Threshold { key_ttl_ms, .. }, RuleState::Lifetime(keys)) => {
                 keys.retain(|_, k| clock <= k.last_seen().saturating_add(*key_ttl_ms));
             }
-            (RuleKind::Sequence { within_ms, .. }, RuleState::Sequence(keys)) => {
-                keys.retain(|_, k| !k.expire(clock, *within_ms, lateness_ms));
+            (RuleKind::Sequence { within_ms, .. }, RuleState::Sequence(s)) => {
+                s.expire(clock, *within_ms, lateness_ms);
             }
             (RuleKind::Cardinality { window: (w, s), .. }, RuleState::Distinct(keys)) => {
                 keys.retain(|_, k| !k.is_spent(clock, *w, *s))

@@ -3,22 +3,21 @@
 //! fires once per A, dated `a`, its trigger the B that completed it.
 //!
 //! Per key: the A's that have not fired, sorted by `a`, kept while
-//! `clock <= a + within`; the B's, sorted by `b` (one per millisecond: the
-//! first to arrive), kept while `clock <= b + lateness` so an A arriving
-//! late still finds them. Expiry is checked on access, so the sweep only
-//! frees memory. An event that is both a `first` and a `then` never
-//! completes its own sequence.
+//! `clock <= a + within`. The B's of all keys, in one log sorted by `b`
+//! (ties in arrival order: an A takes the first to arrive), kept while
+//! `clock <= b + lateness` so an A arriving late still finds them. Expiry
+//! is checked on access, so the sweep only frees memory. An event that is
+//! both a `first` and a `then` never completes its own sequence.
+
+use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use super::super::keys::KeyMap;
 use super::super::rules::{RuleKind, condition, key_fields, positive_duration};
 use super::Trigger;
 use crate::duration;
 
-/// A B of the same millisecond as one already kept is dropped: the first
-/// one to arrive is the one an A chooses. Beyond this many B's per key,
-/// the oldest go (they can complete only A's that arrive very late).
-pub const MAX_THENS_PER_KEY: usize = 4096;
 /// Beyond this many waiting A's per key the oldest go.
 pub const MAX_FIRSTS_PER_KEY: usize = 4096;
 
@@ -98,19 +97,198 @@ impl Raw {
     }
 }
 
+/// The state of a sequence rule: the waiting A's by key, and the recent
+/// B's of every key in one log by time.
+///
+/// Saved as it always was (per key, its A's and its B's), so snapshots of
+/// earlier builds read back unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct SequenceState {
+    pub keys: KeyMap<SequenceKey>,
+    thens: ThenLog,
+}
+
+/// A's waiting for their B, sorted by `ts` (ties in arrival order).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SequenceKey {
-    /// A's waiting for their B, sorted by `ts` (ties in arrival order).
     firsts: Vec<Trigger>,
-    /// B's kept for late A's, sorted by `ts`, one per millisecond.
+}
+
+/// The B's kept for A's that arrive late, sorted by `ts` (ties in arrival
+/// order), kept while `clock <= b + lateness`. Nearly every event of a
+/// `then` condition is kept for the lateness and almost none is ever used,
+/// so they go into one log in time order: keeping one is an append, and
+/// expiry pops the front, without a key of their own. An A looks only at
+/// the B's in its time range.
+#[derive(Debug, Clone, Default)]
+struct ThenLog {
+    entries: VecDeque<(Box<str>, Trigger)>,
+}
+
+impl ThenLog {
+    fn expire(&mut self, clock: i64, lateness_ms: i64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(_, b)| clock > b.ts.saturating_add(lateness_ms))
+        {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Keeps B in time order; at `cap` the oldest sixteenth goes first (the
+    /// count is returned).
+    fn keep(&mut self, key: &str, b: Trigger, cap: usize) -> usize {
+        let mut evicted = 0;
+        if self.entries.len() >= cap.max(1) {
+            evicted = (cap / EVICT_FRACTION).clamp(1, self.entries.len());
+            self.entries.drain(..evicted);
+        }
+        let mut at = self.entries.len();
+        while at > 0 && self.entries[at - 1].1.ts > b.ts {
+            at -= 1;
+        }
+        self.entries.insert(at, (key.into(), b));
+        evicted
+    }
+
+    /// The earliest B of `key` with `from <= b <= to`.
+    fn earliest(&self, key: &str, from: i64, to: i64) -> Option<&Trigger> {
+        let at = self.entries.partition_point(|(_, b)| b.ts < from);
+        self.entries
+            .range(at..)
+            .take_while(|(_, b)| b.ts <= to)
+            .find(|(k, _)| **k == *key)
+            .map(|(_, b)| b)
+    }
+}
+
+/// At the cap, this fraction (1/N) of the kept B's goes at once.
+const EVICT_FRACTION: usize = 16;
+
+impl SequenceState {
+    /// Kept B's (live keys are the A's keys).
+    pub fn kept_thens(&self) -> usize {
+        self.thens.entries.len()
+    }
+
+    /// Drops what the clock has passed.
+    pub fn expire(&mut self, clock: i64, within_ms: i64, lateness_ms: i64) {
+        self.thens.expire(clock, lateness_ms);
+        self.keys.retain(|_, k| !k.expire(clock, within_ms));
+    }
+
+    /// A `then` event at `b` of `key`: takes every waiting A it completes
+    /// (`a + after <= b <= a + within`, not yet passed by the clock), in
+    /// order of `a`.
+    pub fn complete(
+        &mut self,
+        key: &str,
+        b: i64,
+        clock: i64,
+        after_ms: i64,
+        within_ms: i64,
+    ) -> Vec<Trigger> {
+        let Some(k) = self.keys.get_mut(key) else {
+            return Vec::new();
+        };
+        let done = k.complete(b, clock, after_ms, within_ms);
+        if k.expire(clock, within_ms) {
+            self.keys.remove(key);
+        }
+        done
+    }
+
+    /// A `first` event at `a` of `key`: the earliest kept B (not yet passed
+    /// by the clock) it is completed by.
+    pub fn completed_by(
+        &mut self,
+        key: &str,
+        a: i64,
+        clock: i64,
+        (after_ms, within_ms, lateness_ms): (i64, i64, i64),
+    ) -> Option<&Trigger> {
+        self.thens.expire(clock, lateness_ms);
+        let to = a.saturating_add(within_ms);
+        self.thens.earliest(key, a.saturating_add(after_ms), to)
+    }
+
+    /// Keeps a B of `key` for A's that arrive late; returns how many kept
+    /// B's went to stay under `cap`.
+    pub fn keep(
+        &mut self,
+        key: &str,
+        b: Trigger,
+        clock: i64,
+        lateness_ms: i64,
+        cap: usize,
+    ) -> usize {
+        self.thens.expire(clock, lateness_ms);
+        self.thens.keep(key, b, cap)
+    }
+}
+
+/// The saved form of a key: its A's and its B's.
+#[derive(Serialize)]
+struct SavedKeyRef<'a> {
+    firsts: &'a [Trigger],
+    thens: Vec<&'a Trigger>,
+}
+
+#[derive(Deserialize)]
+struct SavedKey {
+    firsts: Vec<Trigger>,
     thens: Vec<Trigger>,
+}
+
+impl Serialize for SequenceState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut saved: HashMap<&str, SavedKeyRef<'_>, foldhash::fast::RandomState> = self
+            .keys
+            .iter()
+            .map(|(k, v)| {
+                let key = SavedKeyRef {
+                    firsts: &v.firsts,
+                    thens: Vec::new(),
+                };
+                (&**k, key)
+            })
+            .collect();
+        for (k, b) in &self.thens.entries {
+            saved
+                .entry(k)
+                .or_insert_with(|| SavedKeyRef {
+                    firsts: &[],
+                    thens: Vec::new(),
+                })
+                .thens
+                .push(b);
+        }
+        saved.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SequenceState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SequenceState, D::Error> {
+        let saved = KeyMap::<SavedKey>::deserialize(d)?;
+        let mut state = SequenceState::default();
+        let mut thens = Vec::new();
+        for (k, v) in saved {
+            thens.extend(v.thens.into_iter().map(|b| (k.clone(), b)));
+            if !v.firsts.is_empty() {
+                state.keys.insert(k, SequenceKey { firsts: v.firsts });
+            }
+        }
+        thens.sort_by_key(|(_, b)| b.ts);
+        state.thens.entries = thens.into();
+        Ok(state)
+    }
 }
 
 impl SequenceKey {
     /// The latest event time held (the key's age for eviction).
     pub fn last_seen(&self) -> i64 {
-        let last = |v: &[Trigger]| v.last().map_or(i64::MIN, |t| t.ts);
-        last(&self.firsts).max(last(&self.thens))
+        self.firsts.last().map_or(i64::MIN, |t| t.ts)
     }
 
     /// The A's the clock has passed (`clock > a + within`): a prefix.
@@ -119,40 +297,15 @@ impl SequenceKey {
             .partition_point(|a| clock > a.ts.saturating_add(within_ms))
     }
 
-    /// The B's the clock has passed (`clock > b + lateness`): a prefix.
-    fn expired_thens(&self, clock: i64, lateness_ms: i64) -> usize {
-        self.thens
-            .partition_point(|b| clock > b.ts.saturating_add(lateness_ms))
-    }
-
     /// Drops what the clock has passed; says whether nothing is left.
-    pub fn expire(&mut self, clock: i64, within_ms: i64, lateness_ms: i64) -> bool {
-        let (a, b) = (
-            self.expired_firsts(clock, within_ms),
-            self.expired_thens(clock, lateness_ms),
-        );
-        self.firsts.drain(..a);
-        self.thens.drain(..b);
-        self.firsts.is_empty() && self.thens.is_empty()
-    }
-
-    /// On access: drops what the clock has passed once it is at least half
-    /// of what is held (amortized; expired entries are skipped meanwhile).
-    pub fn tidy(&mut self, clock: i64, within_ms: i64, lateness_ms: i64) {
+    fn expire(&mut self, clock: i64, within_ms: i64) -> bool {
         let a = self.expired_firsts(clock, within_ms);
-        if a > 0 && a * 2 >= self.firsts.len() {
-            self.firsts.drain(..a);
-        }
-        let b = self.expired_thens(clock, lateness_ms);
-        if b > 0 && b * 2 >= self.thens.len() {
-            self.thens.drain(..b);
-        }
+        self.firsts.drain(..a);
+        self.firsts.is_empty()
     }
 
-    /// A `then` event at `b`: takes every waiting A it completes
-    /// (`a + after <= b <= a + within`, not yet passed by the clock), in
-    /// order of `a`.
-    pub fn complete(&mut self, b: i64, clock: i64, after_ms: i64, within_ms: i64) -> Vec<Trigger> {
+    /// Takes every waiting A completed by a B at `b`.
+    fn complete(&mut self, b: i64, clock: i64, after_ms: i64, within_ms: i64) -> Vec<Trigger> {
         let lo = self
             .firsts
             .partition_point(|a| a.ts.saturating_add(within_ms) < b)
@@ -166,48 +319,13 @@ impl SequenceKey {
         self.firsts.drain(lo..hi).collect()
     }
 
-    /// A `first` event at `a`: the earliest kept B (not yet passed by the
-    /// clock) it is completed by.
-    pub fn completed_by(
-        &self,
-        a: i64,
-        clock: i64,
-        (after_ms, within_ms, lateness_ms): (i64, i64, i64),
-    ) -> Option<&Trigger> {
-        let from = a.saturating_add(after_ms);
-        let at = self
-            .thens
-            .partition_point(|b| b.ts < from)
-            .max(self.expired_thens(clock, lateness_ms));
-        self.thens
-            .get(at)
-            .filter(|b| b.ts <= a.saturating_add(within_ms))
-    }
-
-    /// Keeps an A that found no B.
-    pub fn wait(&mut self, a: Trigger) {
+    /// Keeps an A that found no B (first dropping what the clock passed).
+    pub fn wait(&mut self, a: Trigger, clock: i64, within_ms: i64) {
+        self.expire(clock, within_ms);
         if self.firsts.len() >= MAX_FIRSTS_PER_KEY {
             self.firsts.remove(0);
         }
         let at = self.firsts.partition_point(|x| x.ts <= a.ts);
         self.firsts.insert(at, a);
-    }
-
-    /// Keeps a B for A's that arrive late (not when one of its millisecond
-    /// is already kept).
-    pub fn keep(&mut self, b: Trigger) {
-        let at = self.thens.partition_point(|x| x.ts < b.ts);
-        if self.thens.get(at).is_some_and(|x| x.ts == b.ts) {
-            return;
-        }
-        if self.thens.len() >= MAX_THENS_PER_KEY {
-            if at == 0 {
-                return; // older than every kept B
-            }
-            self.thens.remove(0);
-            self.thens.insert(at - 1, b);
-        } else {
-            self.thens.insert(at, b);
-        }
     }
 }
