@@ -595,7 +595,7 @@ impl Engine {
         self.value_buf.clear();
         if is_check && field.key_text(ev, &mut self.value_buf) {
             let verdict = match &mut self.states[i] {
-                RuleState::Membership(keys) => match keys.get_mut(self.key_buf.as_str()) {
+                RuleState::Membership(s) => match s.keys.get_mut(self.key_buf.as_str()) {
                     Some(k) => {
                         k.expire(clock, *key_ttl_ms);
                         k.judge(ev.ts, &self.value_buf)
@@ -610,23 +610,27 @@ impl Engine {
                     out.push(detection(rule, &shown, ev.ts, 1, outside(since), ev, pos));
                 }
                 Verdict::NoSet if clock <= ev.ts => {
-                    let value = std::mem::take(&mut self.value_buf);
                     let t = self.kept(ev, pos);
-                    if let Some(k) = self.keyed(i, ev, pos, out, RuleState::membership) {
-                        k.hold(&value, t);
+                    let cap = self.config.max_keys_per_rule;
+                    if let RuleState::Membership(s) = &mut self.states[i] {
+                        let evicted = s.hold(&self.key_buf, &self.value_buf, t, clock, cap);
+                        if evicted > 0 {
+                            self.evicted += evicted as u64;
+                            out.push(pressure(rule, evicted, cap.max(1), ev, pos));
+                        }
                     }
-                    self.value_buf = value;
                 }
                 _ => {}
             }
         }
         if is_define && let Some(members) = membership::members(set, ev) {
-            let judged = match self.keyed(i, ev, pos, out, RuleState::membership) {
-                Some(k) => {
-                    k.expire(clock, *key_ttl_ms);
-                    k.define(ev.ts, members)
-                }
-                None => Vec::new(),
+            if let Some(k) = self.keyed(i, ev, pos, out, RuleState::membership) {
+                k.expire(clock, *key_ttl_ms);
+                k.define(ev.ts, members);
+            }
+            let judged = match &mut self.states[i] {
+                RuleState::Membership(s) => s.judge_held(&self.key_buf, ev.ts, clock),
+                _ => Vec::new(),
             };
             for (held, verdict) in judged {
                 if let Verdict::Outside { since } = verdict {
@@ -640,8 +644,8 @@ impl Engine {
         }
     }
 
-    /// Drops expired keys (memory only: expiry is also checked on access).
-    /// Drops expired keys: of every rule when `all`, else of the rules
+    /// Drops expired keys (memory only: expiry is also checked on access):
+    /// of every rule when `all`, else of the rules
     /// grown by a quarter since their last sweep.
     fn sweep(&mut self, clock: i64, all: bool) {
         self.swept_len.resize(self.states.len(), 0);

@@ -12,19 +12,21 @@
 //! define, check and until is judged as a check first, then defines, then
 //! ends.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::super::condition::FieldRef;
+use super::super::keys::KeyMap;
 use super::super::rules::{DEFAULT_KEY_TTL_MS, RuleKind, condition, key_fields, positive_duration};
 use super::Trigger;
+use super::log::TimeLog;
 use crate::condition::Val;
 use crate::event::Event;
 
-/// Bounds per key: defines and untils kept (the oldest go first), and
-/// checks held while their key has no set.
+/// Bounds per key: defines and untils kept (the oldest go first).
 pub const MAX_DEFINES_PER_KEY: usize = 16;
 pub const MAX_UNTILS_PER_KEY: usize = 16;
-pub const MAX_HELD_PER_KEY: usize = 256;
 
 /// `kind = "membership"`: the rule's own keys as written.
 #[derive(Deserialize)]
@@ -128,14 +130,138 @@ pub enum Verdict {
     NoSet,
 }
 
+/// The state of a membership rule: the sets (defines and untils) by key,
+/// and the checks held while their key has no set, of every key in one log
+/// by time.
+///
+/// Saved as it always was (per key, its defines, untils and held checks),
+/// so snapshots of earlier builds read back unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct MembershipState {
+    pub keys: KeyMap<MemberKey>,
+    /// Held while `clock <= ts`.
+    held: TimeLog<Held>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MemberKey {
     /// Sorted by `ts`.
     defines: Vec<Define>,
     /// Times of until events, sorted.
     untils: Vec<i64>,
-    /// Checks without a set, sorted by `ts`.
+}
+
+impl MembershipState {
+    /// Held checks (live keys are the keys with defines or untils).
+    pub fn held_checks(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Drops what the clock has passed.
+    pub fn expire(&mut self, clock: i64, key_ttl_ms: i64) {
+        self.held.expire_before(clock);
+        self.keys.retain(|_, k| !k.expire(clock, key_ttl_ms));
+    }
+
+    /// Holds a check of `key` that found no set (its clock has not passed
+    /// it); returns how many held checks went to stay under `cap`.
+    pub fn hold(
+        &mut self,
+        key: &str,
+        value: &str,
+        trigger: Trigger,
+        clock: i64,
+        cap: usize,
+    ) -> usize {
+        self.held.expire_before(clock);
+        let ts = trigger.ts;
+        let held = Held {
+            value: value.into(),
+            trigger,
+        };
+        self.held.push(key, ts, held, cap)
+    }
+
+    /// After a define of `key` at `ts`: the held checks of the key at or
+    /// after it, each with its verdict.
+    pub fn judge_held(&mut self, key: &str, ts: i64, clock: i64) -> Vec<(Held, Verdict)> {
+        self.held.expire_before(clock);
+        let Some(k) = self.keys.get(key) else {
+            return Vec::new();
+        };
+        self.held
+            .take_from(key, ts)
+            .into_iter()
+            .map(|h| {
+                let verdict = k.judge(h.trigger.ts, &h.value);
+                (h, verdict)
+            })
+            .collect()
+    }
+}
+
+/// The saved form of a key: its defines, untils and held checks.
+#[derive(Serialize)]
+struct SavedKeyRef<'a> {
+    defines: &'a [Define],
+    untils: &'a [i64],
+    held: Vec<&'a Held>,
+}
+
+#[derive(Deserialize)]
+struct SavedKey {
+    defines: Vec<Define>,
+    untils: Vec<i64>,
     held: Vec<Held>,
+}
+
+impl Serialize for MembershipState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut saved: HashMap<&str, SavedKeyRef<'_>, foldhash::fast::RandomState> = self
+            .keys
+            .iter()
+            .map(|(k, v)| {
+                let key = SavedKeyRef {
+                    defines: &v.defines,
+                    untils: &v.untils,
+                    held: Vec::new(),
+                };
+                (&**k, key)
+            })
+            .collect();
+        for (k, h) in self.held.iter() {
+            saved
+                .entry(k)
+                .or_insert_with(|| SavedKeyRef {
+                    defines: &[],
+                    untils: &[],
+                    held: Vec::new(),
+                })
+                .held
+                .push(h);
+        }
+        saved.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for MembershipState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MembershipState, D::Error> {
+        let saved = KeyMap::<SavedKey>::deserialize(d)?;
+        let mut state = MembershipState::default();
+        let mut held = Vec::new();
+        for (k, v) in saved {
+            held.extend(v.held.into_iter().map(|h| (h.trigger.ts, k.clone(), h)));
+            if !(v.defines.is_empty() && v.untils.is_empty()) {
+                let key = MemberKey {
+                    defines: v.defines,
+                    untils: v.untils,
+                };
+                state.keys.insert(k, key);
+            }
+        }
+        state.held = TimeLog::from_entries(held);
+        Ok(state)
+    }
 }
 
 impl MemberKey {
@@ -143,8 +269,7 @@ impl MemberKey {
     pub fn last_seen(&self) -> i64 {
         let d = self.defines.last().map_or(i64::MIN, |d| d.ts);
         let u = self.untils.last().copied().unwrap_or(i64::MIN);
-        let h = self.held.last().map_or(i64::MIN, |h| h.trigger.ts);
-        d.max(u).max(h)
+        d.max(u)
     }
 
     /// Drops what the clock has passed; says whether nothing is left.
@@ -153,8 +278,7 @@ impl MemberKey {
             .retain(|d| clock <= d.ts.saturating_add(key_ttl_ms));
         self.untils
             .retain(|u| clock <= u.saturating_add(key_ttl_ms));
-        self.held.retain(|h| clock <= h.trigger.ts);
-        self.defines.is_empty() && self.untils.is_empty() && self.held.is_empty()
+        self.defines.is_empty() && self.untils.is_empty()
     }
 
     /// Judges a check at `t` of `value` against the sets received so far.
@@ -171,38 +295,13 @@ impl MemberKey {
         }
     }
 
-    /// Holds a check that found no set (its clock has not passed it).
-    pub fn hold(&mut self, value: &str, trigger: Trigger) {
-        if self.held.len() >= MAX_HELD_PER_KEY {
-            self.held.remove(0);
-        }
-        let at = self.held.partition_point(|h| h.trigger.ts <= trigger.ts);
-        self.held.insert(
-            at,
-            Held {
-                value: value.into(),
-                trigger,
-            },
-        );
-    }
-
-    /// A define at `ts`: keeps its set, and returns the held checks it
-    /// now judges (those at or after it), each with its verdict.
-    pub fn define(&mut self, ts: i64, set: Vec<Box<str>>) -> Vec<(Held, Verdict)> {
+    /// A define at `ts`: keeps its set.
+    pub fn define(&mut self, ts: i64, set: Vec<Box<str>>) {
         if self.defines.len() >= MAX_DEFINES_PER_KEY {
             self.defines.remove(0);
         }
         let at = self.defines.partition_point(|d| d.ts <= ts);
         self.defines.insert(at, Define { ts, set });
-        let from = self.held.partition_point(|h| h.trigger.ts < ts);
-        let judged: Vec<Held> = self.held.drain(from..).collect();
-        judged
-            .into_iter()
-            .map(|h| {
-                let verdict = self.judge(h.trigger.ts, &h.value);
-                (h, verdict)
-            })
-            .collect()
     }
 
     /// An until event at `ts`.

@@ -5,6 +5,7 @@
 
 pub mod absence;
 pub mod cardinality;
+mod log;
 pub mod matching;
 pub mod membership;
 pub mod sequence;
@@ -20,7 +21,7 @@ use crate::alert::{self, EventRef, Fingerprint};
 use crate::event::{Event, Position};
 use absence::AbsenceState;
 use cardinality::DistinctKey;
-use membership::MemberKey;
+use membership::{MemberKey, MembershipState};
 use sequence::{SequenceKey, SequenceState};
 use threshold::{LifetimeKey, WindowKey};
 
@@ -219,7 +220,7 @@ pub enum RuleState {
     Absence(AbsenceState),
     Sequence(SequenceState),
     Distinct(KeyMap<DistinctKey>),
-    Membership(KeyMap<MemberKey>),
+    Membership(MembershipState),
 }
 
 /// Removes the `n` oldest keys of `map` by `age`, returning how many went.
@@ -248,7 +249,7 @@ impl RuleState {
 
     pub fn membership(&mut self) -> Option<&mut KeyMap<MemberKey>> {
         match self {
-            RuleState::Membership(m) => Some(m),
+            RuleState::Membership(s) => Some(&mut s.keys),
             _ => None,
         }
     }
@@ -263,7 +264,7 @@ impl RuleState {
             RuleKind::Absence { .. } => RuleState::Absence(AbsenceState::default()),
             RuleKind::Sequence { .. } => RuleState::Sequence(SequenceState::default()),
             RuleKind::Cardinality { .. } => RuleState::Distinct(KeyMap::default()),
-            RuleKind::Membership { .. } => RuleState::Membership(KeyMap::default()),
+            RuleKind::Membership { .. } => RuleState::Membership(MembershipState::default()),
         }
     }
 
@@ -275,14 +276,16 @@ impl RuleState {
             RuleState::Absence(a) => a.pending.len(),
             RuleState::Sequence(s) => s.keys.len(),
             RuleState::Distinct(m) => m.len(),
-            RuleState::Membership(m) => m.len(),
+            RuleState::Membership(s) => s.keys.len(),
         }
     }
 
-    /// Live keys, and for a sequence also the `then` events it keeps.
+    /// Live keys, and the short-lived events kept apart from them (a
+    /// sequence's thens, a membership rule's held checks).
     pub fn held(&self) -> usize {
         match self {
             RuleState::Sequence(s) => s.keys.len() + s.kept_thens(),
+            RuleState::Membership(s) => s.keys.len() + s.held_checks(),
             _ => self.len(),
         }
     }
@@ -295,7 +298,7 @@ impl RuleState {
             RuleState::Absence(a) => a.pending.contains_key(key),
             RuleState::Sequence(s) => s.keys.contains_key(key),
             RuleState::Distinct(m) => m.contains_key(key),
-            RuleState::Membership(m) => m.contains_key(key),
+            RuleState::Membership(s) => s.keys.contains_key(key),
             RuleState::Match => true,
         }
     }
@@ -309,7 +312,7 @@ impl RuleState {
             RuleState::Lifetime(m) => evict(m, n, LifetimeKey::last_seen),
             RuleState::Sequence(s) => evict(&mut s.keys, n, SequenceKey::last_seen),
             RuleState::Distinct(m) => evict(m, n, DistinctKey::last_seen),
-            RuleState::Membership(m) => evict(m, n, MemberKey::last_seen),
+            RuleState::Membership(s) => evict(&mut s.keys, n, MemberKey::last_seen),
             RuleState::Absence(a) => {
                 let victims = oldest(&a.pending, n, |p| p.trigger.ts);
                 for k in &victims {
@@ -341,8 +344,8 @@ impl RuleState {
             (RuleKind::Cardinality { window: (w, s), .. }, RuleState::Distinct(keys)) => {
                 keys.retain(|_, k| !k.is_spent(clock, *w, *s))
             }
-            (RuleKind::Membership { key_ttl_ms, .. }, RuleState::Membership(keys)) => {
-                keys.retain(|_, k| !k.expire(clock, *key_ttl_ms));
+            (RuleKind::Membership { key_ttl_ms, .. }, RuleState::Membership(s)) => {
+                s.expire(clock, *key_ttl_ms);
             }
             _ => {}
         }

@@ -9,13 +9,14 @@
 //! is checked on access, so the sweep only frees memory. An event that is
 //! both a `first` and a `then` never completes its own sequence.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::super::keys::KeyMap;
 use super::super::rules::{RuleKind, condition, key_fields, positive_duration};
 use super::Trigger;
+use super::log::TimeLog;
 use crate::duration;
 
 /// Beyond this many waiting A's per key the oldest go.
@@ -105,7 +106,8 @@ impl Raw {
 #[derive(Debug, Clone, Default)]
 pub struct SequenceState {
     pub keys: KeyMap<SequenceKey>,
-    thens: ThenLog,
+    /// The B's kept for A's that arrive late, while `clock <= b + lateness`.
+    thens: TimeLog<Trigger>,
 }
 
 /// A's waiting for their B, sorted by `ts` (ties in arrival order).
@@ -114,67 +116,15 @@ pub struct SequenceKey {
     firsts: Vec<Trigger>,
 }
 
-/// The B's kept for A's that arrive late, sorted by `ts` (ties in arrival
-/// order), kept while `clock <= b + lateness`. Nearly every event of a
-/// `then` condition is kept for the lateness and almost none is ever used,
-/// so they go into one log in time order: keeping one is an append, and
-/// expiry pops the front, without a key of their own. An A looks only at
-/// the B's in its time range.
-#[derive(Debug, Clone, Default)]
-struct ThenLog {
-    entries: VecDeque<(Box<str>, Trigger)>,
-}
-
-impl ThenLog {
-    fn expire(&mut self, clock: i64, lateness_ms: i64) {
-        while self
-            .entries
-            .front()
-            .is_some_and(|(_, b)| clock > b.ts.saturating_add(lateness_ms))
-        {
-            self.entries.pop_front();
-        }
-    }
-
-    /// Keeps B in time order; at `cap` the oldest sixteenth goes first (the
-    /// count is returned).
-    fn keep(&mut self, key: &str, b: Trigger, cap: usize) -> usize {
-        let mut evicted = 0;
-        if self.entries.len() >= cap.max(1) {
-            evicted = (cap / EVICT_FRACTION).clamp(1, self.entries.len());
-            self.entries.drain(..evicted);
-        }
-        let mut at = self.entries.len();
-        while at > 0 && self.entries[at - 1].1.ts > b.ts {
-            at -= 1;
-        }
-        self.entries.insert(at, (key.into(), b));
-        evicted
-    }
-
-    /// The earliest B of `key` with `from <= b <= to`.
-    fn earliest(&self, key: &str, from: i64, to: i64) -> Option<&Trigger> {
-        let at = self.entries.partition_point(|(_, b)| b.ts < from);
-        self.entries
-            .range(at..)
-            .take_while(|(_, b)| b.ts <= to)
-            .find(|(k, _)| **k == *key)
-            .map(|(_, b)| b)
-    }
-}
-
-/// At the cap, this fraction (1/N) of the kept B's goes at once.
-const EVICT_FRACTION: usize = 16;
-
 impl SequenceState {
     /// Kept B's (live keys are the A's keys).
     pub fn kept_thens(&self) -> usize {
-        self.thens.entries.len()
+        self.thens.len()
     }
 
     /// Drops what the clock has passed.
     pub fn expire(&mut self, clock: i64, within_ms: i64, lateness_ms: i64) {
-        self.thens.expire(clock, lateness_ms);
+        self.thens.expire_before(clock.saturating_sub(lateness_ms));
         self.keys.retain(|_, k| !k.expire(clock, within_ms));
     }
 
@@ -208,9 +158,9 @@ impl SequenceState {
         clock: i64,
         (after_ms, within_ms, lateness_ms): (i64, i64, i64),
     ) -> Option<&Trigger> {
-        self.thens.expire(clock, lateness_ms);
+        self.thens.expire_before(clock.saturating_sub(lateness_ms));
         let to = a.saturating_add(within_ms);
-        self.thens.earliest(key, a.saturating_add(after_ms), to)
+        self.thens.first(key, a.saturating_add(after_ms), to)
     }
 
     /// Keeps a B of `key` for A's that arrive late; returns how many kept
@@ -223,8 +173,8 @@ impl SequenceState {
         lateness_ms: i64,
         cap: usize,
     ) -> usize {
-        self.thens.expire(clock, lateness_ms);
-        self.thens.keep(key, b, cap)
+        self.thens.expire_before(clock.saturating_sub(lateness_ms));
+        self.thens.push(key, b.ts, b, cap)
     }
 }
 
@@ -254,7 +204,7 @@ impl Serialize for SequenceState {
                 (&**k, key)
             })
             .collect();
-        for (k, b) in &self.thens.entries {
+        for (k, b) in self.thens.iter() {
             saved
                 .entry(k)
                 .or_insert_with(|| SavedKeyRef {
@@ -274,13 +224,12 @@ impl<'de> Deserialize<'de> for SequenceState {
         let mut state = SequenceState::default();
         let mut thens = Vec::new();
         for (k, v) in saved {
-            thens.extend(v.thens.into_iter().map(|b| (k.clone(), b)));
+            thens.extend(v.thens.into_iter().map(|b| (b.ts, k.clone(), b)));
             if !v.firsts.is_empty() {
                 state.keys.insert(k, SequenceKey { firsts: v.firsts });
             }
         }
-        thens.sort_by_key(|(_, b)| b.ts);
-        state.thens.entries = thens.into();
+        state.thens = TimeLog::from_entries(thens);
         Ok(state)
     }
 }

@@ -1,0 +1,111 @@
+//! A rule's short-lived events of every key in one log by time: the
+//! `then` events a sequence keeps for `first` events that arrive late, the
+//! checks a membership rule holds while their key has no set. Nearly every
+//! such event is kept for the allowed lateness and almost none is ever
+//! used, so keeping one is an append (an insert near the end when it is a
+//! little late) and expiry pops the front, without a key of its own in the
+//! rule's key map. A lookup looks only at the entries in its time range.
+
+use std::collections::VecDeque;
+
+/// At the cap, this fraction (1/N) of the entries goes at once.
+const EVICT_FRACTION: usize = 16;
+
+#[derive(Debug, Clone)]
+struct Entry<T> {
+    key: Box<str>,
+    ts: i64,
+    /// `None` once taken.
+    item: Option<T>,
+}
+
+/// Entries sorted by `ts`, ties in arrival order.
+#[derive(Debug, Clone)]
+pub struct TimeLog<T> {
+    entries: VecDeque<Entry<T>>,
+}
+
+impl<T> Default for TimeLog<T> {
+    fn default() -> Self {
+        TimeLog {
+            entries: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> TimeLog<T> {
+    /// Entries held (taken ones until they expire).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Drops the entries with `ts < cutoff`.
+    pub fn expire_before(&mut self, cutoff: i64) {
+        while self.entries.front().is_some_and(|e| e.ts < cutoff) {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Adds an entry in time order (after those of its `ts`); at `cap` the
+    /// oldest sixteenth goes first, and how many went is returned.
+    pub fn push(&mut self, key: &str, ts: i64, item: T, cap: usize) -> usize {
+        let mut evicted = 0;
+        if self.entries.len() >= cap.max(1) {
+            evicted = (cap / EVICT_FRACTION).clamp(1, self.entries.len());
+            self.entries.drain(..evicted);
+        }
+        let mut at = self.entries.len();
+        while at > 0 && self.entries[at - 1].ts > ts {
+            at -= 1;
+        }
+        let entry = Entry {
+            key: key.into(),
+            ts,
+            item: Some(item),
+        };
+        self.entries.insert(at, entry);
+        evicted
+    }
+
+    /// The first entry of `key` with `from <= ts <= to`.
+    pub fn first(&self, key: &str, from: i64, to: i64) -> Option<&T> {
+        let at = self.entries.partition_point(|e| e.ts < from);
+        self.entries
+            .range(at..)
+            .take_while(|e| e.ts <= to)
+            .filter(|e| *e.key == *key)
+            .find_map(|e| e.item.as_ref())
+    }
+
+    /// Takes every entry of `key` with `ts >= from`, in time order.
+    pub fn take_from(&mut self, key: &str, from: i64) -> Vec<T> {
+        let at = self.entries.partition_point(|e| e.ts < from);
+        self.entries
+            .range_mut(at..)
+            .filter(|e| *e.key == *key)
+            .filter_map(|e| e.item.take())
+            .collect()
+    }
+
+    /// The entries not taken, in time order, with their keys.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.item.as_ref().map(|item| (&*e.key, item)))
+    }
+
+    /// A log of `entries` (`ts`, key, item) in any order.
+    pub fn from_entries(mut entries: Vec<(i64, Box<str>, T)>) -> TimeLog<T> {
+        entries.sort_by_key(|(ts, _, _)| *ts);
+        TimeLog {
+            entries: entries
+                .into_iter()
+                .map(|(ts, key, item)| Entry {
+                    key,
+                    ts,
+                    item: Some(item),
+                })
+                .collect(),
+        }
+    }
+}
