@@ -12,7 +12,12 @@ use crate::event::{Event, FieldId, UNKNOWN_AGENT};
 /// Per-rule key maps. foldhash is a fast non-cryptographic hasher with a
 /// per-process random seed (flooding resistance); iteration order is never
 /// relied on (eviction sorts by age and key).
-pub type KeyMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+/// Keys of up to 24 bytes are held inline (no allocation, and compared
+/// where the table stores them, without a pointer to follow).
+pub type KeyMap<V> = HashMap<Key, V, foldhash::fast::RandomState>;
+
+/// A state key: `tenant SEP v1 SEP v2 ...`.
+pub type Key = compact_str::CompactString;
 
 /// Writes `tenant SEP v1 SEP v2 ...` into `buf` (with an empty tenant for
 /// a rule that is not tenant-scoped). A missing field reads
@@ -54,8 +59,8 @@ pub fn build_key(
 }
 
 /// The `n` keys of `map` with the oldest activity (`age`), for eviction.
-pub fn oldest<V>(map: &KeyMap<V>, n: usize, age: impl Fn(&V) -> i64) -> Vec<Box<str>> {
-    let mut all: Vec<(i64, &Box<str>)> = map.iter().map(|(k, v)| (age(v), k)).collect();
+pub fn oldest<V>(map: &KeyMap<V>, n: usize, age: impl Fn(&V) -> i64) -> Vec<Key> {
+    let mut all: Vec<(i64, &Key)> = map.iter().map(|(k, v)| (age(v), k)).collect();
     if n < all.len() {
         all.select_nth_unstable(n);
         all.truncate(n);

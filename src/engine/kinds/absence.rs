@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::super::condition::FieldRef;
-use super::super::keys::KeyMap;
+use super::super::keys::{Key, KeyMap};
 use super::super::rules::{
     DeadlineSpec, RuleKind, TASKS_FILE, TaskTables, condition, key_fields, positive_duration,
 };
@@ -81,7 +81,7 @@ pub struct Pending {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AbsenceState {
     pub pending: KeyMap<Pending>,
-    pub timers: BTreeSet<(i64, Box<str>)>,
+    pub timers: BTreeSet<(i64, Key)>,
 }
 
 impl AbsenceState {
@@ -91,7 +91,7 @@ impl AbsenceState {
     }
 
     /// Takes the earliest timer and its pending start, if still pending.
-    pub fn pop_first(&mut self) -> Option<(i64, Box<str>, Option<Pending>)> {
+    pub fn pop_first(&mut self) -> Option<(i64, Key, Option<Pending>)> {
         let (deadline, key) = self.timers.pop_first()?;
         let pending = self.pending.remove(&key);
         Some((deadline, key, pending))
@@ -105,13 +105,13 @@ impl AbsenceState {
         {
             let d = p.deadline;
             self.pending.remove(key);
-            self.timers.remove(&(d, Box::from(key)));
+            self.timers.remove(&(d, Key::from(key)));
         }
     }
 
     /// A start event: (re)opens the deadline of `key`.
     pub fn start(&mut self, key: &str, deadline: i64, trigger: Trigger) {
-        let key: Box<str> = key.into();
+        let key: Key = key.into();
         let pending = Pending { deadline, trigger };
         if let Some(old) = self.pending.insert(key.clone(), pending) {
             self.timers.remove(&(old.deadline, key.clone()));

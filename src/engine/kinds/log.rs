@@ -8,12 +8,14 @@
 
 use std::collections::VecDeque;
 
+use super::super::keys::Key;
+
 /// At the cap, this fraction (1/N) of the entries goes at once.
 const EVICT_FRACTION: usize = 16;
 
 #[derive(Debug, Clone)]
 struct Entry<T> {
-    key: Box<str>,
+    key: Key,
     ts: i64,
     /// `None` once taken.
     item: Option<T>,
@@ -95,7 +97,7 @@ impl<T> TimeLog<T> {
     }
 
     /// A log of `entries` (`ts`, key, item) in any order.
-    pub fn from_entries(mut entries: Vec<(i64, Box<str>, T)>) -> TimeLog<T> {
+    pub fn from_entries(mut entries: Vec<(i64, Key, T)>) -> TimeLog<T> {
         entries.sort_by_key(|(ts, _, _)| *ts);
         TimeLog {
             entries: entries
