@@ -122,9 +122,13 @@ impl Daemon {
             addrs.extend(bound.local.map(|local| (source.name.clone(), local)));
             starters.push(bound.start);
         }
-        let console = Arc::new(Console::new(&config.console, &rules));
+        // The console is kept and fed only when it is served.
+        let console = (config.console.enabled && config.metrics.is_some())
+            .then(|| Arc::new(Console::new(&config.console, &rules)));
         let metrics_addr = match config.metrics {
-            Some(addr) => Some(serve_http(addr, &config, &metrics, &console, &tasks).await?),
+            Some(addr) => {
+                Some(serve_http(addr, &config, &metrics, console.as_ref(), &tasks).await?)
+            }
             None => None,
         };
         let dead_letters = Arc::new(DeadLetters::default());
@@ -146,15 +150,17 @@ impl Daemon {
             metrics.clone(),
         )
         .context("cannot start the outbox thread")?;
-        let pipeline = Pipeline::new(
+        let mut pipeline = Pipeline::new(
             pipeline_config,
             rules,
             metrics.clone(),
             (handle, dead_letters),
             store.clone(),
             restored,
-        )
-        .with_console(console);
+        );
+        if let Some(console) = console {
+            pipeline = pipeline.with_console(console);
+        }
         let engine =
             pipeline::spawn(pipeline, rx, control_rx).context("cannot start the engine thread")?;
         for start in starters {
@@ -329,7 +335,7 @@ async fn serve_http(
     addr: SocketAddr,
     config: &Config,
     metrics: &Arc<Metrics>,
-    console: &Arc<Console>,
+    console: Option<&Arc<Console>>,
     tasks: &Tasks,
 ) -> Result<SocketAddr> {
     let acceptor = match &config.metrics_tls {
@@ -340,20 +346,11 @@ async fn serve_http(
         None => None,
     };
     let mut app = crate::telemetry::metrics::routes(metrics.clone());
-    if config.console.enabled {
-        let token = match &config.console.token {
-            Some(secret) => Some(
-                secret
-                    .read()
-                    .map_err(|e| config.error(vec![format!("console.token: {e}")]))?,
-            ),
-            None => None,
-        };
-        if token.as_deref().is_some_and(str::is_empty) {
-            return Err(config
-                .error(vec!["console.token: the token is empty".to_owned()])
-                .into());
-        }
+    if let Some(console) = console {
+        let token = config
+            .console
+            .read_token()
+            .map_err(|e| config.error(vec![e]))?;
         app = app.merge(crate::console::http::routes(
             console.clone(),
             metrics.clone(),
@@ -366,7 +363,7 @@ async fn serve_http(
         .with_context(|| format!("metrics: cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let scheme = if acceptor.is_some() { "https" } else { "http" };
-    let console = if config.console.enabled {
+    let console = if console.is_some() {
         format!(" and the console on {scheme}://{local}/")
     } else {
         String::new()

@@ -593,16 +593,8 @@ fn build_check(c: &Config) -> Result<Vec<String>> {
         {
             problems.push(format!("metrics.tls: {e}"));
         }
-        if c.console.enabled
-            && let Some(token) = &c.console.token
-        {
-            match token.read() {
-                Ok(t) if t.is_empty() => {
-                    problems.push("console.token: the token is empty".to_owned())
-                }
-                Ok(_) => {}
-                Err(e) => problems.push(format!("console.token: {e}")),
-            }
+        if let Err(e) = c.console.read_token() {
+            problems.push(e);
         }
     }
     #[cfg(feature = "kafka")]

@@ -50,6 +50,22 @@ impl Default for ConsoleSettings {
     }
 }
 
+impl ConsoleSettings {
+    /// The token the console requires, read from its file or credential:
+    /// `None` when it requires none (or is off); an error naming the key
+    /// when it cannot be read or is empty.
+    pub fn read_token(&self) -> Result<Option<String>, String> {
+        let Some(secret) = self.token.as_ref().filter(|_| self.enabled) else {
+            return Ok(None);
+        };
+        match secret.read() {
+            Ok(t) if t.is_empty() => Err("console.token: the token is empty".to_owned()),
+            Ok(t) => Ok(Some(t)),
+            Err(e) => Err(format!("console.token: {e}")),
+        }
+    }
+}
+
 /// `[console]` as written.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
