@@ -6,9 +6,12 @@
 //! little late) and expiry pops the front, without a key of its own in the
 //! rule's key map. A lookup looks only at the entries in its time range.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
-use super::super::keys::Key;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+use super::super::keys::{Key, KeyMap};
 
 /// At the cap, this fraction (1/N) of the entries goes at once.
 const EVICT_FRACTION: usize = 16;
@@ -110,4 +113,34 @@ impl<T> TimeLog<T> {
                 .collect(),
         }
     }
+}
+
+/// Writes a rule's keys and its log as one map from each key to its saved
+/// form, `saved(its state if it has a key, its log entries)`: the form
+/// earlier builds kept per key. Costs one pass over the keys and a map
+/// the size of the log.
+pub fn serialize_with_log<'a, S, V, T, R>(
+    s: S,
+    keys: &'a KeyMap<V>,
+    log: &'a TimeLog<T>,
+    saved: impl Fn(Option<&'a V>, Vec<&'a T>) -> R,
+) -> Result<S::Ok, S::Error>
+where
+    S: serde::Serializer,
+    R: Serialize,
+{
+    let mut groups: HashMap<&str, Vec<&'a T>, foldhash::fast::RandomState> = HashMap::default();
+    for (k, item) in log.iter() {
+        groups.entry(k).or_default().push(item);
+    }
+    let only_logged = groups.keys().filter(|k| !keys.contains_key(**k)).count();
+    let mut map = s.serialize_map(Some(keys.len() + only_logged))?;
+    for (k, v) in keys {
+        let items = groups.remove(k.as_str()).unwrap_or_default();
+        map.serialize_entry(k.as_str(), &saved(Some(v), items))?;
+    }
+    for (k, items) in groups {
+        map.serialize_entry(k, &saved(None, items))?;
+    }
+    map.end()
 }

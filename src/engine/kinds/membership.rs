@@ -12,15 +12,13 @@
 //! define, check and until is judged as a check first, then defines, then
 //! ends.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::super::condition::FieldRef;
 use super::super::keys::KeyMap;
 use super::super::rules::{DEFAULT_KEY_TTL_MS, RuleKind, condition, key_fields, positive_duration};
 use super::Trigger;
-use super::log::TimeLog;
+use super::log::{TimeLog, serialize_with_log};
 use crate::condition::Val;
 use crate::event::Event;
 
@@ -217,30 +215,11 @@ struct SavedKey {
 
 impl Serialize for MembershipState {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut saved: HashMap<&str, SavedKeyRef<'_>, foldhash::fast::RandomState> = self
-            .keys
-            .iter()
-            .map(|(k, v)| {
-                let key = SavedKeyRef {
-                    defines: &v.defines,
-                    untils: &v.untils,
-                    held: Vec::new(),
-                };
-                (&**k, key)
-            })
-            .collect();
-        for (k, h) in self.held.iter() {
-            saved
-                .entry(k)
-                .or_insert_with(|| SavedKeyRef {
-                    defines: &[],
-                    untils: &[],
-                    held: Vec::new(),
-                })
-                .held
-                .push(h);
-        }
-        saved.serialize(s)
+        serialize_with_log(s, &self.keys, &self.held, |k, held| SavedKeyRef {
+            defines: k.map_or(&[], |k| &k.defines),
+            untils: k.map_or(&[], |k| &k.untils),
+            held,
+        })
     }
 }
 

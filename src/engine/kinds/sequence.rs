@@ -9,14 +9,12 @@
 //! is checked on access, so the sweep only frees memory. An event that is
 //! both a `first` and a `then` never completes its own sequence.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::super::keys::KeyMap;
 use super::super::rules::{RuleKind, condition, key_fields, positive_duration};
 use super::Trigger;
-use super::log::TimeLog;
+use super::log::{TimeLog, serialize_with_log};
 use crate::duration;
 
 /// Beyond this many waiting A's per key the oldest go.
@@ -193,28 +191,10 @@ struct SavedKey {
 
 impl Serialize for SequenceState {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut saved: HashMap<&str, SavedKeyRef<'_>, foldhash::fast::RandomState> = self
-            .keys
-            .iter()
-            .map(|(k, v)| {
-                let key = SavedKeyRef {
-                    firsts: &v.firsts,
-                    thens: Vec::new(),
-                };
-                (&**k, key)
-            })
-            .collect();
-        for (k, b) in self.thens.iter() {
-            saved
-                .entry(k)
-                .or_insert_with(|| SavedKeyRef {
-                    firsts: &[],
-                    thens: Vec::new(),
-                })
-                .thens
-                .push(b);
-        }
-        saved.serialize(s)
+        serialize_with_log(s, &self.keys, &self.thens, |k, thens| SavedKeyRef {
+            firsts: k.map_or(&[], |k| &k.firsts),
+            thens,
+        })
     }
 }
 
