@@ -290,7 +290,16 @@ impl DistinctKey {
     }
 
     fn insert(&mut self, e: i64, value: &str) {
-        let at = self.seen.partition_point(|(t, v)| (*t, &**v) < (e, value));
+        // In order (the common case): after everything held.
+        let after_all = self
+            .seen
+            .last()
+            .is_none_or(|(t, v)| (*t, &**v) < (e, value));
+        let at = if after_all {
+            self.seen.len()
+        } else {
+            self.seen.partition_point(|(t, v)| (*t, &**v) < (e, value))
+        };
         if self
             .seen
             .get(at)
@@ -312,8 +321,12 @@ impl DistinctKey {
         if stale > 0 {
             self.fired.drain(..stale);
         }
-        let stale = self.seen.partition_point(|(t, _)| *t <= cutoff);
-        if stale > 0 && stale * 2 >= self.seen.len() {
+        // At least half stale: one probe at the middle says so, without a
+        // search on every arrival.
+        let half = self.seen.len().div_ceil(2);
+        let mostly_stale = half > 0 && self.seen[half - 1].0 <= cutoff;
+        if mostly_stale {
+            let stale = self.seen.partition_point(|(t, _)| *t <= cutoff);
             for (t, v) in self.seen.drain(..stale) {
                 if self.latest.get(&v) == Some(t) {
                     self.latest.remove(&v);
