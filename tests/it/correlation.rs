@@ -550,6 +550,70 @@ fn every_new_kind_is_capped_with_state_pressure() {
     }
 }
 
+/// The events kept only for late arrivals (a sequence's thens, a
+/// membership rule's held checks) are capped per rule like keys: past the
+/// cap the oldest go, with `state_pressure`, and a late arrival finds only
+/// what is left.
+#[test]
+fn events_kept_for_late_arrivals_are_capped_with_state_pressure() {
+    let defaults = Arc::new(RuleSet::embedded().unwrap());
+    let t = s(100);
+    let mut lines: Vec<String> = (0..40)
+        .flat_map(|i| {
+            [
+                line(
+                    t,
+                    "credential.used",
+                    &format!(r#""tenant":"t","agent_id":"a","credential_id":"k{i}""#),
+                ),
+                line(
+                    t,
+                    "tool.invoke",
+                    &format!(r#""tenant":"t","agent_id":"a","session_id":"h{i}","tool":"x""#),
+                ),
+            ]
+        })
+        .collect();
+    // Late, within the lateness: the revocation and the allowlist of the
+    // first (evicted) and the last (kept) of them.
+    for i in [0, 39] {
+        lines.push(line(
+            t - 1,
+            "credential.revoked",
+            &format!(r#""tenant":"t","agent_id":"a","credential_id":"k{i}""#),
+        ));
+        lines.push(start(t - 1, &format!("h{i}"), &["read"]));
+    }
+    let alerts = crate::run_lines_cfg(
+        &defaults,
+        LATENESS,
+        EngineConfig {
+            max_keys_per_rule: 16,
+            ..EngineConfig::default()
+        },
+        &lines,
+    );
+    for rule in ["revoked_credential_use", "allowlist_bypass"] {
+        let pressure: Vec<&Alert> = of_rule(&alerts, "state_pressure")
+            .into_iter()
+            .filter(|a| a.key["rule"] == rule)
+            .collect();
+        // 40 kept at a cap of 16, one sixteenth (one) at a time: 24 went.
+        let evicted: u64 = pressure.iter().map(|a| a.count).sum();
+        assert_eq!(evicted, 24, "{rule}: {pressure:?}");
+    }
+    let revoked: Vec<&str> = of_rule(&alerts, "revoked_credential_use")
+        .iter()
+        .map(|a| a.key["credential_id"].as_str())
+        .collect();
+    assert_eq!(revoked, vec!["k39"]);
+    let bypass: Vec<&str> = of_rule(&alerts, "allowlist_bypass")
+        .iter()
+        .map(|a| a.key["session_id"].as_str())
+        .collect();
+    assert_eq!(bypass, vec!["h39"]);
+}
+
 // ------------------------------------------------------ naive models
 
 /// One random event: (kind selector, key, ts, value) in arrival order.
