@@ -508,6 +508,15 @@ fn membership_options_are_validated() {
 
 // ------------------------------------------------- the default rules' state
 
+/// The alerts of `lines` with at most `cap` live keys per rule.
+fn run_capped(rules: &Arc<RuleSet>, cap: usize, lines: &[String]) -> Vec<Alert> {
+    let cfg = EngineConfig {
+        max_keys_per_rule: cap,
+        ..EngineConfig::default()
+    };
+    crate::run_lines_cfg(rules, LATENESS, cfg, lines)
+}
+
 #[test]
 fn every_new_kind_is_capped_with_state_pressure() {
     let defaults = Arc::new(RuleSet::embedded().unwrap());
@@ -528,15 +537,7 @@ fn every_new_kind_is_capped_with_state_pressure() {
             ]
         })
         .collect();
-    let alerts = crate::run_lines_cfg(
-        &defaults,
-        LATENESS,
-        EngineConfig {
-            max_keys_per_rule: 16,
-            ..EngineConfig::default()
-        },
-        &lines,
-    );
+    let alerts = run_capped(&defaults, 16, &lines);
     let pressured: BTreeSet<&str> = of_rule(&alerts, "state_pressure")
         .iter()
         .map(|a| a.key["rule"].as_str())
@@ -584,15 +585,7 @@ fn events_kept_for_late_arrivals_are_capped_with_state_pressure() {
         ));
         lines.push(start(t - 1, &format!("h{i}"), &["read"]));
     }
-    let alerts = crate::run_lines_cfg(
-        &defaults,
-        LATENESS,
-        EngineConfig {
-            max_keys_per_rule: 16,
-            ..EngineConfig::default()
-        },
-        &lines,
-    );
+    let alerts = run_capped(&defaults, 16, &lines);
     for rule in ["revoked_credential_use", "allowlist_bypass"] {
         let pressure: Vec<&Alert> = of_rule(&alerts, "state_pressure")
             .into_iter()

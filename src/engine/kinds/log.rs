@@ -59,10 +59,14 @@ impl<T> TimeLog<T> {
             evicted = (cap / EVICT_FRACTION).clamp(1, self.entries.len());
             self.entries.drain(..evicted);
         }
-        let mut at = self.entries.len();
-        while at > 0 && self.entries[at - 1].ts > ts {
-            at -= 1;
-        }
+        // In order: at the end; late: after the entries of its `ts`, found
+        // by a search (never a walk back over the log).
+        let in_order = self.entries.back().is_none_or(|e| e.ts <= ts);
+        let at = if in_order {
+            self.entries.len()
+        } else {
+            self.entries.partition_point(|e| e.ts <= ts)
+        };
         let entry = Entry {
             key: key.into(),
             ts,

@@ -51,6 +51,22 @@ const TOOL: usize = 2;
 const REASON: usize = 3;
 const SERVER: usize = 4;
 
+/// A kept event's text fields in packing order: event, tenant, tool,
+/// reason, server.
+fn parts<'a, S: std::ops::Deref<Target = str>>(
+    event: &'a str,
+    tenant: &'a str,
+    [tool, reason, server]: [&'a Option<S>; 3],
+) -> [Option<&'a str>; 5] {
+    [
+        Some(event),
+        Some(tenant),
+        tool.as_deref(),
+        reason.as_deref(),
+        server.as_deref(),
+    ]
+}
+
 impl TriggerData {
     fn pack(
         ts: i64,
@@ -164,13 +180,7 @@ impl Serialize for Trigger {
 impl<'de> Deserialize<'de> for Trigger {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Trigger, D::Error> {
         let w = TriggerWire::deserialize(d)?;
-        let parts = [
-            Some(&*w.event),
-            Some(&*w.tenant),
-            w.tool.as_deref(),
-            w.reason.as_deref(),
-            w.server.as_deref(),
-        ];
+        let parts = parts(&w.event, &w.tenant, [&w.tool, &w.reason, &w.server]);
         Ok(Trigger(Arc::new(TriggerData::pack(
             w.ts,
             parts,
@@ -182,13 +192,7 @@ impl<'de> Deserialize<'de> for Trigger {
 
 impl Trigger {
     pub fn of(ev: &Event<'_>, pos: Option<&Position>) -> Trigger {
-        let parts = [
-            Some(&*ev.event),
-            Some(&*ev.tenant),
-            ev.tool.as_deref(),
-            ev.reason.as_deref(),
-            ev.server.as_deref(),
-        ];
+        let parts = parts(&ev.event, &ev.tenant, [&ev.tool, &ev.reason, &ev.server]);
         Trigger(Arc::new(TriggerData::pack(
             ev.ts,
             parts,
