@@ -1,52 +1,99 @@
-//! Durable engine state at scale: save (engine snapshot + unit encoding +
-//! one fsync'ed store transaction) and restore (read + decode + rebuild)
-//! of an engine holding 1M live keys: 500k agents inside an
-//! `auth_failure_burst` window and 500k issued credentials waiting for
-//! their `credential_unused` deadlines. Prints the sizes.
+//! Durable engine state at scale, for an engine holding 2M live keys
+//! (500k agents inside an `auth_failure_burst` window and 500k issued
+//! credentials waiting for the deadlines of three absence rules:
+//! `credential_unused`, `credential_unused_revoke` and
+//! `credential_rotation_overdue`):
+//! - `save_whole`: the whole state in one value (engine snapshot + unit
+//!   encoding + one fsync'ed store transaction), as builds before
+//!   incremental saves did;
+//! - `save_changes_1pct/engine`: what an incremental save costs the engine
+//!   thread when 1% of the keys changed since the last save (drain the
+//!   changed keys, encode them and the head), and `.../store`: the store
+//!   transaction that writes them (the outbox writer's thread);
+//! - `restore`: read the head and the 2M rows back into an engine.
+//!
+//! Prints the encoded state and the store file's size after the first
+//! incremental save and after every round of changes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mcp_alertd::decode::Decoder;
-use mcp_alertd::engine::{Engine, EngineConfig, RuleSet};
-use mcp_alertd::store::Store;
+use mcp_alertd::engine::{Engine, EngineConfig, Restoring, RuleSet};
 use mcp_alertd::store::state::{self as checkpoint, EngineUnit, MAIN_UNIT, Saved};
+use mcp_alertd::store::{Store, UnitState};
 
-const KEYS: usize = 1_000_000;
+/// The daemon's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn engine_with_keys(rules: &Arc<RuleSet>) -> Engine {
-    let mut engine = Engine::new(
-        rules.clone(),
-        EngineConfig {
-            max_keys_per_rule: 2_000_000,
-            ..EngineConfig::default()
-        },
-    );
-    let decoder = Decoder::default();
-    let base = 1_790_000_000_000i64;
+/// Agents, each with a burst window and an issued credential.
+const AGENTS: usize = 500_000;
+/// Live keys: a window per agent, three deadlines per credential.
+const KEYS: usize = 4 * AGENTS;
+const BASE: i64 = 1_790_000_000_000;
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        max_keys_per_rule: 2_000_000,
+        ..EngineConfig::default()
+    }
+}
+
+fn apply(engine: &mut Engine, decoder: &Decoder, lines: impl Iterator<Item = String>) {
     let mut out = Vec::new();
-    for i in 0..KEYS / 2 {
-        let ts = base + (i as i64 % 50_000);
-        let line = format!(
-            r#"{{"ts":{ts},"event":"auth.failure","tenant":"t{}","agent_id":"agent-{i}","reason":"invalid_token"}}"#,
-            i % 100
-        );
-        engine.on_event(&decoder.decode(line.as_bytes()).unwrap(), None, &mut out);
-        let line = format!(
-            r#"{{"ts":{ts},"event":"credential.issued","tenant":"t{}","agent_id":"agent-{i}","credential_id":"key-{i}","server":"mcp-1"}}"#,
-            i % 100
-        );
+    for line in lines {
         engine.on_event(&decoder.decode(line.as_bytes()).unwrap(), None, &mut out);
         out.clear();
     }
+}
+
+fn failure(i: usize, ts: i64) -> String {
+    format!(
+        r#"{{"ts":{ts},"event":"auth.failure","tenant":"t{}","agent_id":"agent-{i}","reason":"invalid_token"}}"#,
+        i % 100
+    )
+}
+
+fn engine_with_keys(rules: &Arc<RuleSet>, decoder: &Decoder) -> Engine {
+    let mut engine = Engine::new(rules.clone(), config());
+    apply(
+        &mut engine,
+        decoder,
+        (0..AGENTS).flat_map(|i| {
+            let ts = BASE + (i as i64 % 50_000);
+            let issued = format!(
+                r#"{{"ts":{ts},"event":"credential.issued","tenant":"t{}","agent_id":"agent-{i}","credential_id":"key-{i}","server":"mcp-1"}}"#,
+                i % 100
+            );
+            [failure(i, ts), issued]
+        }),
+    );
     let live: usize = engine.live_keys().iter().map(|(_, n)| n).sum();
-    assert!(live >= KEYS, "{live} live keys");
+    assert_eq!(live, KEYS, "{live} live keys");
     engine
 }
 
-fn save(engine: &Engine, store: &Store) -> usize {
+/// 1% of the 2M keys change, none expires and the state keeps its size:
+/// 5,000 credentials are issued again (a new deadline for each of the
+/// three absence rules that wait on them: 15,000 keys) and 5,000 agents
+/// fail once more (round `r`).
+fn change_one_percent(engine: &mut Engine, decoder: &Decoder, r: usize) {
+    let ts = BASE + 49_999;
+    let picked = move |j: usize| (r * 10_000 + j) * 7919 % AGENTS;
+    let issued = (0..5_000).map(picked).map(|i| {
+        format!(
+            r#"{{"ts":{ts},"event":"credential.issued","tenant":"t{}","agent_id":"agent-{i}","credential_id":"key-{i}","server":"mcp-1"}}"#,
+            i % 100
+        )
+    });
+    let failed = (5_000..10_000).map(picked).map(|i| failure(i, ts));
+    apply(engine, decoder, issued.chain(failed));
+}
+
+fn save_whole(engine: &Engine, store: &Store) -> usize {
     let unit = Saved::Engine(EngineUnit {
         engine: engine.snapshot().unwrap(),
         ..EngineUnit::default()
@@ -54,52 +101,141 @@ fn save(engine: &Engine, store: &Store) -> usize {
     let bytes = checkpoint::encode(MAIN_UNIT, &unit).unwrap();
     let n = bytes.len();
     store
-        .write(&[], 0, &[(MAIN_UNIT.to_owned(), bytes)])
+        .write(&[], 0, &[UnitState::whole(MAIN_UNIT, bytes)])
         .unwrap();
     n
 }
 
+/// The engine thread's part of an incremental save.
+fn changes(engine: &mut Engine) -> UnitState {
+    let changes = engine.save_changes().unwrap();
+    let unit = Saved::Engine(EngineUnit {
+        engine: changes.head,
+        ..EngineUnit::default()
+    });
+    UnitState {
+        unit: MAIN_UNIT.to_owned(),
+        bytes: checkpoint::encode(MAIN_UNIT, &unit).unwrap(),
+        tables: Some(changes.tables),
+    }
+}
+
 fn restore(rules: &Arc<RuleSet>, store: &Store) -> Engine {
     let bytes = store.state(MAIN_UNIT).unwrap().unwrap();
-    match checkpoint::decode(MAIN_UNIT, &bytes).unwrap() {
-        Saved::Engine(u) => Engine::restore(
-            rules.clone(),
-            EngineConfig {
-                max_keys_per_rule: 2_000_000,
-                ..EngineConfig::default()
-            },
-            &u.engine,
-        )
-        .unwrap(),
-        Saved::Router(_) | Saved::Sources(_) => unreachable!(),
-    }
+    let Saved::Engine(u) = checkpoint::decode(MAIN_UNIT, &bytes).unwrap() else {
+        unreachable!()
+    };
+    let mut restoring = Restoring::new(&u.engine).unwrap();
+    store.read_rows(MAIN_UNIT, &mut restoring).unwrap();
+    restoring.finish(rules.clone(), config())
+}
+
+fn file_mb(store: &Store) -> f64 {
+    std::fs::metadata(store.path()).unwrap().len() as f64 / 1e6
 }
 
 fn bench(c: &mut Criterion) {
     let rules = Arc::new(RuleSet::embedded().unwrap());
+    let decoder = Decoder::default();
     let t = Instant::now();
-    let engine = engine_with_keys(&rules);
+    let mut engine = engine_with_keys(&rules, &decoder);
     eprintln!("built an engine with {KEYS} live keys in {:?}", t.elapsed());
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let size = save(&engine, &store);
-    let file = std::fs::metadata(store.path()).unwrap().len();
-    eprintln!(
-        "state of {KEYS} keys: {:.1} MB encoded ({:.0} bytes/key); store file {:.1} MB",
-        size as f64 / 1e6,
-        size as f64 / KEYS as f64,
-        file as f64 / 1e6
-    );
+
     let mut group = c.benchmark_group("state_1m_keys");
     group.sample_size(10);
-    group.bench_function("save", |b| b.iter(|| save(&engine, &store)));
-    group.bench_function("restore", |b| b.iter(|| restore(&rules, &store)));
-    group.finish();
-    let file = std::fs::metadata(store.path()).unwrap().len();
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let size = save_whole(&engine, &store);
+        eprintln!(
+            "whole state: {:.1} MB encoded ({:.0} bytes/key); store file {:.1} MB",
+            size as f64 / 1e6,
+            size as f64 / KEYS as f64,
+            file_mb(&store)
+        );
+        group.bench_function("save_whole", |b| b.iter(|| save_whole(&engine, &store)));
+        eprintln!(
+            "store file after repeated whole saves: {:.1} MB",
+            file_mb(&store)
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let encoded = engine.snapshot().unwrap().len() as f64;
+    let t = Instant::now();
+    let first = changes(&mut engine);
+    let took = t.elapsed();
+    store.write(&[], 0, std::slice::from_ref(&first)).unwrap();
     eprintln!(
-        "store file after repeated saves: {:.1} MB",
-        file as f64 / 1e6
+        "first incremental save (every row): {} bytes in {:?} on the engine thread, {:?} in all; store file {:.1} MB ({:.2}x the {:.1} MB encoded state)",
+        first.size(),
+        took,
+        t.elapsed(),
+        file_mb(&store),
+        file_mb(&store) * 1e6 / encoded,
+        encoded / 1e6
     );
+    for t in first.tables.iter().flatten().filter(|t| !t.is_empty()) {
+        let keys: usize = t.rows().map(|(k, _)| k.len()).sum();
+        eprintln!(
+            "  table {:<40} {:>8} rows, {:>6.1} MB keys, {:>6.1} MB values",
+            t.name,
+            t.len(),
+            keys as f64 / 1e6,
+            t.value_bytes() as f64 / 1e6
+        );
+    }
+    eprintln!("  head {} bytes", first.bytes.len());
+    drop(first);
+
+    let mut round = 0;
+    let mut pending: Option<UnitState> = None;
+    group.bench_function("save_changes_1pct/engine", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                change_one_percent(&mut engine, &decoder, round);
+                round += 1;
+                let t = Instant::now();
+                let state = changes(&mut engine);
+                spent += t.elapsed();
+                store.write(&[], 0, std::slice::from_ref(&state)).unwrap();
+            }
+            spent
+        })
+    });
+    group.bench_function("save_changes_1pct/store", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                change_one_percent(&mut engine, &decoder, round);
+                round += 1;
+                let state = changes(&mut engine);
+                let t = Instant::now();
+                store.write(&[], 0, std::slice::from_ref(&state)).unwrap();
+                spent += t.elapsed();
+                pending = Some(state);
+            }
+            spent
+        })
+    });
+    let last = pending.take().map_or(0, |s| s.size());
+    let encoded = engine.snapshot().unwrap().len() as f64;
+    eprintln!(
+        "after {round} rounds of 1% changed: last save {last} bytes; store file {:.1} MB ({:.2}x the {:.1} MB encoded state)",
+        file_mb(&store),
+        file_mb(&store) * 1e6 / encoded,
+        encoded / 1e6
+    );
+    let restored = restore(&rules, &store);
+    let live = |e: &Engine| -> Vec<(Arc<str>, usize)> { e.live_keys() };
+    assert_eq!(live(&restored), live(&engine));
+    drop(restored);
+    group.bench_function("restore", |b| {
+        b.iter_with_large_drop(|| restore(&rules, &store))
+    });
+    group.finish();
 }
 
 criterion_group!(benches, bench);

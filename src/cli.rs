@@ -830,7 +830,8 @@ fn state_cmd(args: StateArgs) -> Result<u8> {
                         if let Some(next) = e.next_offset {
                             pos.push(format!("next_offset={next}"));
                         }
-                        format!("clock={clock} {}", pos.join(" "))
+                        let rows: u64 = store.state_tables(&unit)?.iter().map(|(_, n)| n).sum();
+                        format!("clock={clock} rows={rows} {}", pos.join(" "))
                     }
                     Ok(Saved::Router(rows)) => format!("repeat_keys={}", rows.len()),
                     Ok(Saved::Sources(names)) => format!("delivering={}", names.join(",")),

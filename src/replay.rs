@@ -190,6 +190,11 @@ impl Replayer {
         &self.engine
     }
 
+    /// The engine, to save its changes.
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
     /// The clock after an event at `ts`: the largest `ts` so far minus the
     /// allowed lateness.
     fn target(max_ts: &mut Option<i64>, allowed_lateness_ms: i64, ts: i64) -> i64 {

@@ -19,6 +19,7 @@
 
 pub mod clock;
 pub mod condition;
+mod changes;
 mod keys;
 mod kinds;
 pub mod rules;
@@ -27,9 +28,10 @@ mod snapshot;
 
 use std::sync::Arc;
 
+pub use changes::TableChanges;
 pub use condition::{Cond, FieldRef};
 pub use rules::{CountCondition, CountOp, Rule, RuleError, RuleKind, RuleSet, RuleSetError};
-pub use snapshot::SnapshotError;
+pub use snapshot::{Restoring, SnapshotError, StateChanges};
 
 use crate::alert::{self, Detection, EventRef, RuleInfo, Severity, What};
 use crate::event::{Event, FieldId, Position};
@@ -745,8 +747,11 @@ impl Engine {
     }
 
     /// Keeps a removed rule's state (when it has any) until `until`.
-    fn park(&mut self, id: String, kind: String, state: RuleState, until: i64) {
+    /// Parked state is saved whole in the head: should it come back, its
+    /// table is written whole again.
+    fn park(&mut self, id: String, kind: String, mut state: RuleState, until: i64) {
         if state.len() > 0 && self.config.removed_rule_grace_ms > 0 {
+            state.set_synced(false);
             self.parked.retain(|p| p.id != id);
             self.parked.push(Parked {
                 id,

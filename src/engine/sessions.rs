@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::KEY_SEP;
+use super::changes::{TableChanges, restore_row};
 use super::keys::{KeyMap, oldest};
 use crate::event::{Event, EventKind};
 
@@ -97,6 +98,26 @@ impl Sessions {
         }
         ev.session_id = Some(Cow::Owned(id));
         (true, evicted)
+    }
+
+    /// Drains the sessions changed since the last save into `t`.
+    pub fn drain_changes(&mut self, t: &mut TableChanges) -> Result<(), postcard::Error> {
+        t.drain(&mut self.current)
+    }
+
+    /// Room for `n` more sessions.
+    pub fn reserve(&mut self, n: usize) {
+        self.current.reserve(n);
+    }
+
+    /// Puts a saved session back.
+    pub fn restore_row(&mut self, key: &str, value: &[u8]) -> Result<(), postcard::Error> {
+        restore_row(&mut self.current, key, value)
+    }
+
+    /// The sessions hold what their saved rows hold.
+    pub fn restored(&mut self) {
+        self.current.restored();
     }
 
     /// Drops sessions idle for longer than their idle time at `clock`: the

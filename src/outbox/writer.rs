@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use super::OutboxSettings;
 use super::watch::{Outage, StoreOutage};
 use crate::source::{DurableOffsets, KafkaPartition};
-use crate::store::{Enqueue, Store};
+use crate::store::{Enqueue, Store, UnitState};
 use crate::telemetry::metrics::Metrics;
 
 /// Alerts taken at most into one commit.
@@ -63,7 +63,7 @@ const OUTBOX_QUEUE: usize = 16;
 /// Saved unit states, written after (and with) the alerts sent before
 /// them.
 pub struct StateWrite {
-    pub states: Vec<(String, Vec<u8>)>,
+    pub states: Vec<UnitState>,
     /// Kafka partitions whose records up to these offsets the states cover.
     pub offsets: Vec<(KafkaPartition, i64)>,
     /// Signalled once the write is durable.
@@ -191,7 +191,7 @@ impl Writer {
     /// Writes the rows, and the states with the last of them; waits while
     /// the outbox is full (backpressure up to the sources) and retries
     /// while the store fails: an alert is never dropped here.
-    fn put(&mut self, rows: &[Row], states: &[(String, Vec<u8>)], metrics: &Metrics) {
+    fn put(&mut self, rows: &[Row], states: &[UnitState], metrics: &Metrics) {
         let mut rest = rows;
         let mut waited = false;
         if rows.is_empty() && !states.is_empty() {
@@ -236,7 +236,7 @@ impl Writer {
     /// sources), each kind of failure is logged once per
     /// [`FAILURE_LOG_WINDOW`], and the store is opened again before each
     /// retry after an I/O failure, so freeing space recovers it.
-    fn write(&mut self, items: &[Enqueue<'_>], states: &[(String, Vec<u8>)], metrics: &Metrics) {
+    fn write(&mut self, items: &[Enqueue<'_>], states: &[UnitState], metrics: &Metrics) {
         let mut delay = Duration::from_millis(50);
         loop {
             match self.store.write(items, crate::clock::now_ms(), states) {

@@ -58,7 +58,7 @@ pub enum PipelineError {
     #[error("cannot serialize an alert: {0}")]
     Serialize(serde_json::Error),
     #[error("cannot read saved state: {0}")]
-    Store(crate::store::StoreError),
+    Store(#[from] crate::store::StoreError),
     #[error("saved state `{unit}`: {source}")]
     Restore {
         unit: String,

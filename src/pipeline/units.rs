@@ -10,14 +10,14 @@ use std::time::Instant;
 
 use super::{EngineSettings, Pipeline, PipelineError};
 use crate::engine::clock::LiveClock;
-use crate::engine::{Engine, EngineConfig, RuleSet};
+use crate::engine::{Engine, EngineConfig, Restoring, RuleSet};
 use crate::outbox::writer::{OutboxMsg, StateWrite};
 use crate::source::KafkaPartition;
 use crate::source::file::SavedPosition;
-use crate::store::Store;
 use crate::store::state::{
-    self as checkpoint, EngineUnit, MAIN_UNIT, MONITOR_UNIT, ROUTER_UNIT, Saved,
+    self as checkpoint, EngineUnit, MAIN_UNIT, MONITOR_UNIT, ROUTER_UNIT, RowsError, Saved,
 };
+use crate::store::{Store, UnitState};
 
 /// Saved state found in the store at start, validated.
 pub struct Restored {
@@ -62,11 +62,7 @@ pub fn restore(
             Saved::Router(rows) if unit == ROUTER_UNIT => restored.router = rows,
             Saved::Sources(names) if unit == MONITOR_UNIT => restored.delivering = names,
             Saved::Engine(e) => {
-                let engine = Engine::restore(rules.clone(), engine_config(settings), &e.engine)
-                    .map_err(|source| PipelineError::Restore {
-                        unit: unit.clone(),
-                        source,
-                    })?;
+                let engine = restore_engine(store, &unit, rules, settings, &e.engine)?;
                 if unit == MAIN_UNIT {
                     restored.main = Some((engine, e));
                 }
@@ -75,6 +71,48 @@ pub fn restore(
         }
     }
     Ok(restored)
+}
+
+/// A unit's engine read back: its head (or whole snapshot) from the
+/// `state` row, and the rows of its tables.
+fn restore_engine(
+    store: &Store,
+    unit: &str,
+    rules: &Arc<RuleSet>,
+    settings: &EngineSettings,
+    bytes: &[u8],
+) -> Result<Engine, PipelineError> {
+    let failed = |source| PipelineError::Restore {
+        unit: unit.to_owned(),
+        source,
+    };
+    let mut restoring = Restoring::new(bytes).map_err(failed)?;
+    store.read_rows(unit, &mut restoring).map_err(|e| match e {
+        RowsError::Store(e) => PipelineError::Store(e),
+        RowsError::Row(e) => failed(e),
+    })?;
+    Ok(restoring.finish(rules.clone(), engine_config(settings)))
+}
+
+/// An engine unit's state for the store: its head in the `state` row, the
+/// changed rows of its tables beside it.
+fn engine_state(
+    unit: String,
+    engine: &mut Engine,
+    files: BTreeMap<String, SavedPosition>,
+    next_offset: Option<i64>,
+) -> Result<UnitState, PipelineError> {
+    let changes = engine.save_changes()?;
+    let saved = Saved::Engine(EngineUnit {
+        files,
+        next_offset,
+        engine: changes.head,
+    });
+    Ok(UnitState {
+        bytes: checkpoint::encode(&unit, &saved)?,
+        unit,
+        tables: Some(changes.tables),
+    })
 }
 
 pub(super) fn engine_config(s: &EngineSettings) -> EngineConfig {
@@ -149,9 +187,8 @@ impl Pipeline {
             .map_err(PipelineError::from)
             .and_then(|saved| match saved {
                 Saved::Engine(e) => {
-                    Engine::restore(self.rules.clone(), engine_config(&self.settings), &e.engine)
+                    restore_engine(&self.store, &name, &self.rules, &self.settings, &e.engine)
                         .map(|engine| (engine, e.next_offset))
-                        .map_err(PipelineError::from)
                 }
                 Saved::Router(_) | Saved::Sources(_) => Err(PipelineError::Corrupt(name.clone())),
             });
@@ -174,19 +211,15 @@ impl Pipeline {
         &self,
         key: &KafkaPartition,
         ku: &mut KafkaUnit,
-        states: &mut Vec<(String, Vec<u8>)>,
+        states: &mut Vec<UnitState>,
         offsets: &mut Vec<(KafkaPartition, i64)>,
     ) -> Result<(), PipelineError> {
         if !ku.unit.dirty {
             return Ok(());
         }
         let name = checkpoint::kafka_unit(&self.names[key.0], &key.1, key.2);
-        let saved = Saved::Engine(EngineUnit {
-            files: BTreeMap::new(),
-            next_offset: ku.next_offset,
-            engine: ku.unit.engine.snapshot()?,
-        });
-        states.push((name.clone(), checkpoint::encode(&name, &saved)?));
+        let state = engine_state(name, &mut ku.unit.engine, BTreeMap::new(), ku.next_offset)?;
+        states.push(state);
         if let Some(next) = ku.next_offset {
             offsets.push((key.clone(), next));
         }
@@ -207,12 +240,9 @@ impl Pipeline {
         let mut states = Vec::new();
         let mut offsets = Vec::new();
         if all || self.main.dirty {
-            let saved = Saved::Engine(EngineUnit {
-                files: self.positions.clone(),
-                next_offset: None,
-                engine: self.main.engine.snapshot()?,
-            });
-            states.push((MAIN_UNIT.to_owned(), checkpoint::encode(MAIN_UNIT, &saved)?));
+            let files = self.positions.clone();
+            let main = engine_state(MAIN_UNIT.to_owned(), &mut self.main.engine, files, None)?;
+            states.push(main);
             self.main.dirty = false;
         }
         let mut kafka = std::mem::take(&mut self.kafka);
@@ -228,20 +258,18 @@ impl Pipeline {
         let router = checkpoint::encode(ROUTER_UNIT, &Saved::Router(self.routes.repeat_state()))?;
         if all || router != self.saved_router {
             self.saved_router = router.clone();
-            states.push((ROUTER_UNIT.to_owned(), router));
+            states.push(UnitState::whole(ROUTER_UNIT, router));
         }
         if self.monitor.take_delivering_changed() || all {
             let saved = Saved::Sources(self.monitor.delivering());
-            states.push((
-                MONITOR_UNIT.to_owned(),
-                checkpoint::encode(MONITOR_UNIT, &saved)?,
-            ));
+            let bytes = checkpoint::encode(MONITOR_UNIT, &saved)?;
+            states.push(UnitState::whole(MONITOR_UNIT, bytes));
         }
         if states.is_empty() && done.is_none() {
             // Nothing changed: no transaction (and no fsync) while idle.
             return Ok(());
         }
-        let bytes: usize = states.iter().map(|(_, b)| b.len()).sum();
+        let bytes: usize = states.iter().map(UnitState::size).sum();
         self.metrics.snapshot_bytes.set(bytes as i64);
         self.metrics
             .snapshot_seconds

@@ -19,6 +19,12 @@
 //!   covers; opaque here, versioned by `crate::store::state`. Written in the
 //!   same transaction as the alerts it raised last, so a restart resumes
 //!   exactly where the state left off.
+//! - `state_rows\x1f<unit>\x1f<table>`: state key → value (postcard), one
+//!   table per keyed table of a unit's engine (a rule's keys, the derived
+//!   sessions): the rows of an incremental save (`crate::engine::
+//!   StateChanges`), the unit's `state` row being its head. A save writes
+//!   the rows changed since the one before and drops the tables the head
+//!   no longer lists, in the transaction that writes the head.
 //! - `journal`:   sequence → [`JournalEntry`] (postcard): every alert the
 //!   daemon raised, once, in a hash chain (each entry holds the hash of the
 //!   one before); the oldest beyond the limit are pruned
@@ -36,9 +42,11 @@ use std::path::{Path, PathBuf};
 
 use redb::{
     ConcurrencyMode, Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, TableDefinition,
+    ReadableTableMetadata, TableDefinition, TableHandle,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::engine::TableChanges;
 
 /// The store format this build reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
@@ -57,6 +65,51 @@ const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 /// tamper with it.
 pub const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const JOURNAL_IDS: TableDefinition<&str, u64> = TableDefinition::new("journal_ids");
+/// Where the names of a unit's row tables start (then the unit, the
+/// separator and the table).
+const ROWS_PREFIX: &str = "state_rows\u{1f}";
+const ROWS_SEP: char = '\u{1f}';
+
+fn rows_prefix(unit: &str) -> String {
+    format!("{ROWS_PREFIX}{unit}{ROWS_SEP}")
+}
+
+fn rows_table(unit: &str, table: &str) -> String {
+    format!("{}{table}", rows_prefix(unit))
+}
+
+fn rows_def(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+/// A unit's state for one store write: its `state` row and, for an engine
+/// saved incrementally, the changed rows of its tables.
+#[derive(Debug)]
+pub struct UnitState {
+    pub unit: String,
+    pub bytes: Vec<u8>,
+    /// Every keyed table of the unit's engine with its changed rows; a
+    /// stored table not listed is dropped. `None`: the unit has no rows.
+    pub tables: Option<Vec<TableChanges>>,
+}
+
+impl UnitState {
+    /// Bytes written: the `state` row and the changed rows' values.
+    pub fn size(&self) -> usize {
+        let rows = self.tables.iter().flatten();
+        self.bytes.len() + rows.map(TableChanges::value_bytes).sum::<usize>()
+    }
+
+    /// A unit saved in one value.
+    pub fn whole(unit: impl Into<String>, bytes: Vec<u8>) -> UnitState {
+        UnitState {
+            unit: unit.into(),
+            bytes,
+            tables: None,
+        }
+    }
+}
+
 /// Journal entries kept by default (`outbox.journal_entries`).
 pub const JOURNAL_ENTRIES: u64 = 100_000;
 
@@ -549,6 +602,99 @@ impl Store {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
+    /// Calls `each(key, value)` for every saved row of a unit's table (none
+    /// when it has no such table).
+    pub fn for_each_state_row<E: From<StoreError>>(
+        &self,
+        unit: &str,
+        table: &str,
+        mut each: impl FnMut(&str, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let tx = self.begin_read()?;
+        let name = rows_table(unit, table);
+        let t = match tx.open_table(rows_def(&name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(self.err(e).into()),
+        };
+        for row in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            each(k.value(), v.value())?;
+        }
+        Ok(())
+    }
+
+    /// The rows of a unit's table (0 when it has no such table).
+    pub fn state_table_len(&self, unit: &str, table: &str) -> Result<u64, StoreError> {
+        let tx = self.begin_read()?;
+        let name = rows_table(unit, table);
+        match tx.open_table(rows_def(&name)) {
+            Ok(t) => t.len().map_err(|e| self.err(e)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// The row tables of a unit, with their rows.
+    pub fn state_tables(&self, unit: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let tx = self.begin_read()?;
+        let prefix = rows_prefix(unit);
+        let names: Vec<String> = tx
+            .list_tables()
+            .map_err(|e| self.err(e))?
+            .map(|h| h.name().to_owned())
+            .filter(|t| t.starts_with(&prefix))
+            .collect();
+        let mut out = Vec::new();
+        for name in names {
+            let t = tx.open_table(rows_def(&name)).map_err(|e| self.err(e))?;
+            let rows = t.len().map_err(|e| self.err(e))?;
+            out.push((name[prefix.len()..].to_owned(), rows));
+        }
+        Ok(out)
+    }
+
+    /// Writes a unit's changed rows, after dropping its tables the save no
+    /// longer lists and the tables it writes whole.
+    fn write_rows(
+        &self,
+        tx: &redb::WriteTransaction,
+        unit: &str,
+        tables: &[TableChanges],
+    ) -> Result<(), StoreError> {
+        let prefix = rows_prefix(unit);
+        let listed: std::collections::HashSet<String> =
+            tables.iter().map(|t| rows_table(unit, &t.name)).collect();
+        let stale: Vec<String> = tx
+            .list_tables()
+            .map_err(|e| self.err(e))?
+            .map(|h| h.name().to_owned())
+            .filter(|t| t.starts_with(&prefix) && !listed.contains(t))
+            .collect();
+        for t in &stale {
+            tx.delete_table(rows_def(t)).map_err(|e| self.err(e))?;
+        }
+        for t in tables {
+            let name = rows_table(unit, &t.name);
+            if t.reset {
+                tx.delete_table(rows_def(&name)).map_err(|e| self.err(e))?;
+            }
+            let mut table = tx.open_table(rows_def(&name)).map_err(|e| self.err(e))?;
+            // In key order: B-tree pages fill up instead of splitting
+            // half-empty, and each page is copied once per transaction.
+            let mut rows: Vec<(&str, Option<&[u8]>)> = t.rows().collect();
+            rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (key, value) in rows {
+                match value {
+                    Some(v) => table.insert(key, v).map(drop),
+                    None => table.remove(key).map(drop),
+                }
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets the saved state of these units (all with `None`); returns
     /// how many were removed.
     pub fn remove_states(&self, units: Option<&[String]>) -> Result<usize, StoreError> {
@@ -577,6 +723,19 @@ impl Store {
                 }
             }
             n = removed;
+            let prefixes: Vec<String> = match units {
+                Some(u) => u.iter().map(|u| rows_prefix(u)).collect(),
+                None => vec![ROWS_PREFIX.to_owned()],
+            };
+            let tables: Vec<String> = tx
+                .list_tables()
+                .map_err(|e| self.err(e))?
+                .map(|h| h.name().to_owned())
+                .filter(|t| prefixes.iter().any(|p| t.starts_with(p.as_str())))
+                .collect();
+            for t in &tables {
+                tx.delete_table(rows_def(t)).map_err(|e| self.err(e))?;
+            }
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(n)
@@ -590,16 +749,21 @@ impl Store {
         &self,
         alerts: &[Enqueue<'_>],
         now_ms: i64,
-        states: &[(String, Vec<u8>)],
+        states: &[UnitState],
     ) -> Result<usize, StoreError> {
         let tx = self.begin_write()?;
         let mut added = 0;
         if !states.is_empty() {
             let mut table = tx.open_table(STATE).map_err(|e| self.err(e))?;
-            for (unit, bytes) in states {
+            for s in states {
                 table
-                    .insert(unit.as_str(), bytes.as_slice())
+                    .insert(s.unit.as_str(), s.bytes.as_slice())
                     .map_err(|e| self.err(e))?;
+            }
+        }
+        for s in states {
+            if let Some(tables) = &s.tables {
+                self.write_rows(&tx, &s.unit, tables)?;
             }
         }
         {

@@ -157,7 +157,32 @@ impl From<v1::Saved> for Saved {
     }
 }
 
+/// Why the saved rows of a unit could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum RowsError {
+    #[error(transparent)]
+    Store(#[from] super::StoreError),
+    #[error(transparent)]
+    Row(#[from] crate::engine::SnapshotError),
+}
+
 impl super::Store {
+    /// Gives `restoring` the saved rows of every table its head lists.
+    pub fn read_rows(
+        &self,
+        unit: &str,
+        restoring: &mut crate::engine::Restoring,
+    ) -> Result<(), RowsError> {
+        for (i, table) in restoring.tables().iter().enumerate() {
+            let rows = self.state_table_len(unit, table)?;
+            restoring.reserve(i, usize::try_from(rows).unwrap_or(0));
+            self.for_each_state_row(unit, table, |key, value| {
+                restoring.row(i, key, value).map_err(RowsError::from)
+            })?;
+        }
+        Ok(())
+    }
+
     /// The next offset a saved Kafka partition unit covers up to, if the
     /// store has the unit and can read it.
     pub fn saved_next_offset(&self, unit: &str) -> Option<i64> {

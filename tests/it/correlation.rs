@@ -13,6 +13,7 @@ use mcp_alertd::engine::{Engine, EngineConfig, RuleSet};
 use mcp_alertd::replay::Replayer;
 use proptest::prelude::*;
 
+use crate::support::saved::run_with_saves;
 use crate::{line, rules, run_lines, s};
 
 const LATENESS: i64 = 2_000;
@@ -652,6 +653,11 @@ fn run_with_restart(r: &Arc<RuleSet>, lines: &[String], cut: usize) -> Vec<Alert
     let alerts: Vec<Alert> = out.into_iter().map(|d| render(d, None)).collect();
     let straight = run_lines(r, LATENESS, lines);
     assert_eq!(alerts, straight, "a restart changed the alerts");
+    let incremental = run_with_saves(r, cfg, LATENESS, lines, cut);
+    assert_eq!(
+        incremental, straight,
+        "incremental saves changed the alerts"
+    );
     alerts
 }
 

@@ -6,9 +6,20 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
+use mcp_alertd::engine::EngineConfig;
+
+use crate::support::saved::run_with_saves;
 use crate::{line, rules, run_lines};
 
 const LATENESS: i64 = 5_000;
+
+/// The engine configuration `run_lines` uses.
+fn config() -> EngineConfig {
+    EngineConfig {
+        lateness_ms: LATENESS,
+        ..EngineConfig::default()
+    }
+}
 
 /// A random stream: (key index, ts) in arrival order. Times move forward by
 /// 0..`step` ms and are then moved back by up to `disorder` ms.
@@ -125,11 +136,15 @@ proptest! {
         s_factor in prop::sample::select(vec![1i64, 2, 0]),
         gt in any::<bool>(),
         n in 1u64..5,
+        cut in 0usize..70,
     ) {
         let s = if s_factor == 0 { w / 2 } else { w * s_factor };
         let op = if gt { "gt" } else { "gte" };
         let r = rules(&threshold_rules(w, s, op, n));
-        let got: Vec<(u8, i64, u64)> = run_lines(&r, LATENESS, &failure_lines(&events))
+        let lines = failure_lines(&events);
+        let alerts = run_lines(&r, LATENESS, &lines);
+        prop_assert_eq!(&run_with_saves(&r, config(), LATENESS, &lines, cut), &alerts);
+        let got: Vec<(u8, i64, u64)> = alerts
             .into_iter()
             .map(|a| {
                 let key: u8 = a.key["agent_id"][1..].parse().unwrap();
@@ -198,6 +213,7 @@ condition = {{ gte = {n} }}
     fn absence_matches_the_naive_model(
         ops in prop::collection::vec((0u8..3, any::<bool>(), 0i64..4_000, 0i64..=6_000), 1..50),
         d in prop::sample::select(vec![1_000i64, 5_000, 20_000]),
+        cut in 0usize..50,
     ) {
         let r = rules(&format!(r#"[[rule]]
 id = "abs"
@@ -224,7 +240,9 @@ deadline = "{d}ms"
                 line(*ts, ev, &format!(r#""agent_id":"a","session_id":"k{k}""#))
             })
             .collect();
-        let got: Vec<(String, i64, i64)> = run_lines(&r, LATENESS, &lines)
+        let alerts = run_lines(&r, LATENESS, &lines);
+        prop_assert_eq!(&run_with_saves(&r, config(), LATENESS, &lines, cut), &alerts);
+        let got: Vec<(String, i64, i64)> = alerts
             .into_iter()
             .map(|a| (a.key["session_id"].clone(), a.window_start.unwrap(), a.ts))
             .collect();

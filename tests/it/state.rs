@@ -1,12 +1,19 @@
-//! Durable engine state: long timers and windows survive restarts, and
-//! saved state of an unknown format stops the start with a clear message.
+//! Durable engine state: long timers and windows survive restarts, saves
+//! write only what changed, and saved state of an unknown format stops the
+//! start with a clear message.
 
+use std::sync::Arc;
+
+use mcp_alertd::alert::{Alert, render};
 use mcp_alertd::app::Daemon;
 use mcp_alertd::config::Config;
-use mcp_alertd::store::Store;
+use mcp_alertd::decode::Decoder;
+use mcp_alertd::engine::{Engine, EngineConfig, Restoring, RuleSet};
 use mcp_alertd::store::state::{self as checkpoint, EngineUnit, MAIN_UNIT, Saved};
+use mcp_alertd::store::{Store, UnitState};
 
 use crate::support::{Capture, append, file_config, start, wait_for};
+use crate::{line, s};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -144,7 +151,7 @@ async fn saved_state_of_another_format_version_is_refused_by_name() {
         .unwrap();
         bytes[0] = 9; // postcard varint of the version
         store
-            .write(&[], 0, &[(MAIN_UNIT.to_owned(), bytes)])
+            .write(&[], 0, &[UnitState::whole(MAIN_UNIT, bytes)])
             .unwrap();
     }
     let text = format!(
@@ -392,4 +399,267 @@ fn sequence_membership_and_cardinality_state_survives_sigkill() {
     p.signal("TERM");
     let _ = p.child.wait();
     assert_eq!(delivered(), CORRELATION_RULES);
+}
+
+const BURST_AND_UNUSED: &str = r#"
+[[rule]]
+id = "burst"
+title = "t"
+severity = "high"
+kind = "threshold"
+match = { event = "auth.failure" }
+group_by = ["agent_id"]
+window = "60s"
+condition = { gte = 3 }
+
+[[rule]]
+id = "unused"
+title = "t"
+severity = "low"
+kind = "absence"
+start = { event = "credential.issued" }
+stop = { event = "credential.used" }
+key = ["credential_id"]
+deadline = "1h"
+"#;
+
+fn feed(engine: &mut Engine, lines: &[String]) -> Vec<Alert> {
+    let decoder = Decoder::default();
+    let mut out = Vec::new();
+    for l in lines {
+        let ev = decoder.decode(l.as_bytes()).unwrap();
+        engine.advance_to(ev.ts - 5_000, &mut out);
+        engine.on_event(&ev, None, &mut out);
+    }
+    out.into_iter().map(|d| render(d, None)).collect()
+}
+
+fn failures(agents: std::ops::Range<usize>, ts: i64) -> Vec<String> {
+    agents
+        .map(|i| line(ts, "auth.failure", &format!(r#""agent_id":"agent-{i}""#)))
+        .collect()
+}
+
+fn credentials(event: &str, ids: std::ops::Range<usize>, ts: i64) -> Vec<String> {
+    ids.map(|i| {
+        line(
+            ts,
+            event,
+            &format!(r#""agent_id":"a","credential_id":"key-{i}""#),
+        )
+    })
+    .collect()
+}
+
+/// One incremental save of `engine` into the store as the `main` unit.
+fn save(store: &Store, engine: &mut Engine) -> Vec<(String, usize, usize)> {
+    let changes = engine.save_changes().unwrap();
+    let written = changes
+        .tables
+        .iter()
+        .map(|t| {
+            let removed = t.rows().filter(|(_, v)| v.is_none()).count();
+            (t.name.clone(), t.len() - removed, removed)
+        })
+        .collect();
+    let unit = Saved::Engine(EngineUnit {
+        engine: changes.head,
+        ..EngineUnit::default()
+    });
+    let state = UnitState {
+        unit: MAIN_UNIT.to_owned(),
+        bytes: checkpoint::encode(MAIN_UNIT, &unit).unwrap(),
+        tables: Some(changes.tables),
+    };
+    store.write(&[], 0, &[state]).unwrap();
+    written
+}
+
+fn restore(store: &Store, rules: Arc<RuleSet>) -> Engine {
+    let bytes = store.state(MAIN_UNIT).unwrap().unwrap();
+    let Saved::Engine(unit) = checkpoint::decode(MAIN_UNIT, &bytes).unwrap() else {
+        panic!("not an engine unit");
+    };
+    let mut restoring = Restoring::new(&unit.engine).unwrap();
+    store.read_rows(MAIN_UNIT, &mut restoring).unwrap();
+    restoring.finish(rules, EngineConfig::default())
+}
+
+fn tables(store: &Store) -> Vec<(String, u64)> {
+    store.state_tables(MAIN_UNIT).unwrap()
+}
+
+/// A save writes only the keys that changed (and removes the ones that
+/// went); the table of a removed rule leaves the store (its state is kept
+/// in the head for the removal grace); the engine read back from the rows
+/// raises what the uninterrupted one raises; `state reset` drops the rows.
+#[test]
+fn incremental_saves_write_only_changed_rows_and_restore_from_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let both = crate::rules(BURST_AND_UNUSED);
+    let mut engine = Engine::new(both.clone(), EngineConfig::default());
+    feed(&mut engine, &failures(0..100, s(0)));
+    feed(&mut engine, &credentials("credential.issued", 0..50, s(1)));
+    let first = save(&store, &mut engine);
+    assert!(
+        first.contains(&("burst/window".to_owned(), 100, 0)),
+        "{first:?}"
+    );
+    assert!(
+        first.contains(&("unused/absence".to_owned(), 50, 0)),
+        "{first:?}"
+    );
+    let sessions = ("sessions".to_owned(), 0);
+    assert_eq!(
+        tables(&store),
+        [
+            ("burst/window".to_owned(), 100),
+            sessions.clone(),
+            ("unused/absence".to_owned(), 50)
+        ]
+    );
+
+    // Five agents fail again, three credentials are used: 5 rows set, 3
+    // removed, nothing else written.
+    feed(&mut engine, &failures(0..5, s(2)));
+    feed(&mut engine, &credentials("credential.used", 10..13, s(3)));
+    let second = save(&store, &mut engine);
+    assert!(
+        second.contains(&("burst/window".to_owned(), 5, 0)),
+        "{second:?}"
+    );
+    assert!(
+        second.contains(&("unused/absence".to_owned(), 0, 3)),
+        "{second:?}"
+    );
+    assert_eq!(
+        tables(&store),
+        [
+            ("burst/window".to_owned(), 100),
+            sessions.clone(),
+            ("unused/absence".to_owned(), 47)
+        ]
+    );
+    // Nothing changed: nothing written.
+    let idle = save(&store, &mut engine);
+    assert!(
+        idle.iter().all(|(_, set, removed)| set + removed == 0),
+        "{idle:?}"
+    );
+
+    // Read back, both engines go on alike: agents 0-4 reach 3 failures,
+    // the 47 unused credentials pass their deadline.
+    let mut restored = restore(&store, both.clone());
+    let rest: Vec<String> = failures(0..10, s(4))
+        .into_iter()
+        .chain(credentials("credential.used", 20..21, s(5)))
+        .chain(failures(0..1, s(2 * 3600)))
+        .collect();
+    let want = feed(&mut engine, &rest);
+    let got = feed(&mut restored, &rest);
+    assert_eq!(got, want);
+    let fired = |rule: &str| want.iter().filter(|a| a.rule == rule).count();
+    assert_eq!((fired("burst"), fired("unused")), (5, 46));
+
+    // The rule `unused` is removed: its table goes, its state is parked in
+    // the head and comes back with the rule.
+    let mut engine = restore(&store, both.clone());
+    feed(
+        &mut engine,
+        &credentials("credential.issued", 100..101, s(6)),
+    );
+    engine.reload(
+        crate::rules(
+            &BURST_AND_UNUSED[..BURST_AND_UNUSED.find("[[rule]]\nid = \"unused\"").unwrap()],
+        ),
+        EngineConfig::default(),
+    );
+    save(&store, &mut engine);
+    assert!(
+        tables(&store).iter().all(|(t, _)| t != "unused/absence"),
+        "{:?}",
+        tables(&store)
+    );
+    let mut back = restore(&store, both.clone());
+    let late = feed(&mut back, &failures(0..1, s(3 * 3600)));
+    assert_eq!(late.iter().filter(|a| a.rule == "unused").count(), 48);
+    // Written whole again at its next save, now that it is back.
+    let again = save(&store, &mut back);
+    assert!(
+        again.iter().any(|(t, _, _)| t == "unused/absence"),
+        "{again:?}"
+    );
+
+    assert_eq!(store.remove_states(None).unwrap(), 1);
+    assert!(tables(&store).is_empty(), "{:?}", tables(&store));
+}
+
+/// Keys that come and go faster than the saves: past twice the live keys
+/// (and a floor of 4096) the list of changes goes and the table is written
+/// whole, so memory stays bounded by the live keys.
+#[test]
+fn a_table_whose_changes_outgrow_it_is_written_whole() {
+    let rules = crate::rules(BURST_AND_UNUSED);
+    let mut engine = Engine::new(rules.clone(), EngineConfig::default());
+    let mut saved = crate::support::saved::SavedRows::default();
+    feed(&mut engine, &credentials("credential.issued", 0..10, s(0)));
+    saved.save(&mut engine);
+    for round in 0..3 {
+        let ids = 1_000 + round * 2_000..1_000 + (round + 1) * 2_000;
+        feed(
+            &mut engine,
+            &credentials("credential.issued", ids.clone(), s(1)),
+        );
+        feed(&mut engine, &credentials("credential.used", ids, s(2)));
+    }
+    let changes = engine.save_changes().unwrap();
+    let unused = changes
+        .tables
+        .iter()
+        .find(|t| t.name == "unused/absence")
+        .unwrap();
+    assert!(unused.reset, "12,000 changes of 10 live keys were kept");
+    assert_eq!(unused.len(), 10);
+    saved.apply(changes);
+    assert_eq!(saved.resets, 1);
+    assert_eq!(saved.rows(), 10);
+    let mut restored = saved.restore(rules, EngineConfig::default());
+    let after = failures(0..1, s(2 * 3600));
+    assert_eq!(feed(&mut restored, &after), feed(&mut engine, &after));
+}
+
+/// State saved whole (as builds before incremental saves did) is read
+/// back, and the first save after it writes every key as rows.
+#[test]
+fn state_saved_whole_is_read_and_then_saved_as_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let rules = crate::rules(BURST_AND_UNUSED);
+    let mut engine = Engine::new(rules.clone(), EngineConfig::default());
+    feed(&mut engine, &failures(0..20, s(0)));
+    feed(&mut engine, &credentials("credential.issued", 0..30, s(1)));
+    let unit = Saved::Engine(EngineUnit {
+        engine: engine.snapshot().unwrap(),
+        ..EngineUnit::default()
+    });
+    let whole = UnitState::whole(MAIN_UNIT, checkpoint::encode(MAIN_UNIT, &unit).unwrap());
+    store.write(&[], 0, &[whole]).unwrap();
+    assert!(tables(&store).is_empty());
+
+    let mut restored = restore(&store, rules.clone());
+    let first = save(&store, &mut restored);
+    assert!(
+        first.contains(&("burst/window".to_owned(), 20, 0)),
+        "{first:?}"
+    );
+    assert!(
+        first.contains(&("unused/absence".to_owned(), 30, 0)),
+        "{first:?}"
+    );
+    let mut from_rows = restore(&store, rules);
+    let after = failures(0..2, s(2 * 3600));
+    let want = feed(&mut engine, &after);
+    assert_eq!(want.len(), 30);
+    assert_eq!(feed(&mut from_rows, &after), want);
 }

@@ -137,9 +137,9 @@ where
     for (k, item) in log.iter() {
         groups.entry(k).or_default().push(item);
     }
-    let only_logged = groups.keys().filter(|k| !keys.contains_key(**k)).count();
+    let only_logged = groups.keys().filter(|k| !keys.contains_key(k)).count();
     let mut map = s.serialize_map(Some(keys.len() + only_logged))?;
-    for (k, v) in keys {
+    for (k, v) in keys.iter() {
         let items = groups.remove(k.as_str()).unwrap_or_default();
         map.serialize_entry(k.as_str(), &saved(Some(v), items))?;
     }

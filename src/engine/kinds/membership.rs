@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::super::condition::FieldRef;
-use super::super::keys::KeyMap;
+use super::super::keys::{HashKeyMap, Key, KeyMap};
 use super::super::rules::{DEFAULT_KEY_TTL_MS, RuleKind, condition, key_fields, positive_duration};
 use super::Trigger;
 use super::log::{TimeLog, serialize_with_log};
@@ -225,7 +225,7 @@ impl Serialize for MembershipState {
 
 impl<'de> Deserialize<'de> for MembershipState {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MembershipState, D::Error> {
-        let saved = KeyMap::<SavedKey>::deserialize(d)?;
+        let saved = HashKeyMap::<SavedKey>::deserialize(d)?;
         let mut state = MembershipState::default();
         let mut held = Vec::new();
         for (k, v) in saved {
@@ -240,6 +240,26 @@ impl<'de> Deserialize<'de> for MembershipState {
         }
         state.held = TimeLog::from_entries(held);
         Ok(state)
+    }
+}
+
+impl MembershipState {
+    /// The held checks, for an incremental save (the keys are saved as
+    /// rows).
+    pub fn log(&self) -> Vec<(&str, &Held)> {
+        self.held.iter().collect()
+    }
+
+    /// A state with no key (restored as rows) and these held checks.
+    pub fn with_log(held: Vec<(Key, Held)>) -> MembershipState {
+        let entries = held
+            .into_iter()
+            .map(|(k, h)| (h.trigger.ts, k, h))
+            .collect();
+        MembershipState {
+            keys: KeyMap::default(),
+            held: TimeLog::from_entries(entries),
+        }
     }
 }
 

@@ -15,13 +15,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::keys::{KeyMap, oldest};
+use super::changes::{TableChanges, restore_row};
+use super::keys::{Key, KeyMap, oldest};
 use super::rules::{Rule, RuleKind};
 use crate::alert::{self, EventRef, Fingerprint};
 use crate::event::{Event, Position};
 use absence::AbsenceState;
 use cardinality::DistinctKey;
-use membership::{MemberKey, MembershipState};
+use membership::{Held, MemberKey, MembershipState};
 use sequence::{SequenceKey, SequenceState};
 use threshold::{LifetimeKey, WindowKey};
 
@@ -227,6 +228,32 @@ pub enum RuleState {
     Membership(MembershipState),
 }
 
+/// A rule's state beside its keys, saved in the engine's head at an
+/// incremental save (the keys are rows of their own): the short-lived
+/// logs. Variants in the order of [`RuleState`]'s.
+#[derive(Serialize)]
+pub enum RuleHeadRef<'a> {
+    Match,
+    Window,
+    Lifetime,
+    Absence,
+    Sequence(Vec<(&'a str, &'a Trigger)>),
+    Distinct,
+    Membership(Vec<(&'a str, &'a Held)>),
+}
+
+/// [`RuleHeadRef`] read back.
+#[derive(Deserialize)]
+pub enum RuleHead {
+    Match,
+    Window,
+    Lifetime,
+    Absence,
+    Sequence(Vec<(Key, Trigger)>),
+    Distinct,
+    Membership(Vec<(Key, Held)>),
+}
+
 /// Removes the `n` oldest keys of `map` by `age`, returning how many went.
 fn evict<V>(map: &mut KeyMap<V>, n: usize, age: impl Fn(&V) -> i64) -> usize {
     let victims = oldest(map, n, age);
@@ -255,6 +282,118 @@ impl RuleState {
         match self {
             RuleState::Membership(s) => Some(&mut s.keys),
             _ => None,
+        }
+    }
+
+    /// The kind of state, as named in saved tables.
+    pub fn state_name(&self) -> &'static str {
+        match self {
+            RuleState::Match => "match",
+            RuleState::Window(_) => "window",
+            RuleState::Lifetime(_) => "lifetime",
+            RuleState::Absence(_) => "absence",
+            RuleState::Sequence(_) => "sequence",
+            RuleState::Distinct(_) => "distinct",
+            RuleState::Membership(_) => "membership",
+        }
+    }
+
+    /// Whether it has keys (saved as a table of rows).
+    pub fn is_keyed(&self) -> bool {
+        !matches!(self, RuleState::Match)
+    }
+
+    /// What is saved beside the keys.
+    pub fn head(&self) -> RuleHeadRef<'_> {
+        match self {
+            RuleState::Match => RuleHeadRef::Match,
+            RuleState::Window(_) => RuleHeadRef::Window,
+            RuleState::Lifetime(_) => RuleHeadRef::Lifetime,
+            RuleState::Absence(_) => RuleHeadRef::Absence,
+            RuleState::Sequence(s) => RuleHeadRef::Sequence(s.log()),
+            RuleState::Distinct(_) => RuleHeadRef::Distinct,
+            RuleState::Membership(s) => RuleHeadRef::Membership(s.log()),
+        }
+    }
+
+    /// A state with no key (its rows are restored next) from its head.
+    pub fn from_head(head: RuleHead) -> RuleState {
+        match head {
+            RuleHead::Match => RuleState::Match,
+            RuleHead::Window => RuleState::Window(KeyMap::default()),
+            RuleHead::Lifetime => RuleState::Lifetime(KeyMap::default()),
+            RuleHead::Absence => RuleState::Absence(AbsenceState::default()),
+            RuleHead::Sequence(log) => RuleState::Sequence(SequenceState::with_log(log)),
+            RuleHead::Distinct => RuleState::Distinct(KeyMap::default()),
+            RuleHead::Membership(log) => RuleState::Membership(MembershipState::with_log(log)),
+        }
+    }
+
+    /// Drains the keys changed since the last save into `t`.
+    pub fn drain_changes(&mut self, t: &mut TableChanges) -> Result<(), postcard::Error> {
+        match self {
+            RuleState::Match => Ok(()),
+            RuleState::Window(m) => t.drain(m),
+            RuleState::Lifetime(m) => t.drain(m),
+            RuleState::Absence(a) => t.drain(&mut a.pending),
+            RuleState::Sequence(s) => t.drain(&mut s.keys),
+            RuleState::Distinct(m) => t.drain(m),
+            RuleState::Membership(s) => t.drain(&mut s.keys),
+        }
+    }
+
+    /// Puts a saved key back.
+    pub fn restore_row(&mut self, key: &str, value: &[u8]) -> Result<(), postcard::Error> {
+        match self {
+            RuleState::Match => Ok(()),
+            RuleState::Window(m) => restore_row(m, key, value),
+            RuleState::Lifetime(m) => restore_row(m, key, value),
+            RuleState::Absence(a) => restore_row(&mut a.pending, key, value),
+            RuleState::Sequence(s) => restore_row(&mut s.keys, key, value),
+            RuleState::Distinct(m) => restore_row(m, key, value),
+            RuleState::Membership(s) => restore_row(&mut s.keys, key, value),
+        }
+    }
+
+    /// After its rows are restored: room for `n` more keys.
+    pub fn reserve(&mut self, n: usize) {
+        match self {
+            RuleState::Match => {}
+            RuleState::Window(m) => m.reserve(n),
+            RuleState::Lifetime(m) => m.reserve(n),
+            RuleState::Absence(a) => a.pending.reserve(n),
+            RuleState::Sequence(s) => s.keys.reserve(n),
+            RuleState::Distinct(m) => m.reserve(n),
+            RuleState::Membership(s) => s.keys.reserve(n),
+        }
+    }
+
+    /// Once its rows are restored: rebuilds what is derived from them (an
+    /// absence rule's deadlines in time order, built in one go).
+    pub fn rows_restored(&mut self) {
+        if let RuleState::Absence(a) = self {
+            a.timers = a
+                .pending
+                .iter()
+                .map(|(k, p)| (p.deadline, k.clone()))
+                .collect();
+        }
+    }
+
+    /// Marks the keys as saved (`true`: restored from the rows) or as to
+    /// be written whole at the next save (`false`).
+    pub fn set_synced(&mut self, synced: bool) {
+        fn set<V>(m: &mut KeyMap<V>, synced: bool) {
+            if synced { m.restored() } else { m.unsync() }
+        }
+        match self {
+            RuleState::Match => {}
+            RuleState::Window(m) => set(m, synced),
+            RuleState::Lifetime(m) => set(m, synced),
+            RuleState::Absence(a) => set(&mut a.pending, synced),
+            RuleState::Sequence(s) => set(&mut s.keys, synced),
+            RuleState::Distinct(m) => set(m, synced),
+            RuleState::Membership(s) => set(&mut s.keys, synced),
         }
     }
 

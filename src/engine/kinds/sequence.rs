@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::super::keys::KeyMap;
+use super::super::keys::{HashKeyMap, Key, KeyMap};
 use super::super::rules::{RuleKind, condition, key_fields, positive_duration};
 use super::Trigger;
 use super::log::{TimeLog, serialize_with_log};
@@ -200,7 +200,7 @@ impl Serialize for SequenceState {
 
 impl<'de> Deserialize<'de> for SequenceState {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SequenceState, D::Error> {
-        let saved = KeyMap::<SavedKey>::deserialize(d)?;
+        let saved = HashKeyMap::<SavedKey>::deserialize(d)?;
         let mut state = SequenceState::default();
         let mut thens = Vec::new();
         for (k, v) in saved {
@@ -211,6 +211,22 @@ impl<'de> Deserialize<'de> for SequenceState {
         }
         state.thens = TimeLog::from_entries(thens);
         Ok(state)
+    }
+}
+
+impl SequenceState {
+    /// The kept B's, for an incremental save (the keys are saved as rows).
+    pub fn log(&self) -> Vec<(&str, &Trigger)> {
+        self.thens.iter().collect()
+    }
+
+    /// A state with no key (restored as rows) and these kept B's.
+    pub fn with_log(thens: Vec<(Key, Trigger)>) -> SequenceState {
+        let entries = thens.into_iter().map(|(k, b)| (b.ts, k, b)).collect();
+        SequenceState {
+            keys: KeyMap::default(),
+            thens: TimeLog::from_entries(entries),
+        }
     }
 }
 

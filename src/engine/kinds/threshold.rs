@@ -105,7 +105,7 @@ pub fn window_event(
 ) -> Option<(i64, u64)> {
     let state = match keys.get_mut(key) {
         Some(state) => state,
-        None => keys.entry(key.into()).or_default(),
+        None => keys.insert_default(key),
     };
     window_arrival(state, e, clock, w, s, |c| condition.holds(c))
 }
@@ -122,7 +122,7 @@ pub fn lifetime_event(
 ) -> Option<u64> {
     let state = match keys.get_mut(key) {
         Some(state) => state,
-        None => keys.entry(key.into()).or_default(),
+        None => keys.insert_default(key),
     };
     if state.count > 0 && clock > state.last.saturating_add(key_ttl_ms) {
         *state = LifetimeKey::default();

@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod proc;
+pub mod saved;
 pub mod webhook;
 
 use std::io::Write as _;
