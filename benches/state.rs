@@ -1,6 +1,7 @@
 //! Durable engine state at scale, for an engine holding 2M live keys
 //! (500k agents inside an `auth_failure_burst` window and 500k issued
-//! credentials waiting for the deadlines of three absence rules:
+//! credentials waiting for the deadlines of three absence rules;
+//! `MCP_ALERTD_BENCH_AGENTS=250000` for 1M keys:
 //! `credential_unused`, `credential_unused_revoke` and
 //! `credential_rotation_overdue`):
 //! - `save_whole`: the whole state in one value (engine snapshot + unit
@@ -29,10 +30,14 @@ use mcp_alertd::store::{Store, UnitState};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Agents, each with a burst window and an issued credential.
-const AGENTS: usize = 500_000;
-/// Live keys: a window per agent, three deadlines per credential.
-const KEYS: usize = 4 * AGENTS;
+/// Agents, each with a burst window and an issued credential
+/// (`MCP_ALERTD_BENCH_AGENTS`, default 500k).
+fn agents() -> usize {
+    std::env::var("MCP_ALERTD_BENCH_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000)
+}
 const BASE: i64 = 1_790_000_000_000;
 
 fn config() -> EngineConfig {
@@ -62,7 +67,7 @@ fn engine_with_keys(rules: &Arc<RuleSet>, decoder: &Decoder) -> Engine {
     apply(
         &mut engine,
         decoder,
-        (0..AGENTS).flat_map(|i| {
+        (0..agents()).flat_map(|i| {
             let ts = BASE + (i as i64 % 50_000);
             let issued = format!(
                 r#"{{"ts":{ts},"event":"credential.issued","tenant":"t{}","agent_id":"agent-{i}","credential_id":"key-{i}","server":"mcp-1"}}"#,
@@ -72,24 +77,25 @@ fn engine_with_keys(rules: &Arc<RuleSet>, decoder: &Decoder) -> Engine {
         }),
     );
     let live: usize = engine.live_keys().iter().map(|(_, n)| n).sum();
-    assert_eq!(live, KEYS, "{live} live keys");
+    assert_eq!(live, 4 * agents(), "{live} live keys");
     engine
 }
 
-/// 1% of the 2M keys change, none expires and the state keeps its size:
-/// 5,000 credentials are issued again (a new deadline for each of the
-/// three absence rules that wait on them: 15,000 keys) and 5,000 agents
-/// fail once more (round `r`).
+/// 1% of the keys change, none expires and the state keeps its size: 1%
+/// of the credentials are issued again (a new deadline for each of the
+/// three absence rules that wait on them) and 1% of the agents fail once
+/// more (round `r`).
 fn change_one_percent(engine: &mut Engine, decoder: &Decoder, r: usize) {
     let ts = BASE + 49_999;
-    let picked = move |j: usize| (r * 10_000 + j) * 7919 % AGENTS;
-    let issued = (0..5_000).map(picked).map(|i| {
+    let n = agents() / 100;
+    let picked = move |j: usize| (r * 2 * n + j) * 7919 % agents();
+    let issued = (0..n).map(picked).map(|i| {
         format!(
             r#"{{"ts":{ts},"event":"credential.issued","tenant":"t{}","agent_id":"agent-{i}","credential_id":"key-{i}","server":"mcp-1"}}"#,
             i % 100
         )
     });
-    let failed = (5_000..10_000).map(picked).map(|i| failure(i, ts));
+    let failed = (n..2 * n).map(picked).map(|i| failure(i, ts));
     apply(engine, decoder, issued.chain(failed));
 }
 
@@ -139,7 +145,8 @@ fn bench(c: &mut Criterion) {
     let decoder = Decoder::default();
     let t = Instant::now();
     let mut engine = engine_with_keys(&rules, &decoder);
-    eprintln!("built an engine with {KEYS} live keys in {:?}", t.elapsed());
+    let keys = 4 * agents();
+    eprintln!("built an engine with {keys} live keys in {:?}", t.elapsed());
 
     let mut group = c.benchmark_group("state_1m_keys");
     group.sample_size(10);
@@ -150,7 +157,7 @@ fn bench(c: &mut Criterion) {
         eprintln!(
             "whole state: {:.1} MB encoded ({:.0} bytes/key); store file {:.1} MB",
             size as f64 / 1e6,
-            size as f64 / KEYS as f64,
+            size as f64 / keys as f64,
             file_mb(&store)
         );
         group.bench_function("save_whole", |b| b.iter(|| save_whole(&engine, &store)));
