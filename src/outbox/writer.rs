@@ -58,7 +58,7 @@ pub fn start(
 pub type Row = (String, Vec<u8>, Vec<String>);
 
 /// Batches of rows queued for the outbox writer (it coalesces them).
-const OUTBOX_QUEUE: usize = 16;
+const OUTBOX_QUEUE: usize = 64;
 
 /// Saved unit states, written after (and with) the alerts sent before
 /// them.

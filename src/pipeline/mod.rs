@@ -43,6 +43,11 @@ use step::{FutureBound, Record};
 use units::{KafkaUnit, Unit, engine_config};
 pub use units::{Restored, restore};
 
+/// Records of a batch applied before the alerts raised so far are handed
+/// on while the engine keeps up: ingest-to-alert latency is bounded by a
+/// slice, not a batch.
+const EMIT_EVERY_RECORDS: usize = 64;
+
 /// Queued source batches taken before one outbox commit.
 const GROUP_COMMIT_BATCHES: usize = 256;
 
@@ -165,6 +170,9 @@ pub struct Pipeline {
     alerts: Vec<Detection>,
     /// Batches whose alerts are not in the outbox yet: (read at, alerts).
     awaiting: Vec<(Instant, u64)>,
+    /// More batches were queued when this one was taken: alerts are
+    /// grouped rather than handed on in slices.
+    behind: bool,
     latency: Option<hdrhistogram::Histogram<u64>>,
     log: RejectLog,
     epoch: Instant,
@@ -261,6 +269,7 @@ impl Pipeline {
             routes,
             alerts: Vec::new(),
             awaiting: Vec::new(),
+            behind: false,
             latency: new_histogram(),
             log: RejectLog::new(10),
             epoch,
@@ -299,6 +308,7 @@ impl Pipeline {
             tokio::select! {
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
+                    self.behind = !rx.is_empty();
                     self.message(msg)?;
                     // Group commit: take what is already queued, then put all
                     // of its alerts into the outbox in one transaction.
@@ -513,6 +523,14 @@ impl Pipeline {
                 }
                 Err(DecodeError::Unmapped(format)) => self.unmapped(b.source, format),
                 Err(err) => self.reject(b.source, &err, &pos),
+            }
+            // While the engine keeps up, the alerts of a large batch leave
+            // in slices, so the first ones do not wait for the rest of it
+            // (behind, it groups them: fewer, larger commits).
+            if triggered > 0 && !self.behind && (i + 1) % EMIT_EVERY_RECORDS == 0 {
+                self.awaiting.push((b.received, triggered as u64));
+                triggered = 0;
+                self.emit()?;
             }
         }
         if let (Some(key), Some(mut k)) = (kafka_key, ku) {

@@ -218,7 +218,7 @@ impl Metrics {
             outbox_pending => "outbox_pending_deliveries", "Deliveries waiting in the outbox";
             store_available => "store_available", "1 while the store takes writes; 0 after a write failed (a full disk) until one succeeds: the daemon is then not ready";
             outbox_dead => "outbox_dead_letters", "Dead letters in the store";
-            snapshot_bytes => "state_snapshot_bytes", "Size of the engine state last saved (units that changed)";
+            snapshot_bytes => "state_snapshot_bytes", "Bytes the last save wrote: the heads of the units that changed and their changed keys";
             state_saves => "state_saves", "Engine state saves committed to the store (with the positions they cover)";
             state_last_save => "state_last_save_timestamp_seconds", "Wall clock (Unix seconds) of the last engine state save committed";
             snapshot_seconds => "state_snapshot_seconds", "Time the engine spent serializing the last saved state";
