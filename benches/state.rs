@@ -148,7 +148,7 @@ fn bench(c: &mut Criterion) {
     let keys = 4 * agents();
     eprintln!("built an engine with {keys} live keys in {:?}", t.elapsed());
 
-    let mut group = c.benchmark_group("state_1m_keys");
+    let mut group = c.benchmark_group("state");
     group.sample_size(10);
     {
         let dir = tempfile::tempdir().unwrap();
