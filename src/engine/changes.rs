@@ -53,20 +53,27 @@ impl TableChanges {
         self.values.len()
     }
 
-    /// Drains `map`'s changes into these rows (postcard values).
+    /// A row set to `value` (postcard).
+    pub fn set(&mut self, key: Key, value: &impl Serialize) -> Result<(), postcard::Error> {
+        let start = self.values.len();
+        self.values = postcard::to_extend(value, std::mem::take(&mut self.values))?;
+        self.rows.push((key, Some(start..self.values.len())));
+        Ok(())
+    }
+
+    /// A row removed.
+    pub fn remove(&mut self, key: Key) {
+        self.rows.push((key, None));
+    }
+
+    /// Drains `map`'s changes into these rows.
     pub fn drain<V: Serialize>(&mut self, map: &mut KeyMap<V>) -> Result<(), postcard::Error> {
-        let (rows, values) = (&mut self.rows, &mut self.values);
-        self.reset = map.drain_changes(|k, v| {
-            let range = match v {
-                Some(v) => {
-                    let start = values.len();
-                    *values = postcard::to_extend(v, std::mem::take(values))?;
-                    Some(start..values.len())
-                }
-                None => None,
-            };
-            rows.push((k.clone(), range));
-            Ok(())
+        self.reset = map.drain_changes(|k, v| match v {
+            Some(v) => self.set(k.clone(), v),
+            None => {
+                self.remove(k.clone());
+                Ok(())
+            }
         })?;
         Ok(())
     }
@@ -85,6 +92,12 @@ pub fn restore_row<V: DeserializeOwned>(
 /// The table name of a rule's keys.
 pub fn table_name(rule: &str, state: &str) -> String {
     format!("{rule}/{state}")
+}
+
+/// The table of a rule's short-lived log (a sequence's kept `then`
+/// events, a membership rule's held checks).
+pub fn log_table_name(rule: &str, state: &str) -> String {
+    format!("{rule}/{state}.log")
 }
 
 /// The table of the derived sessions.

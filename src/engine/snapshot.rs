@@ -5,16 +5,17 @@
 //!
 //! Two forms: the whole state in one value ([`Engine::snapshot`], version
 //! 4), and the incremental form the daemon saves ([`Engine::save_changes`],
-//! version 5): a head with everything but the keys (clock, counters, the
-//! short-lived logs, parked rules) and, per keyed table, the rows changed
-//! since the last save. [`Restoring`] reads either back.
+//! version 5): a head with everything but the keys and logs (clock,
+//! counters, each rule's kind of state, parked rules) and, per table (a
+//! rule's keys, its short-lived log, the derived sessions), the rows
+//! changed since the last save. [`Restoring`] reads either back.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::changes::{SESSIONS_TABLE, TableChanges, table_name};
-use super::kinds::{RuleHead, RuleHeadRef, RuleState};
+use super::changes::{SESSIONS_TABLE, TableChanges};
+use super::kinds::{Part, RuleState};
 use super::sessions::Sessions;
 use super::{Engine, EngineConfig, Parked, RuleSet};
 
@@ -42,6 +43,8 @@ pub enum SnapshotError {
         key: String,
         source: postcard::Error,
     },
+    #[error("saved state of an unknown kind `{found}`")]
+    UnknownState { found: String },
     #[error("snapshot is the head of an incremental save: its rows are read with `Restoring`")]
     Incomplete,
     #[error(
@@ -96,7 +99,8 @@ struct HeadRef<'a> {
     next_sweep: i64,
     late: u64,
     evicted: u64,
-    rules: Vec<(&'a str, &'a str, RuleHeadRef<'a>)>,
+    /// Each rule's id, kind and kind of state (its keys and log are rows).
+    rules: Vec<(&'a str, &'a str, &'a str)>,
     parked: &'a [Parked],
 }
 
@@ -108,7 +112,7 @@ struct Head {
     next_sweep: i64,
     late: u64,
     evicted: u64,
-    rules: Vec<(String, String, RuleHead)>,
+    rules: Vec<(String, String, String)>,
     parked: Vec<Parked>,
 }
 
@@ -141,9 +145,9 @@ pub struct Restoring {
     rules: Vec<(String, String, RuleState)>,
     sessions: Sessions,
     parked: Vec<Parked>,
-    /// The tables to read (name, the rule's index or `None` for the
-    /// sessions); empty for a whole snapshot.
-    tables: Vec<(String, Option<usize>)>,
+    /// The tables to read (name, the rule's index and which of its
+    /// tables, or `None` for the sessions); empty for a whole snapshot.
+    tables: Vec<(String, Option<(usize, Part)>)>,
 }
 
 impl Restoring {
@@ -169,17 +173,17 @@ impl Restoring {
         Ok(match v.version {
             HEAD_VERSION => {
                 let h: Head = postcard::from_bytes(bytes).map_err(SnapshotError::Decode)?;
-                let rules: Vec<(String, String, RuleState)> = h
-                    .rules
-                    .into_iter()
-                    .map(|(id, kind, head)| (id, kind, RuleState::from_head(head)))
-                    .collect();
-                let mut tables: Vec<(String, Option<usize>)> = rules
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (_, _, s))| s.is_keyed())
-                    .map(|(i, (id, _, s))| (table_name(id, s.state_name()), Some(i)))
-                    .collect();
+                let mut rules = Vec::with_capacity(h.rules.len());
+                for (id, kind, state) in h.rules {
+                    let state = RuleState::named(&state)
+                        .ok_or(SnapshotError::UnknownState { found: state })?;
+                    rules.push((id, kind, state));
+                }
+                let mut tables: Vec<(String, Option<(usize, Part)>)> = Vec::new();
+                for (i, (id, _, state)) in rules.iter().enumerate() {
+                    let of_rule = state.tables(id).into_iter();
+                    tables.extend(of_rule.map(|(name, part)| (name, Some((i, part)))));
+                }
                 tables.push((SESSIONS_TABLE.to_owned(), None));
                 Restoring {
                     clock: h.clock,
@@ -219,7 +223,7 @@ impl Restoring {
     /// [`Restoring::tables`]), before they are given.
     pub fn reserve(&mut self, table: usize, n: usize) {
         match self.tables.get(table) {
-            Some((_, Some(i))) => {
+            Some((_, Some((i, _)))) => {
                 if let Some((_, _, state)) = self.rules.get_mut(*i) {
                     state.reserve(n);
                 }
@@ -235,8 +239,8 @@ impl Restoring {
             return Ok(());
         };
         let restored = match rule {
-            Some(i) => match self.rules.get_mut(*i) {
-                Some((_, _, state)) => state.restore_row(key, value),
+            Some((i, part)) => match self.rules.get_mut(*i) {
+                Some((_, _, state)) => state.restore_row(*part, key, value),
                 None => Ok(()),
             },
             None => self.sessions.restore_row(key, value),
@@ -358,15 +362,16 @@ impl Engine {
     }
 
     /// Saves incrementally: the head, and the rows changed since the last
-    /// save (every row of a table not saved before). The head's short-lived
-    /// logs and parked rules are written whole each time.
+    /// save (every row of a table not saved before): each rule's keys and
+    /// short-lived log, the derived sessions. Parked rules are in the head,
+    /// written whole each time.
     pub fn save_changes(&mut self) -> Result<StateChanges, SnapshotError> {
         let mut tables = Vec::new();
         let rules = self.rules.rules().iter().zip(&mut self.states);
-        for (rule, state) in rules.filter(|(_, s)| s.is_keyed()) {
-            let mut t = TableChanges::new(table_name(&rule.id, state.state_name()));
-            state.drain_changes(&mut t).map_err(SnapshotError::Encode)?;
-            tables.push(t);
+        for (rule, state) in rules {
+            state
+                .drain_changes(&rule.id, &mut tables)
+                .map_err(SnapshotError::Encode)?;
         }
         let mut t = TableChanges::new(SESSIONS_TABLE.to_owned());
         self.sessions
@@ -379,7 +384,7 @@ impl Engine {
             next_sweep: self.next_sweep,
             late: self.late,
             evicted: self.evicted,
-            rules: self.saved_rules(RuleState::head),
+            rules: self.saved_rules(RuleState::state_name),
             parked: &self.parked,
         };
         let head = postcard::to_allocvec(&head).map_err(SnapshotError::Encode)?;

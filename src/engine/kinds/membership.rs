@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::super::condition::FieldRef;
-use super::super::keys::{HashKeyMap, Key, KeyMap};
+use super::super::keys::{HashKeyMap, KeyMap};
 use super::super::rules::{DEFAULT_KEY_TTL_MS, RuleKind, condition, key_fields, positive_duration};
 use super::Trigger;
 use super::log::{TimeLog, serialize_with_log};
@@ -244,22 +244,9 @@ impl<'de> Deserialize<'de> for MembershipState {
 }
 
 impl MembershipState {
-    /// The held checks, for an incremental save (the keys are saved as
-    /// rows).
-    pub fn log(&self) -> Vec<(&str, &Held)> {
-        self.held.iter().collect()
-    }
-
-    /// A state with no key (restored as rows) and these held checks.
-    pub fn with_log(held: Vec<(Key, Held)>) -> MembershipState {
-        let entries = held
-            .into_iter()
-            .map(|(k, h)| (h.trigger.ts, k, h))
-            .collect();
-        MembershipState {
-            keys: KeyMap::default(),
-            held: TimeLog::from_entries(entries),
-        }
+    /// The held checks (saved as a table of their own).
+    pub(super) fn log_mut(&mut self) -> &mut TimeLog<Held> {
+        &mut self.held
     }
 }
 

@@ -15,14 +15,15 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::changes::{TableChanges, restore_row};
-use super::keys::{Key, KeyMap, oldest};
+use super::changes::{TableChanges, log_table_name, restore_row, table_name};
+use super::keys::{KeyMap, oldest};
 use super::rules::{Rule, RuleKind};
 use crate::alert::{self, EventRef, Fingerprint};
 use crate::event::{Event, Position};
 use absence::AbsenceState;
 use cardinality::DistinctKey;
-use membership::{Held, MemberKey, MembershipState};
+use log::TimeLog;
+use membership::{MemberKey, MembershipState};
 use sequence::{SequenceKey, SequenceState};
 use threshold::{LifetimeKey, WindowKey};
 
@@ -228,30 +229,11 @@ pub enum RuleState {
     Membership(MembershipState),
 }
 
-/// A rule's state beside its keys, saved in the engine's head at an
-/// incremental save (the keys are rows of their own): the short-lived
-/// logs. Variants in the order of [`RuleState`]'s.
-#[derive(Serialize)]
-pub enum RuleHeadRef<'a> {
-    Match,
-    Window,
-    Lifetime,
-    Absence,
-    Sequence(Vec<(&'a str, &'a Trigger)>),
-    Distinct,
-    Membership(Vec<(&'a str, &'a Held)>),
-}
-
-/// [`RuleHeadRef`] read back.
-#[derive(Deserialize)]
-pub enum RuleHead {
-    Match,
-    Window,
-    Lifetime,
-    Absence,
-    Sequence(Vec<(Key, Trigger)>),
-    Distinct,
-    Membership(Vec<(Key, Held)>),
+/// Which of a rule's saved tables a row is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Keys,
+    Log,
 }
 
 /// Removes the `n` oldest keys of `map` by `age`, returning how many went.
@@ -303,55 +285,83 @@ impl RuleState {
         !matches!(self, RuleState::Match)
     }
 
-    /// What is saved beside the keys.
-    pub fn head(&self) -> RuleHeadRef<'_> {
-        match self {
-            RuleState::Match => RuleHeadRef::Match,
-            RuleState::Window(_) => RuleHeadRef::Window,
-            RuleState::Lifetime(_) => RuleHeadRef::Lifetime,
-            RuleState::Absence(_) => RuleHeadRef::Absence,
-            RuleState::Sequence(s) => RuleHeadRef::Sequence(s.log()),
-            RuleState::Distinct(_) => RuleHeadRef::Distinct,
-            RuleState::Membership(s) => RuleHeadRef::Membership(s.log()),
-        }
+    /// An empty state of the kind named (rows are restored next).
+    pub fn named(state: &str) -> Option<RuleState> {
+        Some(match state {
+            "match" => RuleState::Match,
+            "window" => RuleState::Window(KeyMap::default()),
+            "lifetime" => RuleState::Lifetime(KeyMap::default()),
+            "absence" => RuleState::Absence(AbsenceState::default()),
+            "sequence" => RuleState::Sequence(SequenceState::default()),
+            "distinct" => RuleState::Distinct(KeyMap::default()),
+            "membership" => RuleState::Membership(MembershipState::default()),
+            _ => return None,
+        })
     }
 
-    /// A state with no key (its rows are restored next) from its head.
-    pub fn from_head(head: RuleHead) -> RuleState {
-        match head {
-            RuleHead::Match => RuleState::Match,
-            RuleHead::Window => RuleState::Window(KeyMap::default()),
-            RuleHead::Lifetime => RuleState::Lifetime(KeyMap::default()),
-            RuleHead::Absence => RuleState::Absence(AbsenceState::default()),
-            RuleHead::Sequence(log) => RuleState::Sequence(SequenceState::with_log(log)),
-            RuleHead::Distinct => RuleState::Distinct(KeyMap::default()),
-            RuleHead::Membership(log) => RuleState::Membership(MembershipState::with_log(log)),
+    /// Its saved tables: its keys, and its log when it has one.
+    pub fn tables(&self, rule: &str) -> Vec<(String, Part)> {
+        let mut tables = Vec::new();
+        if self.is_keyed() {
+            tables.push((table_name(rule, self.state_name()), Part::Keys));
         }
+        if matches!(self, RuleState::Sequence(_) | RuleState::Membership(_)) {
+            tables.push((log_table_name(rule, self.state_name()), Part::Log));
+        }
+        tables
     }
 
-    /// Drains the keys changed since the last save into `t`.
-    pub fn drain_changes(&mut self, t: &mut TableChanges) -> Result<(), postcard::Error> {
+    /// Drains what changed since the last save into its tables (in the
+    /// order of [`RuleState::tables`]).
+    pub fn drain_changes(
+        &mut self,
+        rule: &str,
+        out: &mut Vec<TableChanges>,
+    ) -> Result<(), postcard::Error> {
+        let mut names = self.tables(rule).into_iter().map(|(name, _)| name);
+        let mut next = || TableChanges::new(names.next().unwrap_or_default());
+        let (mut keys, mut log) = (next(), None);
         match self {
-            RuleState::Match => Ok(()),
-            RuleState::Window(m) => t.drain(m),
-            RuleState::Lifetime(m) => t.drain(m),
-            RuleState::Absence(a) => t.drain(&mut a.pending),
-            RuleState::Sequence(s) => t.drain(&mut s.keys),
-            RuleState::Distinct(m) => t.drain(m),
-            RuleState::Membership(s) => t.drain(&mut s.keys),
+            RuleState::Match => return Ok(()),
+            RuleState::Window(m) => keys.drain(m)?,
+            RuleState::Lifetime(m) => keys.drain(m)?,
+            RuleState::Absence(a) => keys.drain(&mut a.pending)?,
+            RuleState::Distinct(m) => keys.drain(m)?,
+            RuleState::Sequence(s) => {
+                keys.drain(&mut s.keys)?;
+                let mut l = next();
+                s.log_mut().drain_changes(&mut l)?;
+                log = Some(l);
+            }
+            RuleState::Membership(s) => {
+                keys.drain(&mut s.keys)?;
+                let mut l = next();
+                s.log_mut().drain_changes(&mut l)?;
+                log = Some(l);
+            }
         }
+        out.push(keys);
+        out.extend(log);
+        Ok(())
     }
 
-    /// Puts a saved key back.
-    pub fn restore_row(&mut self, key: &str, value: &[u8]) -> Result<(), postcard::Error> {
-        match self {
-            RuleState::Match => Ok(()),
-            RuleState::Window(m) => restore_row(m, key, value),
-            RuleState::Lifetime(m) => restore_row(m, key, value),
-            RuleState::Absence(a) => restore_row(&mut a.pending, key, value),
-            RuleState::Sequence(s) => restore_row(&mut s.keys, key, value),
-            RuleState::Distinct(m) => restore_row(m, key, value),
-            RuleState::Membership(s) => restore_row(&mut s.keys, key, value),
+    /// Puts a saved row of one of its tables back.
+    pub fn restore_row(
+        &mut self,
+        part: Part,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), postcard::Error> {
+        match (self, part) {
+            (RuleState::Match, _) => Ok(()),
+            (RuleState::Window(m), _) => restore_row(m, key, value),
+            (RuleState::Lifetime(m), _) => restore_row(m, key, value),
+            (RuleState::Absence(a), _) => restore_row(&mut a.pending, key, value),
+            (RuleState::Distinct(m), _) => restore_row(m, key, value),
+            (RuleState::Sequence(s), Part::Keys) => restore_row(&mut s.keys, key, value),
+            (RuleState::Sequence(s), Part::Log) => s.log_mut().restore_row(key, value),
+            (RuleState::Membership(s), Part::Keys) => restore_row(&mut s.keys, key, value),
+            (RuleState::Membership(s), Part::Log) => s.log_mut().restore_row(key, value),
         }
     }
 
@@ -371,18 +381,26 @@ impl RuleState {
     /// Once its rows are restored: rebuilds what is derived from them (an
     /// absence rule's deadlines in time order, built in one go).
     pub fn rows_restored(&mut self) {
-        if let RuleState::Absence(a) = self {
-            a.timers = a
-                .pending
-                .iter()
-                .map(|(k, p)| (p.deadline, k.clone()))
-                .collect();
+        match self {
+            RuleState::Absence(a) => {
+                a.timers = a
+                    .pending
+                    .iter()
+                    .map(|(k, p)| (p.deadline, k.clone()))
+                    .collect();
+            }
+            RuleState::Sequence(s) => s.log_mut().restored(),
+            RuleState::Membership(s) => s.log_mut().restored(),
+            _ => {}
         }
     }
 
     /// Marks the keys as saved (`true`: restored from the rows) or as to
     /// be written whole at the next save (`false`).
     pub fn set_synced(&mut self, synced: bool) {
+        fn log_synced<T>(log: &mut TimeLog<T>, synced: bool) {
+            if synced { log.restored() } else { log.unsync() }
+        }
         fn set<V>(m: &mut KeyMap<V>, synced: bool) {
             if synced { m.restored() } else { m.unsync() }
         }
@@ -391,9 +409,15 @@ impl RuleState {
             RuleState::Window(m) => set(m, synced),
             RuleState::Lifetime(m) => set(m, synced),
             RuleState::Absence(a) => set(&mut a.pending, synced),
-            RuleState::Sequence(s) => set(&mut s.keys, synced),
             RuleState::Distinct(m) => set(m, synced),
-            RuleState::Membership(s) => set(&mut s.keys, synced),
+            RuleState::Sequence(s) => {
+                set(&mut s.keys, synced);
+                log_synced(s.log_mut(), synced);
+            }
+            RuleState::Membership(s) => {
+                set(&mut s.keys, synced);
+                log_synced(s.log_mut(), synced);
+            }
         }
     }
 

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::super::keys::{HashKeyMap, Key, KeyMap};
+use super::super::keys::{HashKeyMap, KeyMap};
 use super::super::rules::{RuleKind, condition, key_fields, positive_duration};
 use super::Trigger;
 use super::log::{TimeLog, serialize_with_log};
@@ -215,18 +215,9 @@ impl<'de> Deserialize<'de> for SequenceState {
 }
 
 impl SequenceState {
-    /// The kept B's, for an incremental save (the keys are saved as rows).
-    pub fn log(&self) -> Vec<(&str, &Trigger)> {
-        self.thens.iter().collect()
-    }
-
-    /// A state with no key (restored as rows) and these kept B's.
-    pub fn with_log(thens: Vec<(Key, Trigger)>) -> SequenceState {
-        let entries = thens.into_iter().map(|(k, b)| (b.ts, k, b)).collect();
-        SequenceState {
-            keys: KeyMap::default(),
-            thens: TimeLog::from_entries(entries),
-        }
+    /// The kept B's (saved as a table of their own).
+    pub(super) fn log_mut(&mut self) -> &mut TimeLog<Trigger> {
+        &mut self.thens
     }
 }
 
