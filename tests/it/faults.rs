@@ -203,17 +203,28 @@ async fn datagrams_the_kernel_drops_are_counted() {
     .await
     .unwrap();
     // Every datagram sent is received, dropped at the full queue or dropped
-    // by the kernel.
+    // by the kernel (polled up to 60 s; the counts are in the failure).
     let mut text = String::new();
-    wait_for("every datagram accounted", || {
+    let mut counts = [0.0; 3];
+    for _ in 0..3000 {
         text = scrape_blocking(m);
         let get = |s: &str| metric_opt(&text, s).unwrap_or(0.0);
-        get("mcp_alertd_records_received_total{source=\"udp\"}")
-            + get("mcp_alertd_udp_datagrams_dropped_total{source=\"udp\"}")
-            + get("mcp_alertd_udp_kernel_drops_total{source=\"udp\"}")
-            == sent as f64
-    })
-    .await;
+        counts = [
+            get("mcp_alertd_records_received_total{source=\"udp\"}"),
+            get("mcp_alertd_udp_datagrams_dropped_total{source=\"udp\"}"),
+            get("mcp_alertd_udp_kernel_drops_total{source=\"udp\"}"),
+        ];
+        if counts.iter().sum::<f64>() == sent as f64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        counts.iter().sum::<f64>(),
+        sent as f64,
+        "received, dropped at the full queue, dropped by the kernel: {counts:?}; {}",
+        std::fs::read_to_string("/proc/net/snmp").unwrap_or_default()
+    );
     assert!(
         metric_opt(&text, "mcp_alertd_udp_kernel_drops_total{source=\"udp\"}").unwrap() > 0.0,
         "{text}"
