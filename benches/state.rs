@@ -17,12 +17,13 @@
 //! incremental save and after every round of changes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mcp_alertd::decode::Decoder;
-use mcp_alertd::engine::{Engine, EngineConfig, Restoring, RuleSet};
+use mcp_alertd::engine::{Engine, EngineConfig, RuleSet};
 use mcp_alertd::store::state::{self as checkpoint, EngineUnit, MAIN_UNIT, Saved};
 use mcp_alertd::store::{Store, UnitState};
 
@@ -114,16 +115,7 @@ fn save_whole(engine: &Engine, store: &Store) -> usize {
 
 /// The engine thread's part of an incremental save.
 fn changes(engine: &mut Engine) -> UnitState {
-    let changes = engine.save_changes().unwrap();
-    let unit = Saved::Engine(EngineUnit {
-        engine: changes.head,
-        ..EngineUnit::default()
-    });
-    UnitState {
-        unit: MAIN_UNIT.to_owned(),
-        bytes: checkpoint::encode(MAIN_UNIT, &unit).unwrap(),
-        tables: Some(changes.tables),
-    }
+    checkpoint::engine_state(MAIN_UNIT.to_owned(), engine, BTreeMap::new(), None).unwrap()
 }
 
 fn restore(rules: &Arc<RuleSet>, store: &Store) -> Engine {
@@ -131,9 +123,9 @@ fn restore(rules: &Arc<RuleSet>, store: &Store) -> Engine {
     let Saved::Engine(u) = checkpoint::decode(MAIN_UNIT, &bytes).unwrap() else {
         unreachable!()
     };
-    let mut restoring = Restoring::new(&u.engine).unwrap();
-    store.read_rows(MAIN_UNIT, &mut restoring).unwrap();
-    restoring.finish(rules.clone(), config())
+    store
+        .restore_engine(MAIN_UNIT, &u.engine, rules.clone(), config())
+        .unwrap()
 }
 
 fn file_mb(store: &Store) -> f64 {

@@ -192,7 +192,8 @@ impl<V> KeyMap<V> {
             self.changed.clear();
             return Ok(true);
         }
-        let mut removed = Vec::new();
+        // A key removed more than once is listed (and removed) more than
+        // once, which is harmless; the store sorts the rows.
         for k in std::mem::take(&mut self.changed) {
             match self.map.get_mut(k.as_str()) {
                 Some(s) if s.dirty => {
@@ -200,13 +201,8 @@ impl<V> KeyMap<V> {
                     row(&k, Some(&s.value))?;
                 }
                 Some(_) => {}
-                None => removed.push(k),
+                None => row(&k, None)?,
             }
-        }
-        removed.sort_unstable();
-        removed.dedup();
-        for k in &removed {
-            row(k, None)?;
         }
         Ok(false)
     }

@@ -115,6 +115,11 @@ impl Sessions {
         restore_row(&mut self.current, key, value)
     }
 
+    /// The sessions are written whole at the next save.
+    pub fn unsync(&mut self) {
+        self.current.unsync();
+    }
+
     /// The sessions hold what their saved rows hold.
     pub fn restored(&mut self) {
         self.current.restored();

@@ -45,6 +45,8 @@ pub enum SnapshotError {
     },
     #[error("saved state of an unknown kind `{found}`")]
     UnknownState { found: String },
+    #[error("saved rows of a table the snapshot does not list (index {index})")]
+    UnknownTable { index: usize },
     #[error("snapshot is the head of an incremental save: its rows are read with `Restoring`")]
     Incomplete,
     #[error(
@@ -138,13 +140,8 @@ impl StateChanges {
 /// an incremental save whose tables' rows are then given with
 /// [`Restoring::row`]; [`Restoring::finish`] makes the engine.
 pub struct Restoring {
-    clock: Option<i64>,
-    next_sweep: i64,
-    late: u64,
-    evicted: u64,
-    rules: Vec<(String, String, RuleState)>,
-    sessions: Sessions,
-    parked: Vec<Parked>,
+    /// The state read so far (from a head: no keys, logs or sessions yet).
+    saved: Snapshot,
     /// The tables to read (name, the rule's index and which of its
     /// tables, or `None` for the sessions); empty for a whole snapshot.
     tables: Vec<(String, Option<(usize, Part)>)>,
@@ -160,14 +157,8 @@ impl Restoring {
         let v: Version = postcard::take_from_bytes(bytes)
             .map(|(v, _)| v)
             .map_err(SnapshotError::Decode)?;
-        let whole = |s: Snapshot| Restoring {
-            clock: s.clock,
-            next_sweep: s.next_sweep,
-            late: s.late,
-            evicted: s.evicted,
-            rules: s.rules,
-            sessions: s.sessions,
-            parked: s.parked,
+        let whole = |saved: Snapshot| Restoring {
+            saved,
             tables: Vec::new(),
         };
         Ok(match v.version {
@@ -186,13 +177,16 @@ impl Restoring {
                 }
                 tables.push((SESSIONS_TABLE.to_owned(), None));
                 Restoring {
-                    clock: h.clock,
-                    next_sweep: h.next_sweep,
-                    late: h.late,
-                    evicted: h.evicted,
-                    rules,
-                    sessions: Sessions::default(),
-                    parked: h.parked,
+                    saved: Snapshot {
+                        version: HEAD_VERSION,
+                        clock: h.clock,
+                        next_sweep: h.next_sweep,
+                        late: h.late,
+                        evicted: h.evicted,
+                        rules,
+                        sessions: Sessions::default(),
+                        parked: h.parked,
+                    },
                     tables,
                 }
             }
@@ -224,11 +218,11 @@ impl Restoring {
     pub fn reserve(&mut self, table: usize, n: usize) {
         match self.tables.get(table) {
             Some((_, Some((i, _)))) => {
-                if let Some((_, _, state)) = self.rules.get_mut(*i) {
+                if let Some((_, _, state)) = self.saved.rules.get_mut(*i) {
                     state.reserve(n);
                 }
             }
-            Some((_, None)) => self.sessions.reserve(n),
+            Some((_, None)) => self.saved.sessions.reserve(n),
             None => {}
         }
     }
@@ -236,14 +230,14 @@ impl Restoring {
     /// A saved row of table `table` (an index of [`Restoring::tables`]).
     pub fn row(&mut self, table: usize, key: &str, value: &[u8]) -> Result<(), SnapshotError> {
         let Some((name, rule)) = self.tables.get(table) else {
-            return Ok(());
+            return Err(SnapshotError::UnknownTable { index: table });
         };
         let restored = match rule {
-            Some((i, part)) => match self.rules.get_mut(*i) {
+            Some((i, part)) => match self.saved.rules.get_mut(*i) {
                 Some((_, _, state)) => state.restore_row(*part, key, value),
-                None => Ok(()),
+                None => return Err(SnapshotError::UnknownTable { index: table }),
             },
-            None => self.sessions.restore_row(key, value),
+            None => self.saved.sessions.restore_row(key, value),
         };
         restored.map_err(|source| SnapshotError::Row {
             table: name.clone(),
@@ -258,25 +252,26 @@ impl Restoring {
     /// parked rule that is back gets its state.
     pub fn finish(self, rules: Arc<RuleSet>, config: EngineConfig) -> Engine {
         let from_rows = !self.tables.is_empty();
-        let mut saved = self.rules;
+        let saved = self.saved;
+        let mut states = saved.rules;
         if from_rows {
-            saved.iter_mut().for_each(|(_, _, s)| s.rows_restored());
+            states.iter_mut().for_each(|(_, _, s)| s.rows_restored());
         }
         let mut engine = Engine::new(rules, config);
-        engine.parked = self.parked;
-        engine.clock = self.clock;
-        engine.next_sweep = self.next_sweep;
-        engine.late = self.late;
-        engine.evicted = self.evicted;
-        engine.sessions = self.sessions;
+        engine.parked = saved.parked;
+        engine.clock = saved.clock;
+        engine.next_sweep = saved.next_sweep;
+        engine.late = saved.late;
+        engine.evicted = saved.evicted;
+        engine.sessions = saved.sessions;
         if from_rows {
             engine.sessions.restored();
         }
-        let until = self
+        let until = saved
             .clock
             .unwrap_or(0)
             .saturating_add(engine.config.removed_rule_grace_ms);
-        for (id, kind, mut state) in saved {
+        for (id, kind, mut state) in states {
             match engine
                 .rules
                 .rules()
@@ -365,7 +360,24 @@ impl Engine {
     /// save (every row of a table not saved before): each rule's keys and
     /// short-lived log, the derived sessions. Parked rules are in the head,
     /// written whole each time.
+    /// On an error every table is written whole at the next save (some
+    /// changes may have been handed out already).
     pub fn save_changes(&mut self) -> Result<StateChanges, SnapshotError> {
+        let saved = self.drain_changes();
+        if saved.is_err() {
+            self.unsync();
+        }
+        saved
+    }
+
+    /// Forgets which rows were saved: the next save writes every table
+    /// whole (for changes handed out that never reached the store).
+    pub fn unsync(&mut self) {
+        self.states.iter_mut().for_each(|s| s.set_synced(false));
+        self.sessions.unsync();
+    }
+
+    fn drain_changes(&mut self) -> Result<StateChanges, SnapshotError> {
         let mut tables = Vec::new();
         let rules = self.rules.rules().iter().zip(&mut self.states);
         for (rule, state) in rules {

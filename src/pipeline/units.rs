@@ -10,12 +10,13 @@ use std::time::Instant;
 
 use super::{EngineSettings, Pipeline, PipelineError};
 use crate::engine::clock::LiveClock;
-use crate::engine::{Engine, EngineConfig, Restoring, RuleSet};
+use crate::engine::{Engine, EngineConfig, RuleSet};
 use crate::outbox::writer::{OutboxMsg, StateWrite};
 use crate::source::KafkaPartition;
 use crate::source::file::SavedPosition;
 use crate::store::state::{
     self as checkpoint, EngineUnit, MAIN_UNIT, MONITOR_UNIT, ROUTER_UNIT, RowsError, Saved,
+    engine_state,
 };
 use crate::store::{Store, UnitState};
 
@@ -80,39 +81,17 @@ fn restore_engine(
     unit: &str,
     rules: &Arc<RuleSet>,
     settings: &EngineSettings,
-    bytes: &[u8],
+    saved: &[u8],
 ) -> Result<Engine, PipelineError> {
-    let failed = |source| PipelineError::Restore {
-        unit: unit.to_owned(),
-        source,
-    };
-    let mut restoring = Restoring::new(bytes).map_err(failed)?;
-    store.read_rows(unit, &mut restoring).map_err(|e| match e {
-        RowsError::Store(e) => PipelineError::Store(e),
-        RowsError::Row(e) => failed(e),
-    })?;
-    Ok(restoring.finish(rules.clone(), engine_config(settings)))
-}
-
-/// An engine unit's state for the store: its head in the `state` row, the
-/// changed rows of its tables beside it.
-fn engine_state(
-    unit: String,
-    engine: &mut Engine,
-    files: BTreeMap<String, SavedPosition>,
-    next_offset: Option<i64>,
-) -> Result<UnitState, PipelineError> {
-    let changes = engine.save_changes()?;
-    let saved = Saved::Engine(EngineUnit {
-        files,
-        next_offset,
-        engine: changes.head,
-    });
-    Ok(UnitState {
-        bytes: checkpoint::encode(&unit, &saved)?,
-        unit,
-        tables: Some(changes.tables),
-    })
+    store
+        .restore_engine(unit, saved, rules.clone(), engine_config(settings))
+        .map_err(|e| match e {
+            RowsError::Store(e) => PipelineError::Store(e),
+            RowsError::Row(source) => PipelineError::Restore {
+                unit: unit.to_owned(),
+                source,
+            },
+        })
 }
 
 pub(super) fn engine_config(s: &EngineSettings) -> EngineConfig {
@@ -235,6 +214,17 @@ impl Pipeline {
         done: Option<SyncSender<()>>,
     ) -> Result<(), PipelineError> {
         self.emit()?;
+        let saved = self.save_units(all, done);
+        if saved.is_err() {
+            // Changes handed out by the units saved before the error never
+            // reach the store: each engine writes its tables whole next.
+            self.main.engine.unsync();
+            self.kafka.values_mut().for_each(|k| k.unit.engine.unsync());
+        }
+        saved
+    }
+
+    fn save_units(&mut self, all: bool, done: Option<SyncSender<()>>) -> Result<(), PipelineError> {
         self.last_checkpoint = Instant::now();
         let started = Instant::now();
         let mut states = Vec::new();

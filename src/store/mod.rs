@@ -602,39 +602,6 @@ impl Store {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
-    /// Calls `each(key, value)` for every saved row of a unit's table (none
-    /// when it has no such table).
-    pub fn for_each_state_row<E: From<StoreError>>(
-        &self,
-        unit: &str,
-        table: &str,
-        mut each: impl FnMut(&str, &[u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let tx = self.begin_read()?;
-        let name = rows_table(unit, table);
-        let t = match tx.open_table(rows_def(&name)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(self.err(e).into()),
-        };
-        for row in t.iter().map_err(|e| self.err(e))? {
-            let (k, v) = row.map_err(|e| self.err(e))?;
-            each(k.value(), v.value())?;
-        }
-        Ok(())
-    }
-
-    /// The rows of a unit's table (0 when it has no such table).
-    pub fn state_table_len(&self, unit: &str, table: &str) -> Result<u64, StoreError> {
-        let tx = self.begin_read()?;
-        let name = rows_table(unit, table);
-        match tx.open_table(rows_def(&name)) {
-            Ok(t) => t.len().map_err(|e| self.err(e)),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(e) => Err(self.err(e)),
-        }
-    }
-
     /// The row tables of a unit, with their rows.
     pub fn state_tables(&self, unit: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let tx = self.begin_read()?;

@@ -20,8 +20,13 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
+use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
+use super::UnitState;
+use crate::engine::{Engine, EngineConfig, Restoring, RuleSet, SnapshotError};
 use crate::source::file::SavedPosition;
 pub use crate::source::{DurableOffsets, KafkaPartition};
 
@@ -75,6 +80,11 @@ pub enum CheckpointError {
     Version { unit: String, found: u32 },
     #[error("cannot encode the state of `{unit}`: {reason}")]
     Encode { unit: String, reason: String },
+    #[error("cannot save the engine state of `{unit}`: {source}")]
+    Engine {
+        unit: String,
+        source: crate::engine::SnapshotError,
+    },
 }
 
 pub fn encode(unit: &str, saved: &Saved) -> Result<Vec<u8>, CheckpointError> {
@@ -157,28 +167,86 @@ impl From<v1::Saved> for Saved {
     }
 }
 
-/// Why the saved rows of a unit could not be read back.
+/// An engine unit's state for the store: its head (with the files'
+/// positions or the partition's next offset) in the unit's `state` row,
+/// and the rows changed since the last save beside it. On an error the
+/// engine writes every table whole at its next save.
+pub fn engine_state(
+    unit: String,
+    engine: &mut Engine,
+    files: BTreeMap<String, SavedPosition>,
+    next_offset: Option<i64>,
+) -> Result<UnitState, CheckpointError> {
+    let changes = engine
+        .save_changes()
+        .map_err(|source| CheckpointError::Engine {
+            unit: unit.clone(),
+            source,
+        })?;
+    let saved = Saved::Engine(EngineUnit {
+        files,
+        next_offset,
+        engine: changes.head,
+    });
+    match encode(&unit, &saved) {
+        Ok(bytes) => Ok(UnitState {
+            bytes,
+            unit,
+            tables: Some(changes.tables),
+        }),
+        Err(e) => {
+            engine.unsync();
+            Err(e)
+        }
+    }
+}
+
+/// Why a unit's engine could not be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum RowsError {
     #[error(transparent)]
     Store(#[from] super::StoreError),
     #[error(transparent)]
-    Row(#[from] crate::engine::SnapshotError),
+    Row(#[from] SnapshotError),
 }
 
 impl super::Store {
-    /// Gives `restoring` the saved rows of every table its head lists.
-    pub fn read_rows(
+    /// The engine of `unit` under `rules`, read back from `saved` (its
+    /// `EngineUnit::engine`: a head, or a whole snapshot of an older
+    /// build) and the rows of every table the head lists.
+    pub fn restore_engine(
         &self,
         unit: &str,
-        restoring: &mut crate::engine::Restoring,
-    ) -> Result<(), RowsError> {
-        for (i, table) in restoring.tables().iter().enumerate() {
-            let rows = self.state_table_len(unit, table)?;
+        saved: &[u8],
+        rules: Arc<RuleSet>,
+        config: EngineConfig,
+    ) -> Result<Engine, RowsError> {
+        let mut restoring = Restoring::new(saved)?;
+        self.read_rows(unit, &mut restoring)?;
+        Ok(restoring.finish(rules, config))
+    }
+
+    /// Gives `restoring` the saved rows of every table it lists, in one
+    /// read transaction.
+    fn read_rows(&self, unit: &str, restoring: &mut Restoring) -> Result<(), RowsError> {
+        let tables = restoring.tables();
+        if tables.is_empty() {
+            return Ok(());
+        }
+        let tx = self.begin_read()?;
+        for (i, table) in tables.iter().enumerate() {
+            let name = super::rows_table(unit, table);
+            let t = match tx.open_table(super::rows_def(&name)) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(self.err(e).into()),
+            };
+            let rows = t.len().map_err(|e| self.err(e))?;
             restoring.reserve(i, usize::try_from(rows).unwrap_or(0));
-            self.for_each_state_row(unit, table, |key, value| {
-                restoring.row(i, key, value).map_err(RowsError::from)
-            })?;
+            for row in t.iter().map_err(|e| self.err(e))? {
+                let (k, v) = row.map_err(|e| self.err(e))?;
+                restoring.row(i, k.value(), v.value())?;
+            }
         }
         Ok(())
     }

@@ -2,16 +2,18 @@
 //! write only what changed, and saved state of an unknown format stops the
 //! start with a clear message.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mcp_alertd::alert::{Alert, render};
 use mcp_alertd::app::Daemon;
 use mcp_alertd::config::Config;
 use mcp_alertd::decode::Decoder;
-use mcp_alertd::engine::{Engine, EngineConfig, Restoring, RuleSet};
+use mcp_alertd::engine::{Engine, EngineConfig, RuleSet, StateChanges};
 use mcp_alertd::store::state::{self as checkpoint, EngineUnit, MAIN_UNIT, Saved};
 use mcp_alertd::store::{Store, UnitState};
 
+use crate::support::saved::SavedRows;
 use crate::support::{Capture, append, file_config, start, wait_for};
 use crate::{line, s};
 
@@ -453,24 +455,17 @@ fn credentials(event: &str, ids: std::ops::Range<usize>, ts: i64) -> Vec<String>
 
 /// One incremental save of `engine` into the store as the `main` unit.
 fn save(store: &Store, engine: &mut Engine) -> Vec<(String, usize, usize)> {
-    let changes = engine.save_changes().unwrap();
-    let written = changes
+    let state =
+        checkpoint::engine_state(MAIN_UNIT.to_owned(), engine, BTreeMap::new(), None).unwrap();
+    let written = state
         .tables
         .iter()
+        .flatten()
         .map(|t| {
             let removed = t.rows().filter(|(_, v)| v.is_none()).count();
             (t.name.clone(), t.len() - removed, removed)
         })
         .collect();
-    let unit = Saved::Engine(EngineUnit {
-        engine: changes.head,
-        ..EngineUnit::default()
-    });
-    let state = UnitState {
-        unit: MAIN_UNIT.to_owned(),
-        bytes: checkpoint::encode(MAIN_UNIT, &unit).unwrap(),
-        tables: Some(changes.tables),
-    };
     store.write(&[], 0, &[state]).unwrap();
     written
 }
@@ -480,9 +475,9 @@ fn restore(store: &Store, rules: Arc<RuleSet>) -> Engine {
     let Saved::Engine(unit) = checkpoint::decode(MAIN_UNIT, &bytes).unwrap() else {
         panic!("not an engine unit");
     };
-    let mut restoring = Restoring::new(&unit.engine).unwrap();
-    store.read_rows(MAIN_UNIT, &mut restoring).unwrap();
-    restoring.finish(rules, EngineConfig::default())
+    store
+        .restore_engine(MAIN_UNIT, &unit.engine, rules, EngineConfig::default())
+        .unwrap()
 }
 
 fn tables(store: &Store) -> Vec<(String, u64)> {
@@ -602,7 +597,7 @@ fn incremental_saves_write_only_changed_rows_and_restore_from_them() {
 fn a_table_whose_changes_outgrow_it_is_written_whole() {
     let rules = crate::rules(BURST_AND_UNUSED);
     let mut engine = Engine::new(rules.clone(), EngineConfig::default());
-    let mut saved = crate::support::saved::SavedRows::default();
+    let mut saved = SavedRows::default();
     feed(&mut engine, &credentials("credential.issued", 0..10, s(0)));
     saved.save(&mut engine);
     for round in 0..3 {
@@ -614,19 +609,68 @@ fn a_table_whose_changes_outgrow_it_is_written_whole() {
         feed(&mut engine, &credentials("credential.used", ids, s(2)));
     }
     let changes = engine.save_changes().unwrap();
-    let unused = changes
-        .tables
-        .iter()
-        .find(|t| t.name == "unused/absence")
-        .unwrap();
-    assert!(unused.reset, "12,000 changes of 10 live keys were kept");
-    assert_eq!(unused.len(), 10);
+    let whole = unused_rows(&changes);
+    assert_eq!(
+        whole,
+        (true, 10),
+        "12,000 changes of 10 live keys were kept"
+    );
     saved.apply(changes);
     assert_eq!(saved.resets, 1);
     assert_eq!(saved.rows(), 10);
+    alerts_after_restart(&saved, rules, &mut engine);
+}
+
+/// Whether a save writes the `unused` rule's table whole, and its rows.
+fn unused_rows(changes: &StateChanges) -> (bool, usize) {
+    let t = changes.tables.iter().find(|t| t.name == "unused/absence");
+    t.map_or((false, 0), |t| (t.reset, t.len()))
+}
+
+/// The alerts two hours on of an engine read back from `saved`, which
+/// must be those of `engine`, which ran on.
+fn alerts_after_restart(saved: &SavedRows, rules: Arc<RuleSet>, engine: &mut Engine) -> Vec<Alert> {
     let mut restored = saved.restore(rules, EngineConfig::default());
     let after = failures(0..1, s(2 * 3600));
-    assert_eq!(feed(&mut restored, &after), feed(&mut engine, &after));
+    let alerts = feed(&mut restored, &after);
+    assert_eq!(alerts, feed(engine, &after));
+    alerts
+}
+
+/// Changes handed out by a save that never reached the store are not
+/// lost: after `unsync` the next save writes every table whole, and the
+/// engine read back from it raises what the uninterrupted one raises.
+#[test]
+fn a_save_that_did_not_reach_the_store_is_followed_by_a_whole_one() {
+    let rules = crate::rules(BURST_AND_UNUSED);
+    let mut engine = Engine::new(rules.clone(), EngineConfig::default());
+    let mut saved = SavedRows::default();
+    feed(&mut engine, &credentials("credential.issued", 0..10, s(0)));
+    saved.save(&mut engine);
+    feed(&mut engine, &credentials("credential.issued", 10..15, s(1)));
+    // Drained and dropped, as when a later unit of the same checkpoint
+    // fails to encode.
+    let lost = engine.save_changes().unwrap();
+    assert_eq!(unused_rows(&lost), (false, 5));
+    engine.unsync();
+    let changes = engine.save_changes().unwrap();
+    let whole = unused_rows(&changes);
+    assert_eq!(whole, (true, 15), "an unsynced table is written whole");
+    saved.apply(changes);
+    let alerts = alerts_after_restart(&saved, rules, &mut engine);
+    assert_eq!(alerts.len(), 15, "{alerts:?}");
+}
+
+/// A row of a table the head does not list is refused, not ignored.
+#[test]
+fn a_row_of_an_unknown_table_is_an_error() {
+    let rules = crate::rules(BURST_AND_UNUSED);
+    let mut engine = Engine::new(rules, EngineConfig::default());
+    let changes = engine.save_changes().unwrap();
+    let mut restoring = mcp_alertd::engine::Restoring::new(&changes.head).unwrap();
+    let n = restoring.tables().len();
+    let e = restoring.row(n, "k", &[]).unwrap_err();
+    assert!(e.to_string().contains("does not list"), "{e}");
 }
 
 /// State saved whole (as builds before incremental saves did) is read
