@@ -179,6 +179,7 @@ impl Config {
                     kind: SourceKind::SyslogUdp(syslog_udp::Settings {
                         address: Listen::Addr(syslog),
                         receive_buffer_bytes: Some(DEFAULT_UDP_RECEIVE_BUFFER_BYTES),
+                        queue_bytes: syslog_udp::DEFAULT_QUEUE_BYTES,
                     }),
                     silent_after: None,
                 },

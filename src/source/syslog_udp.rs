@@ -1,12 +1,13 @@
 //! Syslog over UDP (RFC 5426): one datagram is one record; each sender
-//! address is an input partition. When the engine queue is full the
-//! datagram is dropped and counted: a UDP sender cannot be slowed down.
+//! address is an input partition. A UDP sender cannot be slowed down:
+//! while the engine queue is full, datagrams are held (up to `queue_bytes`)
+//! and handed on together when it has room; beyond that they are dropped
+//! and counted.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc::error::TrySendError;
 
 use super::framing::{FrameRef, Frames, is_blank};
 use super::{Batch, BindEnv, Bound, Listen, SourceCtx, SourceMsg, udp_partition};
@@ -24,6 +25,7 @@ pub const DEFAULT_RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 pub struct Raw {
     address: Option<String>,
     receive_buffer_bytes: Option<u64>,
+    queue_bytes: Option<u64>,
 }
 
 /// A UDP syslog source's settings.
@@ -31,6 +33,8 @@ pub struct Raw {
 pub struct Settings {
     pub address: Listen,
     pub receive_buffer_bytes: Option<usize>,
+    /// Bytes of datagrams held while the engine queue is full.
+    pub queue_bytes: usize,
 }
 
 impl Raw {
@@ -46,6 +50,13 @@ impl Raw {
                     (4096, 1 << 30),
                 )
             }),
+            queue_bytes: count(
+                errors,
+                &format!("{at}: queue_bytes"),
+                self.queue_bytes,
+                DEFAULT_QUEUE_BYTES,
+                (0, 1 << 32),
+            ),
         }
     }
 }
@@ -64,10 +75,11 @@ pub fn bind_source(
     let local = socket.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(source = %ctx.name, address = %local, "listening (syslog over UDP)");
     let tracker = env.tracker.clone();
+    let queue_bytes = settings.queue_bytes;
     Ok(Bound {
         local: Some(local),
         start: Box::new(move || {
-            tracker.spawn(run(ctx, socket));
+            tracker.spawn(run(ctx, socket, queue_bytes));
         }),
     })
 }
@@ -90,10 +102,93 @@ pub fn bind(addr: SocketAddr, receive_buffer_bytes: Option<usize>) -> std::io::R
 /// keeps the per-datagram cost to one `recvfrom`.
 const MAX_BATCH: usize = 512;
 
+/// Default bytes of datagrams held while the engine queue is full
+/// (`queue_bytes`).
+pub const DEFAULT_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+
 /// How often the kernel's drop count of the socket is read.
 const KERNEL_DROPS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub async fn run(ctx: SourceCtx, socket: UdpSocket) {
+/// Datagrams received and not yet handed to the engine, per sender: while
+/// the engine queue has room each wakeup's datagrams go on at once; while
+/// it is full they gather here (one batch per sender, so the engine
+/// catches up in large batches) up to `limit` bytes, beyond which new
+/// datagrams are dropped and counted.
+struct Held {
+    senders: Vec<Sender>,
+    bytes: usize,
+    limit: usize,
+}
+
+/// One sender's held datagrams.
+struct Sender {
+    peer: SocketAddr,
+    /// When the first of them was received.
+    at: Instant,
+    frames: Frames,
+    bytes: usize,
+}
+
+/// What a held datagram costs beside its bytes (its frame entry).
+const FRAME_BYTES: usize = std::mem::size_of::<FrameRef>();
+
+impl Held {
+    /// Holds one datagram of `peer` (received at `at`); `false` when the
+    /// limit is reached (the datagram is to be dropped).
+    fn push(&mut self, peer: SocketAddr, at: Instant, d: &[u8], max_record_bytes: usize) -> bool {
+        let too_large = d.len() > max_record_bytes;
+        let cost = FRAME_BYTES + if too_large { 0 } else { d.len() };
+        if self.bytes.saturating_add(cost) > self.limit {
+            return false;
+        }
+        let i = match self.senders.iter().position(|s| s.peer == peer) {
+            Some(i) => i,
+            None => {
+                self.senders.push(Sender {
+                    peer,
+                    at,
+                    frames: Frames::default(),
+                    bytes: 0,
+                });
+                self.senders.len() - 1
+            }
+        };
+        let sender = &mut self.senders[i];
+        if too_large {
+            sender.frames.frames.push(FrameRef::TooLarge(d.len()));
+        } else {
+            // A trailing NUL, LF or CR LF some senders add is no part of it.
+            let d = d.strip_suffix(b"\0").unwrap_or(d);
+            let d = d.strip_suffix(b"\n").unwrap_or(d);
+            sender
+                .frames
+                .push_record(d.strip_suffix(b"\r").unwrap_or(d));
+        }
+        sender.bytes += cost;
+        self.bytes += cost;
+        true
+    }
+
+    /// The oldest sender's datagrams, as a batch.
+    fn take(&mut self, ctx: &SourceCtx) -> Option<Batch> {
+        if self.senders.is_empty() {
+            return None;
+        }
+        let sender = self.senders.remove(0);
+        self.bytes = self.bytes.saturating_sub(sender.bytes);
+        Some(Batch {
+            source: ctx.index,
+            partition: udp_partition(ctx.index, sender.peer),
+            peer: Some(sender.peer),
+            received: sender.at,
+            frames: sender.frames,
+            file: None,
+            kafka: None,
+        })
+    }
+}
+
+pub async fn run(ctx: SourceCtx, socket: UdpSocket, queue_bytes: usize) {
     let mut buf = vec![0u8; 65_536];
     let mut kernel = KernelDrops::of(&socket);
     let kernel_drops = ctx
@@ -109,11 +204,24 @@ pub async fn run(ctx: SourceCtx, socket: UdpSocket) {
         .get_or_create(&ctx.label)
         .clone();
     let dropped = ctx.metrics.udp_dropped.get_or_create(&ctx.label).clone();
-    // Datagrams of the current wakeup, per sender (usually one or a few).
-    let mut pending: Vec<(SocketAddr, Frames)> = Vec::new();
-    'outer: loop {
+    let mut held = Held {
+        senders: Vec::new(),
+        bytes: 0,
+        limit: queue_bytes,
+    };
+    loop {
         tokio::select! {
+            biased;
             _ = ctx.cancel.cancelled() => break,
+            // Datagrams held while the engine queue was full go on as it
+            // makes room.
+            permit = ctx.tx.reserve(), if !held.senders.is_empty() => {
+                let Ok(permit) = permit else { break };
+                if let Some(batch) = held.take(&ctx) {
+                    permit.send(SourceMsg::Batch(batch));
+                }
+                continue;
+            }
             _ = poll_drops.tick() => {
                 if let Some(k) = kernel.as_mut() {
                     kernel_drops.inc_by(k.new_drops());
@@ -128,7 +236,7 @@ pub async fn run(ctx: SourceCtx, socket: UdpSocket) {
             }
         }
         let at = Instant::now();
-        let mut taken = 0;
+        let (mut taken, mut lost) = (0usize, 0u64);
         while taken < MAX_BATCH {
             let (n, peer) = match socket.try_recv_from(&mut buf) {
                 Ok(v) => v,
@@ -144,46 +252,33 @@ pub async fn run(ctx: SourceCtx, socket: UdpSocket) {
                 continue;
             }
             taken += 1;
-            let frames = match pending.iter_mut().find(|(p, _)| *p == peer) {
-                Some((_, f)) => f,
-                None => {
-                    pending.push((peer, Frames::default()));
-                    match pending.last_mut() {
-                        Some((_, f)) => f,
-                        None => continue,
-                    }
-                }
-            };
-            if n > ctx.max_record_bytes {
-                frames.frames.push(FrameRef::TooLarge(n));
-            } else {
-                // A trailing NUL, LF or CR LF some senders add is no part of it.
-                let d = d.strip_suffix(b"\0").unwrap_or(d);
-                let d = d.strip_suffix(b"\n").unwrap_or(d);
-                frames.push_record(d.strip_suffix(b"\r").unwrap_or(d));
+            if !held.push(peer, at, d, ctx.max_record_bytes) {
+                lost += 1;
             }
         }
         received.inc_by(taken as u64);
-        for (peer, frames) in pending.drain(..) {
-            let count = frames.len() as u64;
-            let batch = Batch {
-                source: ctx.index,
-                partition: udp_partition(ctx.index, peer),
-                peer: Some(peer),
-                received: at,
-                frames,
-                file: None,
-                kafka: None,
-            };
-            match ctx.tx.try_send(SourceMsg::Batch(batch)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    dropped.inc_by(count);
-                }
-                Err(TrySendError::Closed(_)) => break 'outer,
-            }
+        dropped.inc_by(lost);
+        if !hand_on(&ctx, &mut held) {
+            break;
         }
     }
+}
+
+/// Hands held datagrams on while the engine queue has room; `false` once
+/// the engine is gone.
+fn hand_on(ctx: &SourceCtx, held: &mut Held) -> bool {
+    while !held.senders.is_empty() {
+        match ctx.tx.try_reserve() {
+            Ok(permit) => {
+                if let Some(batch) = held.take(ctx) {
+                    permit.send(SourceMsg::Batch(batch));
+                }
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Full(())) => break,
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => return false,
+        }
+    }
+    true
 }
 
 /// The kernel's count of datagrams it dropped for one socket (its receive

@@ -196,7 +196,7 @@ impl Metrics {
             records_decoded => "records_decoded", "Records that became events";
             records_rejected => "records_rejected", "Records rejected, by reason";
             records_unmapped => "records_unmapped", "Records no mapping of the source's format applies to (not errors), by format";
-            udp_dropped => "udp_datagrams_dropped", "UDP datagrams dropped because the pipeline was full";
+            udp_dropped => "udp_datagrams_dropped", "UDP datagrams dropped because the engine queue was full and the source held queue_bytes already";
             udp_kernel_drops => "udp_kernel_drops", "UDP datagrams the kernel dropped before the daemon read them (receive buffer full), from /proc/net/udp";
             connections_open => "connections_open", "Open TCP/TLS connections";
             connections_refused => "connections_refused", "Connections refused at max_connections_per_peer or failing TLS";

@@ -1221,3 +1221,77 @@ fn sigterm_stops_the_daemon_while_the_store_cannot_be_written() {
     assert_eq!(code, 1, "{:?}", p.logs().last());
     let _ = sender.join();
 }
+
+/// While the engine queue is full, a UDP source holds the datagrams it
+/// receives (nothing is lost) and hands them on when the queue has room,
+/// in order; beyond `queue_bytes` it drops new ones and counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_source_holds_datagrams_while_the_engine_queue_is_full() {
+    use std::sync::Arc;
+
+    use mcp_alertd::source::syslog_udp;
+    use mcp_alertd::source::{SourceCtx, SourceMsg};
+    use mcp_alertd::telemetry::metrics::{Metrics, SourceLabel};
+
+    for (queue_bytes, all_kept) in [(1 << 20, true), (20_000, false)] {
+        let metrics = Arc::new(Metrics::new());
+        let label = SourceLabel {
+            source: "udp".to_owned(),
+        };
+        // An engine queue of one batch that nobody reads yet.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let socket = syslog_udp::bind("127.0.0.1:0".parse().unwrap(), Some(1 << 20)).unwrap();
+        let to = socket.local_addr().unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let ctx = SourceCtx {
+            index: 0,
+            name: "udp".into(),
+            label: label.clone(),
+            max_record_bytes: 65_536,
+            tx,
+            metrics: metrics.clone(),
+            cancel: cancel.clone(),
+        };
+        let source = tokio::spawn(syslog_udp::run(ctx, socket, queue_bytes));
+        let received = metrics.records_received.get_or_create(&label).clone();
+        let dropped = metrics.udp_dropped.get_or_create(&label).clone();
+        let n = 2_000;
+        let record = |i: u64| format!("{{\"n\":{i:06},\"pad\":\"{}\"}}", "x".repeat(80));
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut sent = 0;
+        while sent < n {
+            for _ in 0..100 {
+                sock.send_to(record(sent).as_bytes(), to).unwrap();
+                sent += 1;
+            }
+            wait_for(&format!("{sent} datagrams received"), || {
+                received.get() == sent
+            })
+            .await;
+        }
+        let lost = dropped.get();
+        if all_kept {
+            assert_eq!(lost, 0, "held within queue_bytes");
+        } else {
+            // 20,000 bytes hold fewer than 200 of these 100-byte records.
+            assert!(lost > 1_700, "dropped beyond queue_bytes: {lost}");
+        }
+        // The engine reads: every datagram not dropped arrives, in order.
+        let mut seen = Vec::new();
+        while (seen.len() as u64) < n - lost {
+            let Some(SourceMsg::Batch(b)) = rx.recv().await else {
+                panic!("the source stopped");
+            };
+            for f in &b.frames.frames {
+                let text = std::str::from_utf8(b.frames.get(f).unwrap()).unwrap();
+                seen.push(text[5..11].parse::<u64>().unwrap());
+            }
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order");
+        if all_kept {
+            assert_eq!(seen, (0..n).collect::<Vec<_>>());
+        }
+        cancel.cancel();
+        source.await.unwrap();
+    }
+}
