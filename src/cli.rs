@@ -490,8 +490,8 @@ fn replay_cmd(args: ReplayArgs) -> Result<u8> {
             ..EngineConfig::default()
         },
     };
-    let stdout = io::stdout().lock();
-    let mut out = BufWriter::with_capacity(64 * 1024, stdout);
+    // Not locked: the alerts are written on a thread of their own.
+    let mut out = BufWriter::with_capacity(64 * 1024, io::stdout());
     let summary =
         replay::replay(&inputs, Arc::new(rules), &opts, &mut out).context("replay failed")?;
     out.flush().context("cannot write alerts to stdout")?;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use crate::alert::{self, Detection};
@@ -246,60 +247,46 @@ impl Replayer {
     }
 }
 
-/// Runs a replay; alerts go to `out` as JSON lines. I/O errors on inputs or
-/// on `out` end the replay with an error; bad records never do.
+/// Detections handed to the alert writer at once (and the chunks it may
+/// have queued): rendering (ids, timestamps, JSON) runs beside the engine,
+/// in bounded memory.
+const RENDER_CHUNK: usize = 128;
+const RENDER_QUEUE: usize = 64;
+
+/// Runs a replay; alerts go to `out` as JSON lines, rendered and written
+/// on a thread of their own in the order the engine raised them. I/O
+/// errors on inputs or on `out` end the replay with an error; bad records
+/// never do.
 pub fn replay(
     inputs: &[Input],
     rules: Arc<RuleSet>,
     opts: &ReplayOptions,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> io::Result<Summary> {
     let started = Instant::now();
-    let mut run = Run {
-        replayer: Replayer::new(
-            Engine::new(
-                rules,
-                EngineConfig {
-                    lateness_ms: opts.allowed_lateness_ms,
-                    ..opts.engine
-                },
-            ),
-            opts.allowed_lateness_ms,
-        ),
-        opts,
-        summary: Summary::default(),
-        alerts: Vec::with_capacity(16),
-        log: RejectLog::new(5),
-        kinds: [0; EventKind::KNOWN.len() + 1],
-        other: BTreeMap::new(),
-    };
-    for input in inputs {
-        match input {
-            Input::Stdin => {
-                let stdin = io::stdin().lock();
-                run.feed(stdin, |line| Position::Stdin { line }, out)?;
-            }
-            Input::File(path) => {
-                let file = std::fs::File::open(path).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
-                })?;
-                let name: Arc<str> = path.display().to_string().into();
-                run.feed(
-                    BufReader::with_capacity(256 * 1024, file),
-                    |line| Position::File {
-                        path: name.clone(),
-                        line,
-                    },
-                    out,
-                )?;
-            }
-        }
-    }
-    // Fire what is due at the final clock (DESIGN §3); later timers stay.
-    run.replayer.finish(&mut run.alerts);
-    run.emit(out)?;
-    out.flush()?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Detection>>(RENDER_QUEUE);
+    let (fed, written) = std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name("replay-alerts".into())
+            .spawn_scoped(scope, move || write_alerts(&rx, out));
+        let fed = match &writer {
+            Ok(_) => feed_all(inputs, rules, opts, tx),
+            Err(_) => Err(io::Error::other("cannot start the alert writer")),
+        };
+        let written = match writer {
+            Ok(w) => w
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the alert writer failed"))),
+            Err(e) => Err(e),
+        };
+        (fed, written)
+    });
+    // The writer's error first: feeding stops when it does.
+    let (alerts, alerts_by_rule) = written?;
+    let run = fed?;
     let mut summary = run.summary;
+    summary.alerts = alerts;
+    summary.alerts_by_rule = alerts_by_rule;
     for (kind, n) in EventKind::KNOWN.iter().zip(run.kinds) {
         if n > 0 {
             summary.events_by_type.insert(kind.name().to_owned(), n);
@@ -318,11 +305,88 @@ pub fn replay(
     Ok(summary)
 }
 
+/// Feeds every input through the engine; detections go to `tx` in chunks.
+fn feed_all<'o>(
+    inputs: &[Input],
+    rules: Arc<RuleSet>,
+    opts: &'o ReplayOptions,
+    tx: SyncSender<Vec<Detection>>,
+) -> io::Result<Run<'o>> {
+    let mut run = Run {
+        replayer: Replayer::new(
+            Engine::new(
+                rules,
+                EngineConfig {
+                    lateness_ms: opts.allowed_lateness_ms,
+                    ..opts.engine
+                },
+            ),
+            opts.allowed_lateness_ms,
+        ),
+        opts,
+        summary: Summary::default(),
+        alerts: Vec::with_capacity(RENDER_CHUNK),
+        tx: Some(tx),
+        log: RejectLog::new(5),
+        kinds: [0; EventKind::KNOWN.len() + 1],
+        other: BTreeMap::new(),
+    };
+    for input in inputs {
+        match input {
+            Input::Stdin => {
+                let stdin = io::stdin().lock();
+                run.feed(stdin, |line| Position::Stdin { line })?;
+            }
+            Input::File(path) => {
+                let file = std::fs::File::open(path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+                })?;
+                let name: Arc<str> = path.display().to_string().into();
+                run.feed(BufReader::with_capacity(256 * 1024, file), |line| {
+                    Position::File {
+                        path: name.clone(),
+                        line,
+                    }
+                })?;
+            }
+        }
+    }
+    // Fire what is due at the final clock (DESIGN §3); later timers stay.
+    run.replayer.finish(&mut run.alerts);
+    run.hand_on()?;
+    // The writer ends once it has written everything.
+    run.tx = None;
+    Ok(run)
+}
+
+/// Renders the detections it is given and writes them to `out` as JSON
+/// lines; returns the alerts written, in all and per rule.
+fn write_alerts(
+    rx: &Receiver<Vec<Detection>>,
+    out: &mut (dyn Write + Send),
+) -> io::Result<(u64, BTreeMap<String, u64>)> {
+    let (mut n, mut by_rule) = (0, BTreeMap::new());
+    for chunk in rx {
+        let now = crate::clock::now_ms();
+        for detection in chunk {
+            let alert = alert::render(detection, Some(now));
+            serde_json::to_writer(&mut *out, &alert)?;
+            out.write_all(b"\n")?;
+            n += 1;
+            *by_rule.entry(alert.rule).or_insert(0) += 1;
+        }
+    }
+    out.flush()?;
+    Ok((n, by_rule))
+}
+
 struct Run<'o> {
     replayer: Replayer,
     opts: &'o ReplayOptions,
     summary: Summary,
     alerts: Vec<Detection>,
+    /// To the alert writer (`None` once all is handed on).
+    tx: Option<SyncSender<Vec<Detection>>>,
     log: RejectLog,
     /// Events per known kind (index in `EventKind::KNOWN`), without map lookups.
     kinds: [u64; EventKind::KNOWN.len() + 1],
@@ -334,7 +398,6 @@ impl Run<'_> {
         &mut self,
         reader: R,
         position: impl Fn(u64) -> Position,
-        out: &mut dyn Write,
     ) -> io::Result<()> {
         let mut lines = LineReader::new(reader, self.opts.decoder.max_record_bytes);
         while let Some((line, frame)) = lines.next_frame()? {
@@ -352,6 +415,7 @@ impl Run<'_> {
                 log,
                 kinds,
                 other,
+                ..
             } = self;
             let applied = replayer.apply(
                 record,
@@ -380,22 +444,23 @@ impl Run<'_> {
                     summary.reject(&err, &pos);
                 }
             }
-            if !self.alerts.is_empty() {
-                self.emit(out)?;
+            if self.alerts.len() >= RENDER_CHUNK {
+                self.hand_on()?;
             }
         }
         Ok(())
     }
 
-    fn emit(&mut self, out: &mut dyn Write) -> io::Result<()> {
-        let now = crate::clock::now_ms();
-        for detection in self.alerts.drain(..) {
-            let alert = alert::render(detection, Some(now));
-            serde_json::to_writer(&mut *out, &alert)?;
-            out.write_all(b"\n")?;
-            self.summary.alerts += 1;
-            *self.summary.alerts_by_rule.entry(alert.rule).or_insert(0) += 1;
+    /// Hands the detections so far to the alert writer.
+    fn hand_on(&mut self) -> io::Result<()> {
+        if self.alerts.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let chunk = std::mem::replace(&mut self.alerts, Vec::with_capacity(RENDER_CHUNK));
+        let sent = self.tx.as_ref().map(|tx| tx.send(chunk));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => Err(io::Error::other("the alert writer stopped")),
+        }
     }
 }

@@ -102,3 +102,44 @@ fn syslog_framing_gives_the_same_alerts_and_ids_as_json_lines() {
     assert!(!a.is_empty());
     assert_eq!(a, b);
 }
+
+/// A writer that takes `room` bytes and then fails, as stdout does when
+/// the reader of a pipe has gone.
+struct Closing {
+    room: usize,
+    took: Vec<u8>,
+}
+
+impl std::io::Write for Closing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.took.len() + buf.len() > self.room {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        self.took.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Alerts are written on a thread of their own: when writing them fails,
+/// the replay ends with that error (it neither hangs nor goes on reading),
+/// and the lines written before are those of a full run, in its order.
+#[test]
+fn a_failing_alert_writer_ends_the_replay_with_its_error() {
+    let inputs = [Input::File(root().join("examples/audit.jsonl"))];
+    let rules = Arc::new(RuleSet::embedded().unwrap());
+    let mut all = Vec::new();
+    replay(&inputs, rules.clone(), &ReplayOptions::default(), &mut all).unwrap();
+    let mut out = Closing {
+        room: all.len() / 2,
+        took: Vec::new(),
+    };
+    let e = replay(&inputs, rules, &ReplayOptions::default(), &mut out).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    let whole = out.took.iter().rposition(|&b| b == b'\n').unwrap();
+    let got = without_detected_at(&out.took[..=whole]);
+    assert!(!got.is_empty());
+    assert_eq!(got[..], without_detected_at(&all)[..got.len()]);
+}
