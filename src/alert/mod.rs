@@ -171,21 +171,48 @@ pub fn alert_id(rule: &str, tenant: &str, key: &str, ts: i64, trigger: &Fingerpr
 pub fn format_ts(ms: i64) -> String {
     match jiff::Timestamp::from_millisecond(ms) {
         Ok(ts) => {
-            // Fixed fields straight from the civil time: several times faster
-            // than a strftime pattern, and alerts carry three or four times.
+            // Fixed fields straight from the civil time, digit by digit:
+            // several times faster than a pattern or `format!`, and alerts
+            // carry three to nine.
             let dt = jiff::tz::Offset::UTC.to_datetime(ts);
-            format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-                dt.year(),
-                dt.month(),
-                dt.day(),
-                dt.hour(),
-                dt.minute(),
-                dt.second(),
-                dt.subsec_nanosecond() / 1_000_000
-            )
+            let year = dt.year();
+            if !(0..=9999).contains(&year) {
+                return format!(
+                    "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                    dt.month(),
+                    dt.day(),
+                    dt.hour(),
+                    dt.minute(),
+                    dt.second(),
+                    dt.subsec_nanosecond() / 1_000_000
+                );
+            }
+            let mut text = String::with_capacity(24);
+            push_digits(&mut text, year.unsigned_abs().into(), 4);
+            let fields = [
+                ('-', dt.month().unsigned_abs().into(), 2),
+                ('-', dt.day().unsigned_abs().into(), 2),
+                ('T', dt.hour().unsigned_abs().into(), 2),
+                (':', dt.minute().unsigned_abs().into(), 2),
+                (':', dt.second().unsigned_abs().into(), 2),
+                ('.', dt.subsec_nanosecond().unsigned_abs() / 1_000_000, 3),
+            ];
+            for (sep, v, width) in fields {
+                text.push(sep);
+                push_digits(&mut text, v, width);
+            }
+            text.push('Z');
+            text
         }
         Err(_) => ms.to_string(),
+    }
+}
+
+/// Appends the last `width` decimal digits of `v`, zero-padded.
+fn push_digits(text: &mut String, v: u32, width: u32) {
+    for p in (0..width).rev() {
+        let d = (v / 10_u32.pow(p)) % 10;
+        text.push(char::from(b'0' + d as u8));
     }
 }
 

@@ -542,3 +542,30 @@ format = "ecs"
         assert_eq!(d["organization"]["id"], "formats");
     }
 }
+
+proptest::proptest! {
+    /// Alert timestamps read as jiff writes RFC 3339 with milliseconds, for
+    /// every instant jiff can hold (years 0000-9999 digit by digit, years
+    /// before 0000 by the fallback).
+    #[test]
+    fn alert_timestamps_are_rfc3339_with_milliseconds(
+        // The milliseconds jiff takes (years -9999 to 9999).
+        ms in -377_705_023_201_000_i64..=253_402_207_200_000,
+    ) {
+        let ts = jiff::Timestamp::from_millisecond(ms).unwrap();
+        let want = ts.strftime("%Y-%m-%dT%H:%M:%S.%3fZ").to_string();
+        proptest::prop_assert_eq!(mcp_alertd::alert::format_ts(ms), want);
+    }
+}
+
+#[test]
+fn alert_timestamps_at_the_edges() {
+    use mcp_alertd::alert::format_ts;
+    assert_eq!(format_ts(0), "1970-01-01T00:00:00.000Z");
+    assert_eq!(format_ts(-1), "1969-12-31T23:59:59.999Z");
+    assert_eq!(format_ts(951_782_400_123), "2000-02-29T00:00:00.123Z");
+    assert_eq!(format_ts(253_402_207_200_000), "9999-12-30T22:00:00.000Z");
+    assert_eq!(format_ts(-62_167_219_200_000), "0000-01-01T00:00:00.000Z");
+    // Beyond what a timestamp can hold: the number as it is.
+    assert_eq!(format_ts(i64::MAX), i64::MAX.to_string());
+}
