@@ -268,50 +268,32 @@ pub fn replay(
     let (fed, written) = std::thread::scope(|scope| {
         let writer = std::thread::Builder::new()
             .name("replay-alerts".into())
-            .spawn_scoped(scope, move || write_alerts(&rx, out));
-        let fed = match &writer {
-            Ok(_) => feed_all(inputs, rules, opts, tx),
-            Err(_) => Err(io::Error::other("cannot start the alert writer")),
-        };
-        let written = match writer {
-            Ok(w) => w
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the alert writer failed"))),
-            Err(e) => Err(e),
-        };
-        (fed, written)
-    });
+            .spawn_scoped(scope, move || write_alerts(&rx, out))?;
+        let fed = feed_all(inputs, rules, opts, &tx);
+        // The writer ends once it has written everything handed on.
+        drop(tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the alert writer failed")));
+        io::Result::Ok((fed, written))
+    })?;
     // The writer's error first: feeding stops when it does.
     let (alerts, alerts_by_rule) = written?;
-    let run = fed?;
-    let mut summary = run.summary;
+    let mut summary = fed?;
     summary.alerts = alerts;
     summary.alerts_by_rule = alerts_by_rule;
-    for (kind, n) in EventKind::KNOWN.iter().zip(run.kinds) {
-        if n > 0 {
-            summary.events_by_type.insert(kind.name().to_owned(), n);
-        }
-    }
-    summary.events_by_type.extend(run.other);
-    let engine = run.replayer.engine();
-    summary.late = engine.late_events();
-    summary.evicted_keys = engine.evicted_keys();
-    summary.live_keys = engine
-        .live_keys()
-        .into_iter()
-        .map(|(id, n)| (id.to_string(), n))
-        .collect();
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
 
 /// Feeds every input through the engine; detections go to `tx` in chunks.
-fn feed_all<'o>(
+/// The summary is whole but for the alerts and the time.
+fn feed_all(
     inputs: &[Input],
     rules: Arc<RuleSet>,
-    opts: &'o ReplayOptions,
-    tx: SyncSender<Vec<Detection>>,
-) -> io::Result<Run<'o>> {
+    opts: &ReplayOptions,
+    tx: &SyncSender<Vec<Detection>>,
+) -> io::Result<Summary> {
     let mut run = Run {
         replayer: Replayer::new(
             Engine::new(
@@ -326,7 +308,7 @@ fn feed_all<'o>(
         opts,
         summary: Summary::default(),
         alerts: Vec::with_capacity(RENDER_CHUNK),
-        tx: Some(tx),
+        tx,
         log: RejectLog::new(5),
         kinds: [0; EventKind::KNOWN.len() + 1],
         other: BTreeMap::new(),
@@ -354,9 +336,22 @@ fn feed_all<'o>(
     // Fire what is due at the final clock (DESIGN §3); later timers stay.
     run.replayer.finish(&mut run.alerts);
     run.hand_on()?;
-    // The writer ends once it has written everything.
-    run.tx = None;
-    Ok(run)
+    let mut summary = run.summary;
+    for (kind, n) in EventKind::KNOWN.iter().zip(run.kinds) {
+        if n > 0 {
+            summary.events_by_type.insert(kind.name().to_owned(), n);
+        }
+    }
+    summary.events_by_type.extend(run.other);
+    let engine = run.replayer.engine();
+    summary.late = engine.late_events();
+    summary.evicted_keys = engine.evicted_keys();
+    summary.live_keys = engine
+        .live_keys()
+        .into_iter()
+        .map(|(id, n)| (id.to_string(), n))
+        .collect();
+    Ok(summary)
 }
 
 /// Renders the detections it is given and writes them to `out` as JSON
@@ -385,8 +380,8 @@ struct Run<'o> {
     opts: &'o ReplayOptions,
     summary: Summary,
     alerts: Vec<Detection>,
-    /// To the alert writer (`None` once all is handed on).
-    tx: Option<SyncSender<Vec<Detection>>>,
+    /// To the alert writer.
+    tx: &'o SyncSender<Vec<Detection>>,
     log: RejectLog,
     /// Events per known kind (index in `EventKind::KNOWN`), without map lookups.
     kinds: [u64; EventKind::KNOWN.len() + 1],
@@ -457,10 +452,8 @@ impl Run<'_> {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.alerts, Vec::with_capacity(RENDER_CHUNK));
-        let sent = self.tx.as_ref().map(|tx| tx.send(chunk));
-        match sent {
-            Some(Ok(())) => Ok(()),
-            _ => Err(io::Error::other("the alert writer stopped")),
-        }
+        self.tx
+            .send(chunk)
+            .map_err(|_| io::Error::other("the alert writer stopped"))
     }
 }

@@ -175,20 +175,12 @@ pub fn format_ts(ms: i64) -> String {
             // several times faster than a pattern or `format!`, and alerts
             // carry three to nine.
             let dt = jiff::tz::Offset::UTC.to_datetime(ts);
-            let year = dt.year();
-            if !(0..=9999).contains(&year) {
-                return format!(
-                    "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-                    dt.month(),
-                    dt.day(),
-                    dt.hour(),
-                    dt.minute(),
-                    dt.second(),
-                    dt.subsec_nanosecond() / 1_000_000
-                );
-            }
             let mut text = String::with_capacity(24);
-            push_digits(&mut text, year.unsigned_abs().into(), 4);
+            match dt.year() {
+                // Years before 0000 (jiff goes to -9999) as `{:04}` writes them.
+                year if year < 0 => text = format!("{year:04}"),
+                year => push_digits(&mut text, year.unsigned_abs().into(), 4),
+            }
             let fields = [
                 ('-', dt.month().unsigned_abs().into(), 2),
                 ('-', dt.day().unsigned_abs().into(), 2),

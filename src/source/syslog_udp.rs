@@ -262,6 +262,9 @@ pub async fn run(ctx: SourceCtx, socket: UdpSocket, queue_bytes: usize) {
             break;
         }
     }
+    // Stopping: what the engine queue takes goes on, the rest is counted.
+    hand_on(&ctx, &mut held);
+    dropped.inc_by(held.senders.iter().map(|s| s.frames.len() as u64).sum());
 }
 
 /// Hands held datagrams on while the engine queue has room; `false` once

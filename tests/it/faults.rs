@@ -1225,6 +1225,7 @@ fn sigterm_stops_the_daemon_while_the_store_cannot_be_written() {
 /// While the engine queue is full, a UDP source holds the datagrams it
 /// receives (nothing is lost) and hands them on when the queue has room,
 /// in order; beyond `queue_bytes` it drops new ones and counts them.
+/// Stopped while it holds datagrams, it counts them as dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_udp_source_holds_datagrams_while_the_engine_queue_is_full() {
     use std::sync::Arc;
@@ -1233,7 +1234,11 @@ async fn a_udp_source_holds_datagrams_while_the_engine_queue_is_full() {
     use mcp_alertd::source::{SourceCtx, SourceMsg};
     use mcp_alertd::telemetry::metrics::{Metrics, SourceLabel};
 
-    for (queue_bytes, all_kept) in [(1 << 20, true), (20_000, false)] {
+    for (queue_bytes, all_kept, stop_first) in [
+        (1 << 20, true, false),
+        (20_000, false, false),
+        (1 << 20, true, true),
+    ] {
         let metrics = Arc::new(Metrics::new());
         let label = SourceLabel {
             source: "udp".to_owned(),
@@ -1268,6 +1273,17 @@ async fn a_udp_source_holds_datagrams_while_the_engine_queue_is_full() {
                 received.get() == sent
             })
             .await;
+        }
+        if stop_first {
+            cancel.cancel();
+            source.await.unwrap();
+            let mut queued = 0;
+            while let Ok(SourceMsg::Batch(b)) = rx.try_recv() {
+                queued += b.frames.len() as u64;
+            }
+            assert!(queued < n, "the engine queue holds one batch: {queued}");
+            assert_eq!(queued + dropped.get(), n, "held datagrams are counted");
+            continue;
         }
         let lost = dropped.get();
         if all_kept {

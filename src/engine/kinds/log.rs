@@ -166,10 +166,8 @@ impl<T> TimeLog<T> {
                 t.set(format!("{:016x}", e.seq).into(), &(e.ts, &e.key, item))?;
             }
         }
-        let mut gone = std::mem::take(&mut self.gone);
-        gone.sort_unstable();
-        gone.dedup();
-        for seq in gone {
+        // Each gone entry is listed once (see `went`); the store sorts rows.
+        for seq in std::mem::take(&mut self.gone) {
             t.remove(format!("{seq:016x}").into());
         }
         self.saved_upto = self.next_seq;

@@ -299,13 +299,18 @@ impl RuleState {
         })
     }
 
+    /// Whether it keeps a short-lived log (saved as a table of its own).
+    fn has_log(&self) -> bool {
+        matches!(self, RuleState::Sequence(_) | RuleState::Membership(_))
+    }
+
     /// Its saved tables: its keys, and its log when it has one.
     pub fn tables(&self, rule: &str) -> Vec<(String, Part)> {
         let mut tables = Vec::new();
         if self.is_keyed() {
             tables.push((table_name(rule, self.state_name()), Part::Keys));
         }
-        if matches!(self, RuleState::Sequence(_) | RuleState::Membership(_)) {
+        if self.has_log() {
             tables.push((log_table_name(rule, self.state_name()), Part::Log));
         }
         tables
@@ -318,9 +323,9 @@ impl RuleState {
         rule: &str,
         out: &mut Vec<TableChanges>,
     ) -> Result<(), postcard::Error> {
-        let mut names = self.tables(rule).into_iter().map(|(name, _)| name);
-        let mut next = || TableChanges::new(names.next().unwrap_or_default());
-        let (mut keys, mut log) = (next(), None);
+        let state = self.state_name();
+        let mut keys = TableChanges::new(table_name(rule, state));
+        let mut log = TableChanges::new(log_table_name(rule, state));
         match self {
             RuleState::Match => return Ok(()),
             RuleState::Window(m) => keys.drain(m)?,
@@ -329,19 +334,17 @@ impl RuleState {
             RuleState::Distinct(m) => keys.drain(m)?,
             RuleState::Sequence(s) => {
                 keys.drain(&mut s.keys)?;
-                let mut l = next();
-                s.log_mut().drain_changes(&mut l)?;
-                log = Some(l);
+                s.log_mut().drain_changes(&mut log)?;
             }
             RuleState::Membership(s) => {
                 keys.drain(&mut s.keys)?;
-                let mut l = next();
-                s.log_mut().drain_changes(&mut l)?;
-                log = Some(l);
+                s.log_mut().drain_changes(&mut log)?;
             }
         }
         out.push(keys);
-        out.extend(log);
+        if self.has_log() {
+            out.push(log);
+        }
         Ok(())
     }
 
