@@ -5,7 +5,9 @@
 //!   struct of the five fields every rule keys on (`ts`, `event`, `tenant`,
 //!   `agent_id`, `session_id`), nothing else;
 //! - `replay/default_rules`: `mcp_alertd::replay::replay` of the same file
-//!   with the built-in rules, alerts rendered to a sink.
+//!   with the built-in rules, alerts rendered to a sink;
+//! - `replay/default_rules_2_threads`: the same on two engine threads,
+//!   each holding half of the keys (`replay --threads 2`).
 //!
 //! Events/s of the second over the first is how close replay runs to the
 //! parse limit (README, Performance).
@@ -73,13 +75,18 @@ fn bench(c: &mut Criterion) {
         });
     });
     let inputs = [Input::File(path.clone())];
-    let opts = ReplayOptions::default();
-    group.bench_function("default_rules", |b| {
-        b.iter(|| {
-            let summary = replay(&inputs, rules.clone(), &opts, &mut std::io::sink()).unwrap();
-            assert_eq!(summary.events, N as u64);
+    for (name, threads) in [("default_rules", 1), ("default_rules_2_threads", 2)] {
+        let opts = ReplayOptions {
+            threads,
+            ..ReplayOptions::default()
+        };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let summary = replay(&inputs, rules.clone(), &opts, &mut std::io::sink()).unwrap();
+                assert_eq!(summary.events, N as u64);
+            });
         });
-    });
+    }
     group.finish();
 }
 

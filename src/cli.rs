@@ -212,6 +212,12 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "N", default_value_t = crate::engine::DEFAULT_MAX_KEYS_PER_RULE as u64,
           value_parser = clap::value_parser!(u64).range(1..=1 << 32))]
     pub max_keys_per_rule: u64,
+    /// Engine threads, each holding a share of the keys: the same alerts,
+    /// ids included, as one thread; the alerts of one record may come in
+    /// another order.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: u32,
     /// Do not print the summary on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -489,6 +495,7 @@ fn replay_cmd(args: ReplayArgs) -> Result<u8> {
             lateness_ms: args.allowed_lateness,
             ..EngineConfig::default()
         },
+        threads: args.threads as usize,
     };
     // Not locked: the alerts are written on a thread of their own.
     let mut out = BufWriter::with_capacity(64 * 1024, io::stdout());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::alert::{self, Detection};
 use crate::decode::{DecodeError, Decoder};
-use crate::engine::{Engine, EngineConfig, RuleSet};
+use crate::engine::{Engine, EngineConfig, RuleSet, Shard};
 use crate::event::{Event, EventKind, Position};
 use crate::pipeline::step::{self, Record};
 use crate::source::lines::{Frame, LineReader};
@@ -47,6 +47,8 @@ pub struct ReplayOptions {
     pub decoder: Decoder,
     pub allowed_lateness_ms: i64,
     pub engine: EngineConfig,
+    /// Engine threads, each holding a share of the keys (at least one).
+    pub threads: usize,
 }
 
 impl Default for ReplayOptions {
@@ -55,6 +57,7 @@ impl Default for ReplayOptions {
             decoder: Decoder::default(),
             allowed_lateness_ms: DEFAULT_ALLOWED_LATENESS_MS,
             engine: EngineConfig::default(),
+            threads: 1,
         }
     }
 }
@@ -247,14 +250,22 @@ impl Replayer {
     }
 }
 
-/// Detections handed to the alert writer at once (and the chunks it may
-/// have queued): rendering (ids, timestamps, JSON) runs beside the engine,
-/// in bounded memory.
-const RENDER_CHUNK: usize = 128;
-const RENDER_QUEUE: usize = 64;
+/// Records read before they are handed to the engine threads at once (or
+/// this many bytes of them), and the chunks each thread may have queued:
+/// reading runs beside the engines, in bounded memory.
+const CHUNK_RECORDS: usize = 4096;
+const CHUNK_BYTES: usize = 1 << 20;
+const CHUNK_QUEUE: usize = 4;
+/// Chunks of detections each engine thread may have queued for the writer.
+const FOUND_QUEUE: usize = 8;
 
-/// Runs a replay; alerts go to `out` as JSON lines, rendered and written
-/// on a thread of their own in the order the engine raised them. I/O
+/// Runs a replay; alerts go to `out` as JSON lines. The input is read on
+/// the calling thread and handed in chunks to `opts.threads` engine
+/// threads, each holding its share of the keys (see [`Shard`]); their
+/// detections are merged in input order and rendered and written on a
+/// thread of their own. With one engine thread the alerts come in the
+/// order the engine raised them; with more, the alerts of one record come
+/// engine thread by engine thread (the same alerts, ids included). I/O
 /// errors on inputs or on `out` end the replay with an error; bad records
 /// never do.
 pub fn replay(
@@ -264,86 +275,232 @@ pub fn replay(
     out: &mut (dyn Write + Send),
 ) -> io::Result<Summary> {
     let started = Instant::now();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Detection>>(RENDER_QUEUE);
-    let (fed, written) = std::thread::scope(|scope| {
+    let threads = u32::try_from(opts.threads.max(1))
+        .map_err(|_| io::Error::other("too many engine threads"))?;
+    let (read, tallies, written) = std::thread::scope(|scope| {
+        let mut chunks = Vec::new();
+        let mut found = Vec::new();
+        let mut engines = Vec::new();
+        for shard in Shard::all(threads) {
+            let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Arc<Chunk>>(CHUNK_QUEUE);
+            let (found_tx, found_rx) = std::sync::mpsc::sync_channel::<Found>(FOUND_QUEUE);
+            let rules = Arc::clone(&rules);
+            let engine = std::thread::Builder::new()
+                .name(format!("replay-engine-{}", shard.index))
+                .spawn_scoped(scope, move || {
+                    run_shard(shard, rules, opts, &chunk_rx, &found_tx)
+                })?;
+            chunks.push(chunk_tx);
+            found.push(found_rx);
+            engines.push(engine);
+        }
         let writer = std::thread::Builder::new()
             .name("replay-alerts".into())
-            .spawn_scoped(scope, move || write_alerts(&rx, out))?;
-        let fed = feed_all(inputs, rules, opts, &tx);
-        // The writer ends once it has written everything handed on.
-        drop(tx);
+            .spawn_scoped(scope, move || write_alerts(&found, out))?;
+        let read = read_all(inputs, opts, &chunks);
+        // The engines end once they have applied everything handed on, the
+        // writer once it has written what they found.
+        drop(chunks);
+        let tallies: Vec<io::Result<Summary>> = engines
+            .into_iter()
+            .map(|e| {
+                e.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("an engine thread failed")))
+            })
+            .collect();
         let written = writer
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the alert writer failed")));
-        io::Result::Ok((fed, written))
+        io::Result::Ok((read, tallies, written))
     })?;
-    // The writer's error first: feeding stops when it does.
+    // The writer's error first: the engines stop when it does, and reading
+    // when they do.
     let (alerts, alerts_by_rule) = written?;
-    let mut summary = fed?;
+    read?;
+    let mut summary = Summary::default();
+    for (i, tally) in tallies.into_iter().enumerate() {
+        let tally = tally?;
+        if i == 0 {
+            summary = tally;
+            continue;
+        }
+        // The first engine counted what every engine sees alike (records,
+        // events, rejections, late events); the others add their keys.
+        summary.evicted_keys += tally.evicted_keys;
+        for ((_, n), (_, more)) in summary.live_keys.iter_mut().zip(tally.live_keys) {
+            *n += more;
+        }
+    }
     summary.alerts = alerts;
     summary.alerts_by_rule = alerts_by_rule;
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
 
-/// Feeds every input through the engine; detections go to `tx` in chunks.
-/// The summary is whole but for the alerts and the time.
-fn feed_all(
+/// How the positions of an input's records are named.
+#[derive(Debug, Clone)]
+enum Origin {
+    Stdin,
+    File(Arc<str>),
+}
+
+impl Origin {
+    fn at(&self, line: u64) -> Position {
+        match self {
+            Origin::Stdin => Position::Stdin { line },
+            Origin::File(path) => Position::File {
+                path: path.clone(),
+                line,
+            },
+        }
+    }
+}
+
+/// One framed record of a chunk.
+#[derive(Debug, Clone, Copy)]
+enum Span {
+    Bytes { line: u64, start: usize, end: usize },
+    TooLarge { line: u64, len: usize },
+}
+
+/// Records of one input, read and framed once, handed to every engine
+/// thread.
+#[derive(Debug)]
+struct Chunk {
+    origin: Origin,
+    bytes: Vec<u8>,
+    records: Vec<Span>,
+}
+
+impl Chunk {
+    fn new(origin: Origin) -> Chunk {
+        Chunk {
+            origin,
+            bytes: Vec::with_capacity(CHUNK_BYTES + 64 * 1024),
+            records: Vec::with_capacity(CHUNK_RECORDS),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.records.len() >= CHUNK_RECORDS || self.bytes.len() >= CHUNK_BYTES
+    }
+}
+
+/// An engine thread's detections of one chunk, each with the index of the
+/// record that raised it (`u32::MAX`: due at the end of the input).
+#[derive(Debug, Default)]
+struct Found {
+    alerts: Vec<Detection>,
+    at: Vec<u32>,
+}
+
+/// Reads and frames every input, handing each chunk to every engine
+/// thread.
+fn read_all(
     inputs: &[Input],
-    rules: Arc<RuleSet>,
     opts: &ReplayOptions,
-    tx: &SyncSender<Vec<Detection>>,
-) -> io::Result<Summary> {
-    let mut run = Run {
-        replayer: Replayer::new(
-            Engine::new(
-                rules,
-                EngineConfig {
-                    lateness_ms: opts.allowed_lateness_ms,
-                    ..opts.engine
-                },
-            ),
-            opts.allowed_lateness_ms,
-        ),
-        opts,
-        summary: Summary::default(),
-        alerts: Vec::with_capacity(RENDER_CHUNK),
-        tx,
-        log: RejectLog::new(5),
-        kinds: [0; EventKind::KNOWN.len() + 1],
-        other: BTreeMap::new(),
-    };
+    engines: &[SyncSender<Arc<Chunk>>],
+) -> io::Result<()> {
     for input in inputs {
         match input {
-            Input::Stdin => {
-                let stdin = io::stdin().lock();
-                run.feed(stdin, |line| Position::Stdin { line })?;
-            }
+            Input::Stdin => read_input(io::stdin().lock(), Origin::Stdin, opts, engines)?,
             Input::File(path) => {
                 let file = std::fs::File::open(path).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
                 })?;
-                let name: Arc<str> = path.display().to_string().into();
-                run.feed(BufReader::with_capacity(256 * 1024, file), |line| {
-                    Position::File {
-                        path: name.clone(),
-                        line,
-                    }
-                })?;
+                let origin = Origin::File(path.display().to_string().into());
+                read_input(
+                    BufReader::with_capacity(256 * 1024, file),
+                    origin,
+                    opts,
+                    engines,
+                )?;
             }
         }
     }
-    // Fire what is due at the final clock (DESIGN §3); later timers stay.
-    run.replayer.finish(&mut run.alerts);
-    run.hand_on()?;
-    let mut summary = run.summary;
-    for (kind, n) in EventKind::KNOWN.iter().zip(run.kinds) {
-        if n > 0 {
-            summary.events_by_type.insert(kind.name().to_owned(), n);
+    Ok(())
+}
+
+fn read_input<R: BufRead>(
+    reader: R,
+    origin: Origin,
+    opts: &ReplayOptions,
+    engines: &[SyncSender<Arc<Chunk>>],
+) -> io::Result<()> {
+    let hand_on = |chunk: Chunk| -> io::Result<()> {
+        let chunk = Arc::new(chunk);
+        for engine in engines {
+            engine
+                .send(Arc::clone(&chunk))
+                .map_err(|_| io::Error::other("an engine thread stopped"))?;
+        }
+        Ok(())
+    };
+    let mut lines = LineReader::new(reader, opts.decoder.max_record_bytes);
+    let mut chunk = Chunk::new(origin.clone());
+    while let Some((line, frame)) = lines.next_frame()? {
+        let span = match frame {
+            Frame::Record(bytes) => {
+                let start = chunk.bytes.len();
+                chunk.bytes.extend_from_slice(bytes);
+                Span::Bytes {
+                    line,
+                    start,
+                    end: chunk.bytes.len(),
+                }
+            }
+            Frame::TooLarge { len } => Span::TooLarge { line, len },
+        };
+        chunk.records.push(span);
+        if chunk.full() {
+            hand_on(std::mem::replace(&mut chunk, Chunk::new(origin.clone())))?;
         }
     }
-    summary.events_by_type.extend(run.other);
+    if !chunk.records.is_empty() {
+        hand_on(chunk)?;
+    }
+    Ok(())
+}
+
+/// One engine thread: applies every chunk to its share of the keys and
+/// hands what it found to the writer, then fires what is due at the final
+/// clock. Its summary counts records, events and rejections on the first
+/// engine only (every engine sees them all), and its own keys.
+fn run_shard(
+    shard: Shard,
+    rules: Arc<RuleSet>,
+    opts: &ReplayOptions,
+    chunks: &Receiver<Arc<Chunk>>,
+    found: &SyncSender<Found>,
+) -> io::Result<Summary> {
+    let config = EngineConfig {
+        lateness_ms: opts.allowed_lateness_ms,
+        ..opts.engine
+    };
+    let mut run = Run {
+        replayer: Replayer::new(
+            Engine::new(rules, config).with_shard(shard),
+            opts.allowed_lateness_ms,
+        ),
+        opts,
+        counts: (shard.index == 0).then(Counts::default),
+        found: Found::default(),
+    };
+    let hand_on = |run: &mut Run| {
+        found
+            .send(std::mem::take(&mut run.found))
+            .map_err(|_| io::Error::other("the alert writer stopped"))
+    };
+    for chunk in chunks {
+        run.chunk(&chunk);
+        hand_on(&mut run)?;
+    }
+    // Fire what is due at the final clock (DESIGN §3); later timers stay.
+    run.replayer.finish(&mut run.found.alerts);
+    run.found.at.resize(run.found.alerts.len(), u32::MAX);
+    hand_on(&mut run)?;
     let engine = run.replayer.engine();
+    let mut summary = run.counts.map(Counts::into_summary).unwrap_or_default();
     summary.late = engine.late_events();
     summary.evicted_keys = engine.evicted_keys();
     summary.live_keys = engine
@@ -354,16 +511,33 @@ fn feed_all(
     Ok(summary)
 }
 
-/// Renders the detections it is given and writes them to `out` as JSON
-/// lines; returns the alerts written, in all and per rule.
+/// Renders the detections the engine threads found, chunk by chunk in
+/// input order, and writes them to `out` as JSON lines; returns the alerts
+/// written, in all and per rule.
 fn write_alerts(
-    rx: &Receiver<Vec<Detection>>,
+    engines: &[Receiver<Found>],
     out: &mut (dyn Write + Send),
 ) -> io::Result<(u64, BTreeMap<String, u64>)> {
     let (mut n, mut by_rule) = (0, BTreeMap::new());
-    for chunk in rx {
+    let mut merged: Vec<(u32, Detection)> = Vec::new();
+    loop {
+        // Every engine hands on one `Found` per chunk, and one at the end.
+        let mut open = false;
+        for engine in engines {
+            if let Ok(found) = engine.recv() {
+                open = true;
+                merged.extend(found.at.into_iter().zip(found.alerts));
+            }
+        }
+        if !open {
+            break;
+        }
+        // Stable: the alerts of one record stay in engine order.
+        if engines.len() > 1 {
+            merged.sort_by_key(|(at, _)| *at);
+        }
         let now = crate::clock::now_ms();
-        for detection in chunk {
+        for (_, detection) in merged.drain(..) {
             let alert = alert::render(detection, Some(now));
             serde_json::to_writer(&mut *out, &alert)?;
             out.write_all(b"\n")?;
@@ -375,85 +549,99 @@ fn write_alerts(
     Ok((n, by_rule))
 }
 
-struct Run<'o> {
-    replayer: Replayer,
-    opts: &'o ReplayOptions,
+/// What the first engine thread counts for the summary.
+#[derive(Debug)]
+struct Counts {
     summary: Summary,
-    alerts: Vec<Detection>,
-    /// To the alert writer.
-    tx: &'o SyncSender<Vec<Detection>>,
     log: RejectLog,
     /// Events per known kind (index in `EventKind::KNOWN`), without map lookups.
     kinds: [u64; EventKind::KNOWN.len() + 1],
     other: BTreeMap<String, u64>,
 }
 
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            summary: Summary::default(),
+            log: RejectLog::new(5),
+            kinds: [0; EventKind::KNOWN.len() + 1],
+            other: BTreeMap::new(),
+        }
+    }
+}
+
+impl Counts {
+    fn into_summary(self) -> Summary {
+        let mut summary = self.summary;
+        for (kind, n) in EventKind::KNOWN.iter().zip(self.kinds) {
+            if n > 0 {
+                summary.events_by_type.insert(kind.name().to_owned(), n);
+            }
+        }
+        summary.events_by_type.extend(self.other);
+        summary
+    }
+
+    fn reject(&mut self, err: &DecodeError, at: &Position) {
+        self.log.reject(err.reason(), at, err);
+        self.summary.reject(err, at);
+    }
+}
+
+struct Run<'o> {
+    replayer: Replayer,
+    opts: &'o ReplayOptions,
+    /// On the first engine thread only.
+    counts: Option<Counts>,
+    found: Found,
+}
+
 impl Run<'_> {
-    fn feed<R: BufRead>(
-        &mut self,
-        reader: R,
-        position: impl Fn(u64) -> Position,
-    ) -> io::Result<()> {
-        let mut lines = LineReader::new(reader, self.opts.decoder.max_record_bytes);
-        while let Some((line, frame)) = lines.next_frame()? {
-            self.summary.records += 1;
-            let record = match frame {
-                Frame::Record(bytes) => Record::Bytes(bytes),
-                Frame::TooLarge { len } => Record::TooLarge(len),
+    fn chunk(&mut self, chunk: &Chunk) {
+        for (i, span) in chunk.records.iter().enumerate() {
+            let (line, record) = match *span {
+                Span::Bytes { line, start, end } => (
+                    line,
+                    Record::Bytes(chunk.bytes.get(start..end).unwrap_or_default()),
+                ),
+                Span::TooLarge { line, len } => (line, Record::TooLarge(len)),
             };
-            let pos = position(line);
+            let pos = chunk.origin.at(line);
             let Run {
                 replayer,
                 opts,
-                summary,
-                alerts,
-                log,
-                kinds,
-                other,
-                ..
+                counts,
+                found,
             } = self;
+            if let Some(c) = counts.as_mut() {
+                c.summary.records += 1;
+            }
             let applied = replayer.apply(
                 record,
                 &opts.decoder,
                 &pos,
-                alerts,
-                &mut |outcome, at| match outcome {
-                    Ok(applied) => {
-                        summary.events += 1;
-                        match applied.other {
-                            None => kinds[step::kind_index(applied.kind)] += 1,
-                            Some(name) => *other.entry(name).or_insert(0) += 1,
+                &mut found.alerts,
+                &mut |outcome, at| {
+                    let Some(c) = counts.as_mut() else { return };
+                    match outcome {
+                        Ok(applied) => {
+                            c.summary.events += 1;
+                            match applied.other {
+                                None => c.kinds[step::kind_index(applied.kind)] += 1,
+                                Some(name) => *c.other.entry(name).or_insert(0) += 1,
+                            }
                         }
-                    }
-                    Err(err) => {
-                        log.reject(err.reason(), at, &err);
-                        summary.reject(&err, at);
+                        Err(err) => c.reject(&err, at),
                     }
                 },
             );
+            found.at.resize(found.alerts.len(), i as u32);
+            let Some(c) = counts.as_mut() else { continue };
             match applied {
                 Ok(()) => {}
-                Err(DecodeError::Unmapped(_)) => summary.unmapped += 1,
-                Err(err) => {
-                    log.reject(err.reason(), &pos, &err);
-                    summary.reject(&err, &pos);
-                }
-            }
-            if self.alerts.len() >= RENDER_CHUNK {
-                self.hand_on()?;
+                Err(DecodeError::Unmapped(_)) => c.summary.unmapped += 1,
+                Err(err) => c.reject(&err, &pos),
             }
         }
-        Ok(())
-    }
-
-    /// Hands the detections so far to the alert writer.
-    fn hand_on(&mut self) -> io::Result<()> {
-        if self.alerts.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.alerts, Vec::with_capacity(RENDER_CHUNK));
-        self.tx
-            .send(chunk)
-            .map_err(|_| io::Error::other("the alert writer stopped"))
     }
 }

@@ -81,6 +81,55 @@ impl Default for EngineConfig {
     }
 }
 
+/// The share of the keys an engine holds when several engines, one per
+/// thread, see the same events: rule `r`'s key `k` belongs to the engine
+/// whose `index` is `hash(k) % count`, a rule in an alert chain to the one
+/// of its chain group (so a rule sees every alert it names). Every
+/// engine sees every event, so clocks, timers and derived sessions move
+/// alike, and together they raise exactly the alerts of one engine
+/// holding all keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// One engine holding every key.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// The `count` shares.
+    pub fn all(count: u32) -> impl Iterator<Item = Shard> {
+        let count = count.max(1);
+        (0..count).map(move |index| Shard { index, count })
+    }
+
+    /// Whether this share holds `key` (of a rule outside any chain).
+    pub fn holds_key(self, key: &str) -> bool {
+        self.count <= 1
+            || shard_hash(key.as_bytes()) % u64::from(self.count) == u64::from(self.index)
+    }
+
+    /// Whether this share holds the rules of chain group `group`.
+    fn holds_group(self, group: usize) -> bool {
+        self.count <= 1 || group % self.count as usize == self.index as usize
+    }
+
+    /// The first share: it reports what every share counts alike (late
+    /// events, derived-session evictions).
+    fn first(self) -> bool {
+        self.index == 0
+    }
+}
+
+/// FNV-1a (64 bits) of a key: stable across builds and platforms, so a
+/// key's share never depends on the binary.
+fn shard_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// The state of a rule that is not in the rule set any more, kept until
 /// `until` (engine time) in case it comes back.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -123,6 +172,8 @@ pub struct Engine {
     /// The event being applied, as rules keep it: built the first time a
     /// rule keeps it, shared by the others.
     trigger: Option<Trigger>,
+    /// The keys this engine holds.
+    shard: Shard,
 }
 
 impl Engine {
@@ -142,6 +193,36 @@ impl Engine {
             value_buf: String::with_capacity(64),
             sessions: sessions::Sessions::default(),
             trigger: None,
+            shard: Shard::WHOLE,
+        }
+    }
+
+    /// This engine holding only `shard`'s keys (see [`Shard`]); its cap of
+    /// keys per rule is its share of `max_keys_per_rule`.
+    pub fn with_shard(mut self, shard: Shard) -> Engine {
+        self.shard = shard;
+        self
+    }
+
+    /// Live keys of rule `i` before the oldest are evicted: this engine's
+    /// share of the cap (all of it for a rule of a chain group, which one
+    /// engine holds whole).
+    fn rule_cap(&self, i: usize) -> usize {
+        let cap = self.config.max_keys_per_rule.max(1);
+        match self.rules.chain_group(i) {
+            Some(_) => cap,
+            None => cap.div_ceil(self.shard.count.max(1) as usize),
+        }
+    }
+
+    /// Whether rule `i`'s key in `key_buf` is this engine's.
+    fn holds(&self, i: usize) -> bool {
+        if self.shard.count <= 1 {
+            return true;
+        }
+        match self.rules.chain_group(i) {
+            Some(group) => self.shard.holds_group(group),
+            None => self.shard.holds_key(&self.key_buf),
         }
     }
 
@@ -155,7 +236,10 @@ impl Engine {
             idle_ms,
             self.config.max_keys_per_rule,
         );
-        self.evicted += evicted as u64;
+        // Every share derives every session: the first one counts.
+        if self.shard.first() {
+            self.evicted += evicted as u64;
+        }
         derived
     }
 
@@ -246,7 +330,8 @@ impl Engine {
                 ev.ts
             }
         };
-        if ev.ts < clock {
+        // Every share sees every event: the first one counts.
+        if ev.ts < clock && self.shard.first() {
             self.late += 1;
         }
         let rules = Arc::clone(&self.rules);
@@ -305,6 +390,9 @@ impl Engine {
             RuleKind::Match { when, group_by } => {
                 if when.matches(ev) {
                     build_key(&mut self.key_buf, ev, group_by, false, scoped);
+                    if !self.holds(i) {
+                        return;
+                    }
                     let key = alert_key(rule, &self.key_buf, &ev.tenant);
                     out.push(detection(rule, &key, ev.ts, 1, What::Match, ev, pos));
                 }
@@ -312,6 +400,9 @@ impl Engine {
             RuleKind::Threshold { when, group_by, .. } => {
                 if when.matches(ev) {
                     build_key(&mut self.key_buf, ev, group_by, false, scoped);
+                    if !self.holds(i) {
+                        return;
+                    }
                     self.make_room(i, ev, pos, out);
                     self.threshold(i, rule, clock, ev, pos, out);
                 }
@@ -394,6 +485,7 @@ impl Engine {
         let is_start = start.matches(ev);
         if !(is_stop || is_start)
             || !build_key(&mut self.key_buf, ev, key, true, rule.tenant_scoped)
+            || !self.holds(i)
         {
             return;
         }
@@ -442,7 +534,8 @@ impl Engine {
             start: a.saturating_add(*after_ms),
             end: a.saturating_add(*within_ms),
         };
-        let is_then = is_then && build_key(&mut self.key_buf, ev, then_key, true, scoped);
+        let is_then =
+            is_then && build_key(&mut self.key_buf, ev, then_key, true, scoped) && self.holds(i);
         if is_then && let RuleState::Sequence(s) = &mut self.states[i] {
             let done = s.complete(&self.key_buf, ev.ts, clock, *after_ms, *within_ms);
             if !done.is_empty() {
@@ -454,7 +547,7 @@ impl Engine {
                 }
             }
         }
-        if is_first && build_key(&mut self.key_buf, ev, first_key, true, scoped) {
+        if is_first && build_key(&mut self.key_buf, ev, first_key, true, scoped) && self.holds(i) {
             let a = ev.ts;
             let waits = clock <= a.saturating_add(*within_ms);
             let completed = match &mut self.states[i] {
@@ -480,7 +573,7 @@ impl Engine {
         }
         if is_then && clock <= ev.ts.saturating_add(lateness) {
             let t = self.kept(ev, pos);
-            let cap = self.config.max_keys_per_rule;
+            let cap = self.rule_cap(i);
             if let RuleState::Sequence(s) = &mut self.states[i] {
                 let evicted = s.keep(&self.key_buf, t, clock, lateness, cap);
                 if evicted > 0 {
@@ -541,6 +634,9 @@ impl Engine {
             return;
         }
         build_key(&mut self.key_buf, ev, group_by, false, rule.tenant_scoped);
+        if !self.holds(i) {
+            return;
+        }
         let value = std::mem::take(&mut self.value_buf);
         let fired = self
             .keyed(i, ev, pos, out, RuleState::distinct)
@@ -586,6 +682,7 @@ impl Engine {
         let is_until = until.as_ref().is_some_and(|u| u.matches(ev));
         if !(is_check || is_define || is_until)
             || !build_key(&mut self.key_buf, ev, key, true, rule.tenant_scoped)
+            || !self.holds(i)
         {
             return;
         }
@@ -613,7 +710,7 @@ impl Engine {
                 }
                 Verdict::NoSet if clock <= ev.ts => {
                     let t = self.kept(ev, pos);
-                    let cap = self.config.max_keys_per_rule;
+                    let cap = self.rule_cap(i);
                     if let RuleState::Membership(s) = &mut self.states[i] {
                         let evicted = s.hold(&self.key_buf, &self.value_buf, t, clock, cap);
                         if evicted > 0 {
@@ -672,7 +769,7 @@ impl Engine {
         pos: Option<&Position>,
         out: &mut Vec<Detection>,
     ) {
-        let cap = self.config.max_keys_per_rule.max(1);
+        let cap = self.rule_cap(i);
         let key = self.key_buf.as_str();
         let state = &mut self.states[i];
         // The length check first: the lookup runs only at the cap.

@@ -397,6 +397,9 @@ pub struct RuleSet {
     by_kind: Vec<Vec<usize>>,
     /// Per rule, the rules that name its alerts (ascending).
     consumers: Vec<Vec<usize>>,
+    /// Per rule in an alert chain, the lowest index of the rules its
+    /// chains connect it with (their group); `None` outside any chain.
+    chain_groups: Vec<Option<usize>>,
     /// Where the set came from (`embedded` or a directory), for messages.
     pub origin: String,
 }
@@ -459,6 +462,7 @@ impl RuleSet {
         let consumers = alert_chains(&rules).map_err(|errors| RuleSetError { errors })?;
         Ok(RuleSet {
             by_kind: prefilter(&rules),
+            chain_groups: chain_groups(&consumers),
             consumers,
             rules,
             origin: origin.to_owned(),
@@ -482,6 +486,13 @@ impl RuleSet {
     /// Whether any rule names another's alerts.
     pub fn has_chains(&self) -> bool {
         self.consumers.iter().any(|c| !c.is_empty())
+    }
+
+    /// The group of rule `i` when alert chains connect it with others:
+    /// the lowest index in the group, the same for all its rules. An engine
+    /// thread holds a group whole (its alerts feed its own rules).
+    pub fn chain_group(&self, i: usize) -> Option<usize> {
+        self.chain_groups.get(i).copied().flatten()
     }
 
     /// The index of the rule with this id.
@@ -516,6 +527,27 @@ fn prefilter(rules: &[Rule]) -> Vec<Vec<usize>> {
         }
     }
     by_kind
+}
+
+/// The groups of rules that alert chains connect (producers with their
+/// consumers, transitively), each named by its lowest index.
+fn chain_groups(consumers: &[Vec<usize>]) -> Vec<Option<usize>> {
+    let mut group: Vec<Option<usize>> = vec![None; consumers.len()];
+    // Merging whole groups at each edge: chains are few and short.
+    for (i, cs) in consumers.iter().enumerate() {
+        for &c in cs {
+            let (a, b) = (group[i].unwrap_or(i), group[c].unwrap_or(c));
+            let low = a.min(b);
+            for g in group.iter_mut() {
+                if matches!(*g, Some(x) if x == a || x == b) {
+                    *g = Some(low);
+                }
+            }
+            group[i] = Some(low);
+            group[c] = Some(low);
+        }
+    }
+    group
 }
 
 /// Checks every `alert = "<rule id>"` names a rule of the set and that no

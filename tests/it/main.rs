@@ -33,6 +33,7 @@ mod siem;
 mod state;
 mod store;
 mod systemd;
+mod threads;
 
 use std::sync::Arc;
 
