@@ -284,7 +284,9 @@ pub fn replay(
         for shard in Shard::all(threads) {
             let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Arc<Chunk>>(CHUNK_QUEUE);
             let (found_tx, found_rx) = std::sync::mpsc::sync_channel::<Found>(FOUND_QUEUE);
-            let rules = Arc::clone(&rules);
+            // A copy per thread: the engine takes a reference to its rules
+            // per event, which threads would contend on if they shared one.
+            let rules = Arc::new(RuleSet::clone(&rules));
             let engine = std::thread::Builder::new()
                 .name(format!("replay-engine-{}", shard.index))
                 .spawn_scoped(scope, move || {
@@ -345,6 +347,16 @@ enum Origin {
 }
 
 impl Origin {
+    /// A copy of its own for one engine thread: positions are made per
+    /// record, and a path shared between threads would have them contend
+    /// on one reference count.
+    fn local(&self) -> Origin {
+        match self {
+            Origin::Stdin => Origin::Stdin,
+            Origin::File(path) => Origin::File(Arc::from(&**path)),
+        }
+    }
+
     fn at(&self, line: u64) -> Position {
         match self {
             Origin::Stdin => Position::Stdin { line },
@@ -598,6 +610,7 @@ struct Run<'o> {
 
 impl Run<'_> {
     fn chunk(&mut self, chunk: &Chunk) {
+        let origin = chunk.origin.local();
         for (i, span) in chunk.records.iter().enumerate() {
             let (line, record) = match *span {
                 Span::Bytes { line, start, end } => (
@@ -606,7 +619,7 @@ impl Run<'_> {
                 ),
                 Span::TooLarge { line, len } => (line, Record::TooLarge(len)),
             };
-            let pos = chunk.origin.at(line);
+            let pos = origin.at(line);
             let Run {
                 replayer,
                 opts,
