@@ -4,6 +4,7 @@
 //! lateness, and the run ends by firing what is due at that final clock.
 //! Memory is bounded by the engine's state, never by the input size.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -214,6 +215,17 @@ impl Replayer {
         self.engine.on_event(ev, pos, out);
     }
 
+    /// The engine and the clock that drives it.
+    fn engine_and_clock(&mut self) -> (&mut Engine, impl FnMut(i64) -> i64 + '_) {
+        let Replayer {
+            engine,
+            allowed_lateness_ms,
+            max_ts,
+        } = self;
+        let lateness = *allowed_lateness_ms;
+        (engine, move |ts| Replayer::target(max_ts, lateness, ts))
+    }
+
     /// One framed record through the shared per-record step; `each` hears
     /// every event's outcome (see [`step::apply`]).
     pub fn apply<'r>(
@@ -224,22 +236,8 @@ impl Replayer {
         out: &mut Vec<Detection>,
         each: &mut dyn FnMut(Result<step::Applied, DecodeError>, &Position),
     ) -> Result<(), DecodeError> {
-        let Replayer {
-            engine,
-            allowed_lateness_ms,
-            max_ts,
-        } = self;
-        let lateness = *allowed_lateness_ms;
-        step::apply(
-            record,
-            decoder,
-            None,
-            |ts| Replayer::target(max_ts, lateness, ts),
-            engine,
-            pos,
-            out,
-            each,
-        )
+        let (engine, clock) = self.engine_and_clock();
+        step::apply(record, decoder, None, clock, engine, pos, out, each)
     }
 
     /// Fires what is due at the final clock; timers due later stay pending.
@@ -250,20 +248,21 @@ impl Replayer {
     }
 }
 
-/// Records read before they are handed to the engine threads at once (or
-/// this many bytes of them), and the chunks each thread may have queued:
-/// reading runs beside the engines, in bounded memory.
+/// Records read and decoded before they are handed to the engine threads
+/// at once (or this many bytes of them), and the chunks each thread may
+/// have queued: reading and decoding run beside the engines, in bounded
+/// memory.
 const CHUNK_RECORDS: usize = 4096;
 const CHUNK_BYTES: usize = 1 << 20;
 const CHUNK_QUEUE: usize = 4;
 /// Chunks of detections each engine thread may have queued for the writer.
 const FOUND_QUEUE: usize = 8;
 
-/// Runs a replay; alerts go to `out` as JSON lines. The input is read on
-/// the calling thread and handed in chunks to `opts.threads` engine
-/// threads, each holding its share of the keys (see [`Shard`]); their
-/// detections are merged in input order and rendered and written on a
-/// thread of their own. With one engine thread the alerts come in the
+/// Runs a replay; alerts go to `out` as JSON lines. The input is read and
+/// decoded on the calling thread and handed in chunks to `opts.threads`
+/// engine threads, each holding its share of the keys (see [`Shard`]);
+/// their detections are merged in input order and rendered and written on
+/// a thread of their own. With one engine thread the alerts come in the
 /// order the engine raised them; with more, the alerts of one record come
 /// engine thread by engine thread (the same alerts, ids included). I/O
 /// errors on inputs or on `out` end the replay with an error; bad records
@@ -277,12 +276,12 @@ pub fn replay(
     let started = Instant::now();
     let threads = u32::try_from(opts.threads.max(1))
         .map_err(|_| io::Error::other("too many engine threads"))?;
-    let (read, tallies, written) = std::thread::scope(|scope| {
+    let (read, held, written) = std::thread::scope(|scope| {
         let mut chunks = Vec::new();
         let mut found = Vec::new();
         let mut engines = Vec::new();
         for shard in Shard::all(threads) {
-            let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Arc<Chunk>>(CHUNK_QUEUE);
+            let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Arc<Decoded>>(CHUNK_QUEUE);
             let (found_tx, found_rx) = std::sync::mpsc::sync_channel::<Found>(FOUND_QUEUE);
             // A copy per thread: the engine takes a reference to its rules
             // per event, which threads would contend on if they shared one.
@@ -303,7 +302,7 @@ pub fn replay(
         // The engines end once they have applied everything handed on, the
         // writer once it has written what they found.
         drop(chunks);
-        let tallies: Vec<io::Result<Summary>> = engines
+        let held: Vec<io::Result<Held>> = engines
             .into_iter()
             .map(|e| {
                 e.join()
@@ -313,24 +312,22 @@ pub fn replay(
         let written = writer
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the alert writer failed")));
-        io::Result::Ok((read, tallies, written))
+        io::Result::Ok((read, held, written))
     })?;
     // The writer's error first: the engines stop when it does, and reading
     // when they do.
     let (alerts, alerts_by_rule) = written?;
-    read?;
-    let mut summary = Summary::default();
-    for (i, tally) in tallies.into_iter().enumerate() {
-        let tally = tally?;
+    let mut summary = read?;
+    for (i, held) in held.into_iter().enumerate() {
+        let held = held?;
+        summary.late += held.late;
+        summary.evicted_keys += held.evicted_keys;
         if i == 0 {
-            summary = tally;
-            continue;
-        }
-        // The first engine counted what every engine sees alike (records,
-        // events, rejections, late events); the others add their keys.
-        summary.evicted_keys += tally.evicted_keys;
-        for ((_, n), (_, more)) in summary.live_keys.iter_mut().zip(tally.live_keys) {
-            *n += more;
+            summary.live_keys = held.live_keys;
+        } else {
+            for ((_, n), (_, more)) in summary.live_keys.iter_mut().zip(held.live_keys) {
+                *n += more;
+            }
         }
     }
     summary.alerts = alerts;
@@ -348,7 +345,7 @@ enum Origin {
 
 impl Origin {
     /// A copy of its own for one engine thread: positions are made per
-    /// record, and a path shared between threads would have them contend
+    /// event, and a path shared between threads would have them contend
     /// on one reference count.
     fn local(&self) -> Origin {
         match self {
@@ -375,8 +372,7 @@ enum Span {
     TooLarge { line: u64, len: usize },
 }
 
-/// Records of one input, read and framed once, handed to every engine
-/// thread.
+/// Records of one input, read and framed once.
 #[derive(Debug)]
 struct Chunk {
     origin: Origin,
@@ -398,6 +394,31 @@ impl Chunk {
     }
 }
 
+/// An event of a chunk, as every engine thread applies it.
+#[derive(Debug)]
+struct Item<'a> {
+    /// The index of its record in the chunk (orders the alerts).
+    record: u32,
+    line: u64,
+    /// 0, or n for the n-th event of a fanned-out record.
+    part: u32,
+    event: Event<'a>,
+}
+
+type Items<'a> = Vec<Item<'a>>;
+
+self_cell::self_cell!(
+    /// A chunk and the events decoded from it, which borrow its bytes:
+    /// decoded once, on the reading thread, and shared by every engine
+    /// thread.
+    struct Decoded {
+        owner: Chunk,
+        #[covariant]
+        dependent: Items,
+    }
+    impl {Debug}
+);
+
 /// An engine thread's detections of one chunk, each with the index of the
 /// record that raised it (`u32::MAX`: due at the end of the input).
 #[derive(Debug, Default)]
@@ -406,16 +427,31 @@ struct Found {
     at: Vec<u32>,
 }
 
-/// Reads and frames every input, handing each chunk to every engine
-/// thread.
+/// What an engine thread holds at the end.
+#[derive(Debug)]
+struct Held {
+    late: u64,
+    evicted_keys: u64,
+    live_keys: Vec<(String, usize)>,
+}
+
+/// Reads, frames and decodes every input, handing each chunk to every
+/// engine thread; the summary counts records, events and rejections.
 fn read_all(
     inputs: &[Input],
     opts: &ReplayOptions,
-    engines: &[SyncSender<Arc<Chunk>>],
-) -> io::Result<()> {
+    engines: &[SyncSender<Arc<Decoded>>],
+) -> io::Result<Summary> {
+    let mut counts = Counts::default();
     for input in inputs {
         match input {
-            Input::Stdin => read_input(io::stdin().lock(), Origin::Stdin, opts, engines)?,
+            Input::Stdin => read_input(
+                io::stdin().lock(),
+                Origin::Stdin,
+                opts,
+                &mut counts,
+                engines,
+            )?,
             Input::File(path) => {
                 let file = std::fs::File::open(path).map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
@@ -425,25 +461,29 @@ fn read_all(
                     BufReader::with_capacity(256 * 1024, file),
                     origin,
                     opts,
+                    &mut counts,
                     engines,
                 )?;
             }
         }
     }
-    Ok(())
+    Ok(counts.into_summary())
 }
 
 fn read_input<R: BufRead>(
     reader: R,
     origin: Origin,
     opts: &ReplayOptions,
-    engines: &[SyncSender<Arc<Chunk>>],
+    counts: &mut Counts,
+    engines: &[SyncSender<Arc<Decoded>>],
 ) -> io::Result<()> {
-    let hand_on = |chunk: Chunk| -> io::Result<()> {
-        let chunk = Arc::new(chunk);
+    let mut hand_on = |chunk: Chunk| -> io::Result<()> {
+        let decoded = Arc::new(Decoded::new(chunk, |chunk| {
+            counts.decode(chunk, &opts.decoder)
+        }));
         for engine in engines {
             engine
-                .send(Arc::clone(&chunk))
+                .send(Arc::clone(&decoded))
                 .map_err(|_| io::Error::other("an engine thread stopped"))?;
         }
         Ok(())
@@ -474,53 +514,73 @@ fn read_input<R: BufRead>(
     Ok(())
 }
 
-/// One engine thread: applies every chunk to its share of the keys and
-/// hands what it found to the writer, then fires what is due at the final
-/// clock. Its summary counts records, events and rejections on the first
-/// engine only (every engine sees them all), and its own keys.
+/// One engine thread: applies every chunk's events to its share of the
+/// keys and hands what it found to the writer, then fires what is due at
+/// the final clock.
 fn run_shard(
     shard: Shard,
     rules: Arc<RuleSet>,
     opts: &ReplayOptions,
-    chunks: &Receiver<Arc<Chunk>>,
+    chunks: &Receiver<Arc<Decoded>>,
     found: &SyncSender<Found>,
-) -> io::Result<Summary> {
+) -> io::Result<Held> {
     let config = EngineConfig {
         lateness_ms: opts.allowed_lateness_ms,
         ..opts.engine
     };
-    let mut run = Run {
-        replayer: Replayer::new(
-            Engine::new(rules, config).with_shard(shard),
-            opts.allowed_lateness_ms,
-        ),
-        opts,
-        counts: (shard.index == 0).then(Counts::default),
-        found: Found::default(),
-    };
-    let hand_on = |run: &mut Run| {
+    let mut replayer = Replayer::new(
+        Engine::new(rules, config).with_shard(shard),
+        opts.allowed_lateness_ms,
+    );
+    let hand_on = |f: Found| {
         found
-            .send(std::mem::take(&mut run.found))
+            .send(f)
             .map_err(|_| io::Error::other("the alert writer stopped"))
     };
     for chunk in chunks {
-        run.chunk(&chunk);
-        hand_on(&mut run)?;
+        hand_on(replayer.chunk(&chunk, &opts.decoder))?;
     }
     // Fire what is due at the final clock (DESIGN §3); later timers stay.
-    run.replayer.finish(&mut run.found.alerts);
-    run.found.at.resize(run.found.alerts.len(), u32::MAX);
-    hand_on(&mut run)?;
-    let engine = run.replayer.engine();
-    let mut summary = run.counts.map(Counts::into_summary).unwrap_or_default();
-    summary.late = engine.late_events();
-    summary.evicted_keys = engine.evicted_keys();
-    summary.live_keys = engine
-        .live_keys()
-        .into_iter()
-        .map(|(id, n)| (id.to_string(), n))
-        .collect();
-    Ok(summary)
+    let mut last = Found::default();
+    replayer.finish(&mut last.alerts);
+    last.at.resize(last.alerts.len(), u32::MAX);
+    hand_on(last)?;
+    let engine = replayer.engine();
+    Ok(Held {
+        late: engine.late_events(),
+        evicted_keys: engine.evicted_keys(),
+        live_keys: engine
+            .live_keys()
+            .into_iter()
+            .map(|(id, n)| (id.to_string(), n))
+            .collect(),
+    })
+}
+
+impl Replayer {
+    /// Applies a chunk's events; returns the alerts they raised.
+    fn chunk(&mut self, chunk: &Decoded, decoder: &Decoder) -> Found {
+        let origin = chunk.borrow_owner().origin.local();
+        let mut found = Found::default();
+        let (engine, mut clock) = self.engine_and_clock();
+        for item in chunk.borrow_dependent() {
+            let at = origin.at(item.line);
+            let pos = match item.part {
+                0 => at,
+                n => at.part(n),
+            };
+            step::one(
+                Cow::Borrowed(&item.event),
+                decoder,
+                &mut clock,
+                engine,
+                &pos,
+                &mut found.alerts,
+            );
+            found.at.resize(found.alerts.len(), item.record);
+        }
+        found
+    }
 }
 
 /// Renders the detections the engine threads found, chunk by chunk in
@@ -561,7 +621,7 @@ fn write_alerts(
     Ok((n, by_rule))
 }
 
-/// What the first engine thread counts for the summary.
+/// What the reading thread counts for the summary.
 #[derive(Debug)]
 struct Counts {
     summary: Summary,
@@ -598,19 +658,19 @@ impl Counts {
         self.log.reject(err.reason(), at, err);
         self.summary.reject(err, at);
     }
-}
 
-struct Run<'o> {
-    replayer: Replayer,
-    opts: &'o ReplayOptions,
-    /// On the first engine thread only.
-    counts: Option<Counts>,
-    found: Found,
-}
+    fn event(&mut self, ev: &Event<'_>) {
+        self.summary.events += 1;
+        match ev.kind {
+            EventKind::Other => *self.other.entry(ev.event.to_string()).or_insert(0) += 1,
+            kind => self.kinds[step::kind_index(kind)] += 1,
+        }
+    }
 
-impl Run<'_> {
-    fn chunk(&mut self, chunk: &Chunk) {
-        let origin = chunk.origin.local();
+    /// Decodes a chunk's records (the first step of [`step::apply`]),
+    /// counting them, their events and their rejections.
+    fn decode<'c>(&mut self, chunk: &'c Chunk, decoder: &Decoder) -> Items<'c> {
+        let mut items = Vec::with_capacity(chunk.records.len());
         for (i, span) in chunk.records.iter().enumerate() {
             let (line, record) = match *span {
                 Span::Bytes { line, start, end } => (
@@ -619,42 +679,31 @@ impl Run<'_> {
                 ),
                 Span::TooLarge { line, len } => (line, Record::TooLarge(len)),
             };
-            let pos = origin.at(line);
-            let Run {
-                replayer,
-                opts,
-                counts,
-                found,
-            } = self;
-            if let Some(c) = counts.as_mut() {
-                c.summary.records += 1;
-            }
-            let applied = replayer.apply(
-                record,
-                &opts.decoder,
-                &pos,
-                &mut found.alerts,
-                &mut |outcome, at| {
-                    let Some(c) = counts.as_mut() else { return };
-                    match outcome {
-                        Ok(applied) => {
-                            c.summary.events += 1;
-                            match applied.other {
-                                None => c.kinds[step::kind_index(applied.kind)] += 1,
-                                Some(name) => *c.other.entry(name).or_insert(0) += 1,
-                            }
+            self.summary.records += 1;
+            let mut push = |counts: &mut Counts, part: u32, event: Event<'c>| {
+                counts.event(&event);
+                items.push(Item {
+                    record: i as u32,
+                    line,
+                    part,
+                    event,
+                });
+            };
+            match step::decode(record, decoder) {
+                Ok(crate::decode::Decoded::One(event)) => push(self, 0, event),
+                Ok(crate::decode::Decoded::Many(events)) => {
+                    for ev in events {
+                        match ev {
+                            Ok(event) => push(self, event.part, event),
+                            // A fanned-out record's bad event, at the record.
+                            Err(err) => self.reject(&err, &chunk.origin.at(line)),
                         }
-                        Err(err) => c.reject(&err, at),
                     }
-                },
-            );
-            found.at.resize(found.alerts.len(), i as u32);
-            let Some(c) = counts.as_mut() else { continue };
-            match applied {
-                Ok(()) => {}
-                Err(DecodeError::Unmapped(_)) => c.summary.unmapped += 1,
-                Err(err) => c.reject(&err, &pos),
+                }
+                Err(DecodeError::Unmapped(_)) => self.summary.unmapped += 1,
+                Err(err) => self.reject(&err, &chunk.origin.at(line)),
             }
         }
+        items
     }
 }

@@ -320,7 +320,7 @@ pub struct Kept<'a> {
     text: &'a str,
     /// The decoder's parser (which drops secret-looking fields).
     parse: fn(&str) -> Vec<(String, serde_json::Value)>,
-    parsed: std::cell::OnceCell<Vec<(String, serde_json::Value)>>,
+    parsed: std::sync::OnceLock<Vec<(String, serde_json::Value)>>,
 }
 
 impl<'a> Kept<'a> {
@@ -328,13 +328,13 @@ impl<'a> Kept<'a> {
         Kept {
             text,
             parse,
-            parsed: std::cell::OnceCell::new(),
+            parsed: std::sync::OnceLock::new(),
         }
     }
 
     /// Already parsed fields (for records that are not one JSON text).
     pub fn parsed(fields: Vec<(String, serde_json::Value)>) -> Kept<'a> {
-        let cell = std::cell::OnceCell::new();
+        let cell = std::sync::OnceLock::new();
         let _ = cell.set(fields);
         Kept {
             text: "",

@@ -6,6 +6,8 @@
 //! `replay`"). Counting and logging rejections stay with the caller, which
 //! knows where the record came from.
 
+use std::borrow::Cow;
+
 use crate::alert::Detection;
 use crate::decode::{DecodeError, Decoded, Decoder};
 use crate::engine::Engine;
@@ -82,27 +84,19 @@ pub fn apply<'r>(
     alerts: &mut Vec<Detection>,
     each: &mut dyn FnMut(Result<Applied, DecodeError>, &Position),
 ) -> Result<(), DecodeError> {
-    let bytes = match record {
-        Record::Bytes(bytes) => bytes,
-        Record::TooLarge(len) => {
-            return Err(DecodeError::TooLarge {
-                len,
-                max: decoder.max_record_bytes,
-            });
+    match decode(record, decoder)? {
+        Decoded::One(ev) => {
+            let outcome = in_bound(&ev, future)
+                .map(|()| one(Cow::Owned(ev), decoder, &mut clock, engine, pos, alerts));
+            each(outcome, pos);
         }
-        Record::Truncated(len) => return Err(DecodeError::Truncated { len }),
-        Record::BadFraming => return Err(DecodeError::BadFraming),
-    };
-    match decoder.decode_record(bytes)? {
-        Decoded::One(ev) => each(
-            one(ev, decoder, future, &mut clock, engine, pos, alerts),
-            pos,
-        ),
         Decoded::Many(events) => {
             for ev in events {
                 let at = pos.part(ev.as_ref().map_or(0, |e| e.part));
-                let outcome =
-                    ev.and_then(|ev| one(ev, decoder, future, &mut clock, engine, &at, alerts));
+                let outcome = ev.and_then(|ev| {
+                    in_bound(&ev, future)
+                        .map(|()| one(Cow::Owned(ev), decoder, &mut clock, engine, &at, alerts))
+                });
                 each(outcome, &at);
             }
         }
@@ -110,29 +104,48 @@ pub fn apply<'r>(
     Ok(())
 }
 
-/// One decoded event through the future bound, the clock, session
-/// derivation and the engine.
-fn one(
-    mut ev: Event<'_>,
+/// A framed record's events (the first step of [`apply`]); `Err` is a
+/// record that yields none: rejected, or `Unmapped`.
+pub fn decode<'r>(record: Record<'r>, decoder: &Decoder) -> Result<Decoded<'r>, DecodeError> {
+    match record {
+        Record::Bytes(bytes) => decoder.decode_record(bytes),
+        Record::TooLarge(len) => Err(DecodeError::TooLarge {
+            len,
+            max: decoder.max_record_bytes,
+        }),
+        Record::Truncated(len) => Err(DecodeError::Truncated { len }),
+        Record::BadFraming => Err(DecodeError::BadFraming),
+    }
+}
+
+/// An event dated after the future bound is rejected.
+fn in_bound(ev: &Event<'_>, future: Option<FutureBound>) -> Result<(), DecodeError> {
+    match future {
+        Some(f) if ev.ts > f.max_ts => Err(DecodeError::FutureTimestamp {
+            max_skew_ms: f.max_skew_ms,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// One decoded event through the clock, session derivation and the
+/// engine (the last step of [`apply`], after the future bound). A borrowed
+/// event is copied only when the source derives sessions (which may give
+/// it one).
+pub fn one(
+    ev: Cow<'_, Event<'_>>,
     decoder: &Decoder,
-    future: Option<FutureBound>,
     clock: &mut impl FnMut(i64) -> i64,
     engine: &mut Engine,
     pos: &Position,
     alerts: &mut Vec<Detection>,
-) -> Result<Applied, DecodeError> {
-    if let Some(f) = future
-        && ev.ts > f.max_ts
-    {
-        return Err(DecodeError::FutureTimestamp {
-            max_skew_ms: f.max_skew_ms,
-        });
-    }
+) -> Applied {
     let target = clock(ev.ts);
     engine.advance_to(target, alerts);
     let before = alerts.len();
+    let mut ev = ev;
     let derived = match decoder.derive_sessions_ms {
-        Some(idle_ms) => engine.derive_session(&mut ev, idle_ms),
+        Some(idle_ms) => engine.derive_session(ev.to_mut(), idle_ms),
         None => false,
     };
     // A derived session's boundaries shape the derivation only: rules see
@@ -141,7 +154,7 @@ fn one(
     if !(derived && boundary) {
         engine.on_event(&ev, Some(pos), alerts);
     }
-    Ok(Applied {
+    Applied {
         kind: ev.kind,
         other: (ev.kind == EventKind::Other).then(|| ev.event.to_string()),
         raised: alerts.len() - before,
@@ -156,8 +169,9 @@ fn one(
                 .map(str::to_owned),
             session_id: ev.session_id.as_deref().map(str::to_owned),
         }),
-    })
+    }
 }
+
 /// The index of an event kind in [`EventKind::KNOWN`] (`KNOWN.len()` for
 /// any other), for per-kind counters kept in arrays.
 pub fn kind_index(kind: EventKind) -> usize {
