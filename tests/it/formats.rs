@@ -297,6 +297,16 @@ fn cloudflare_portal_and_access_logs() {
         (EventKind::AuthFailure, Some("access_denied"))
     );
     assert_eq!(s(&ev.source_ip), Some("198.51.100.7"));
+    // A Logpush job lists the fields it writes (`field_names`): one
+    // without the portal and server ids is read too, named or detected.
+    let lean = r#"{"Datetime":1795857619000000000,"Method":"tools/call","ToolCallName":"delete_project","Success":false,"Error":"tool not available in this portal","UserID":"u-1","ClientIP":"198.51.100.7"}"#;
+    for d in [&d, &decoder("auto")] {
+        let ev = one(d, lean);
+        assert_eq!(
+            (ev.kind, s(&ev.tool), s(&ev.agent_id)),
+            (EventKind::ToolDenied, Some("delete_project"), Some("u-1"))
+        );
+    }
 }
 
 #[test]
