@@ -163,6 +163,19 @@ fn agentgateway_request_log() {
         (ev.kind, s(&ev.reason)),
         (EventKind::ToolDenied, Some("guardrail"))
     );
+    // A denial whose record lacks `gen_ai.tool.name` is still a denial (not
+    // the tools/call it answered), of the tool the error names.
+    let bare = lines[3].replace(r#""gen_ai.tool.name":"delete_repository","#, "");
+    assert_ne!(bare, lines[3]);
+    let ev = one(&d, &bare);
+    assert_eq!(
+        (ev.kind, s(&ev.tool), s(&ev.reason)),
+        (
+            EventKind::ToolDenied,
+            Some("github_delete_repository"),
+            Some("policy_denied")
+        )
+    );
 }
 
 #[test]
