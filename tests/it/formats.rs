@@ -431,6 +431,20 @@ fn ecs_events() {
         (ev.kind, s(&ev.reason)),
         (EventKind::AuthFailure, Some("expired_token"))
     );
+    // Pipelines often leave `event.kind` out; with flat dotted keys too,
+    // named or detected.
+    let lean = r#"{"@timestamp":"2026-11-28T09:40:17.000Z","event.action":"tools/call","event.type":["denied"],"gen_ai.agent.id":"agent-build-7","gen_ai.tool.name":"drop_table"}"#;
+    for d in [&d, &decoder("auto")] {
+        let ev = one(d, lean);
+        assert_eq!(
+            (ev.kind, s(&ev.tool), s(&ev.agent_id)),
+            (
+                EventKind::ToolDenied,
+                Some("drop_table"),
+                Some("agent-build-7")
+            )
+        );
+    }
 }
 
 #[test]
