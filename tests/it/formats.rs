@@ -288,6 +288,22 @@ fn kong_fans_out_calls_and_acl_decisions() {
         .map(|e| (e.as_ref().unwrap().part, s(&e.as_ref().unwrap().tool)))
         .collect();
     assert_eq!(tools, [(1, Some("delete-pet")), (2, Some("drop-db"))]);
+    // A call whose record has no `consumer` object: the ACL decision's
+    // consumer id is the caller, its name (a group) never is.
+    let bare = lines[1].replace(
+        r#""consumer":{"id":"5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d","username":"alice"},"#,
+        "",
+    );
+    assert_ne!(bare, lines[1]);
+    let evs = events(&d, &bare).unwrap();
+    let invoke = evs
+        .iter()
+        .flatten()
+        .find(|e| e.kind == EventKind::ToolInvoke);
+    assert_eq!(
+        invoke.map(|e| s(&e.agent_id)),
+        Some(Some("5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d"))
+    );
 }
 
 #[test]
