@@ -390,6 +390,15 @@ fn contextforge_and_couchbase() {
     assert!(ev.unclaimed, "`unknown` is no identity");
     assert_eq!(s(&ev.reason), Some("Token validation failed"));
     assert_eq!(s(&ev.source_ip), Some("203.0.113.61"));
+    // The whole detail, colons included.
+    let detail = lines[0].replace(
+        "Token validation failed",
+        "Token validation failed: signature expired",
+    );
+    assert_eq!(
+        s(&one(&d, &detail).reason),
+        Some("Token validation failed: signature expired")
+    );
     let ev = one(&d, &lines[1]);
     assert_eq!(
         (ev.kind, s(&ev.agent_id)),
