@@ -241,10 +241,10 @@ impl Engine {
         }
     }
 
-    /// Gives an event without a session id its agent's derived session
-    /// (DESIGN §2b), `idle_ms` being the source's idle time; says whether
-    /// it did. Call before [`on_event`](Self::on_event).
-    pub fn derive_session(&mut self, ev: &mut Event<'_>, idle_ms: i64) -> bool {
+    /// The derived session (DESIGN §2b) of an event without a session id,
+    /// `idle_ms` being the source's idle time; `None` when it gets none.
+    /// Give it the event before [`on_event`](Self::on_event).
+    pub fn derive_session(&mut self, ev: &Event<'_>, idle_ms: i64) -> Option<String> {
         let (derived, evicted) = self.sessions.assign(
             &mut self.key_buf,
             ev,

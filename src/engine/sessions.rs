@@ -6,8 +6,6 @@
 //! the same input derives the same ids. Part of the engine's state: saved
 //! in its snapshot, bounded by the key cap, swept once idle.
 
-use std::borrow::Cow;
-
 use serde::{Deserialize, Serialize};
 
 use super::KEY_SEP;
@@ -38,22 +36,22 @@ impl Sessions {
         self.current.len()
     }
 
-    /// Gives `ev` the derived session of its agent when it has no session
-    /// id; says whether it did. Auth failures that claim no identity get
-    /// none. At `cap` sessions, the longest idle are dropped first
-    /// (returned as the number evicted).
+    /// The derived session of `ev`'s agent when `ev` has no session id
+    /// (`None`: it has one, or claims no identity, and gets none). At `cap`
+    /// sessions, the longest idle are dropped first (returned as the
+    /// number evicted).
     pub fn assign(
         &mut self,
         key: &mut String,
-        ev: &mut Event<'_>,
+        ev: &Event<'_>,
         idle_ms: i64,
         cap: usize,
-    ) -> (bool, usize) {
+    ) -> (Option<String>, usize) {
         if ev.session_id.as_deref().is_some_and(|s| !s.is_empty()) || ev.unclaimed {
-            return (false, 0);
+            return (None, 0);
         }
         let Some(agent) = ev.agent_id.as_deref().filter(|a| !a.is_empty()) else {
-            return (false, 0);
+            return (None, 0);
         };
         key.clear();
         key.push_str(&ev.tenant);
@@ -96,8 +94,7 @@ impl Sessions {
         if ev.kind == EventKind::SessionEnd {
             self.current.remove(key.as_str());
         }
-        ev.session_id = Some(Cow::Owned(id));
-        (true, evicted)
+        (Some(id), evicted)
     }
 
     /// Drains the sessions changed since the last save into `t`.

@@ -130,8 +130,7 @@ fn in_bound(ev: &Event<'_>, future: Option<FutureBound>) -> Result<(), DecodeErr
 
 /// One decoded event through the clock, session derivation and the
 /// engine (the last step of [`apply`], after the future bound). A borrowed
-/// event is copied only when the source derives sessions (which may give
-/// it one).
+/// event is copied only when it is given a derived session.
 pub fn one(
     ev: Cow<'_, Event<'_>>,
     decoder: &Decoder,
@@ -144,8 +143,15 @@ pub fn one(
     engine.advance_to(target, alerts);
     let before = alerts.len();
     let mut ev = ev;
-    let derived = match decoder.derive_sessions_ms {
-        Some(idle_ms) => engine.derive_session(ev.to_mut(), idle_ms),
+    // A borrowed event is copied only when it is given a session.
+    let derived = match decoder
+        .derive_sessions_ms
+        .and_then(|idle_ms| engine.derive_session(&ev, idle_ms))
+    {
+        Some(id) => {
+            ev.to_mut().session_id = Some(Cow::Owned(id));
+            true
+        }
         None => false,
     };
     // A derived session's boundaries shape the derivation only: rules see
