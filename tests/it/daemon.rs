@@ -6,7 +6,6 @@
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mcp_alertd::config::Config;
 use mcp_alertd::engine::RuleSet;
@@ -15,8 +14,8 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::{
-    SOURCES, metric, metric_opt, replay_ids, scenario, scrape, scrape_blocking, send_tcp, send_udp,
-    start, wait_for,
+    SOURCES, metric, metric_opt, replay_ids, scenario, scrape_blocking, send_tcp, send_udp, start,
+    wait_for, wait_for_metric,
 };
 
 const EXPECTED_ALERTS: usize = 8; // 1 burst + 6 denials + 1 incident
@@ -37,20 +36,12 @@ async fn udp_datagrams_in_both_syslog_formats_give_the_replay_alerts() {
         sock.send_to(msg.as_bytes(), addr).await.unwrap();
         // One datagram at a time: UDP has no backpressure, and this test
         // is about decoding, not loss (see the load tool for that).
-        let want = i as f64 + 1.0;
-        let m = daemon.metrics_addr().unwrap();
-        let mut seen = 0.0;
-        for _ in 0..500 {
-            seen = metric(
-                &scrape(m).await,
-                "mcp_alertd_records_received_total{source=\"udp\"}",
-            );
-            if seen >= want {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(seen >= want);
+        wait_for_metric(
+            daemon.metrics_addr().unwrap(),
+            "mcp_alertd_records_received_total{source=\"udp\"}",
+            i as f64 + 1.0,
+        )
+        .await;
     }
     wait_for("udp alerts", || out.alerts().len() >= EXPECTED_ALERTS).await;
     daemon.shutdown().await.unwrap();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Proc, metric, replay_ids, scenario, scrape_blocking};
+use crate::support::{Proc, metric, replay_ids, scenario, scrape_blocking, wait_until};
 
 const CONFIG: &str = r#"
 [engine]
@@ -82,16 +82,12 @@ fn util_linux_logger_over_udp_and_tcp_in_every_format_gives_the_replay_alerts() 
                     .filter(|(_, a)| a.contains(&"--udp"))
                     .count() as f64
                     * lines.len() as f64;
-                for _ in 0..500 {
-                    if metric(
+                wait_until("the datagram received", || {
+                    metric(
                         &scrape_blocking(m),
                         "mcp_alertd_records_received_total{source=\"udp\"}",
                     ) >= before + j as f64 + 1.0
-                    {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+                });
             }
         } else {
             logger(args, p.addr(source), &file);

@@ -60,6 +60,17 @@ pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Polls the metrics endpoint at `addr` until `sample` is at least `want`.
+pub async fn wait_for_metric(addr: SocketAddr, sample: &str, want: f64) {
+    for _ in 0..POLLS {
+        if metric(&scrape(addr).await, sample) >= want {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    panic!("timed out waiting for {sample} >= {want}");
+}
+
 /// Polls `cond` until it holds (tests without a runtime).
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..POLLS {
