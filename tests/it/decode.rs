@@ -251,3 +251,107 @@ fn a_key_given_twice_is_a_bad_field() {
             .is_ok()
     );
 }
+
+/// Any JSON value whose floats print and read back exactly.
+fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (any::<i32>(), 0u32..8).prop_map(|(m, e)| Value::from(f64::from(m) / f64::from(1 << e))),
+        "(\\PC|[\"\\\\\\u{0}-\\u{1f}]){0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(6, 48, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map(
+                prop_oneof![
+                    "[a-z._]{1,6}",
+                    Just("token".to_owned()),
+                    Just("x_api_key".to_owned())
+                ],
+                inner,
+                0..6
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// What a record reads as once secret-looking members are dropped (and
+/// integers beyond i64 are floats).
+fn without_secrets(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !mcp_alertd::decode::is_secret_field(k))
+                .map(|(k, v)| (k.clone(), without_secrets(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_secrets).collect()),
+        Value::Number(n) if n.is_u64() && n.as_i64().is_none() => Value::from(n.as_f64().unwrap()),
+        other => other.clone(),
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+    /// The reader formats map from reads every record as serde_json does,
+    /// secrets dropped.
+    #[test]
+    fn mapped_records_read_as_serde_json_reads_them(v in json_value(), pretty: bool) {
+        use mcp_alertd::decode::format::tree::{Need, parse};
+        let record = serde_json::json!({ "v": v, "n": 1 });
+        let text = if pretty {
+            serde_json::to_string_pretty(&record).unwrap()
+        } else {
+            serde_json::to_string(&record).unwrap()
+        };
+        let read = parse(&text, &Need::all()).unwrap();
+        proptest::prop_assert_eq!(read.to_value(), without_secrets(&record));
+        // Nothing read: the record is still checked whole.
+        proptest::prop_assert!(parse(&text, &Need::default()).is_ok());
+    }
+
+    /// A record one edit away from valid JSON is refused exactly when
+    /// serde_json refuses it.
+    #[test]
+    fn broken_records_are_refused_as_serde_json_refuses_them(
+        v in json_value(),
+        at in 0usize..1000,
+        edit in 0u8..3,
+        byte in proptest::sample::select(b"{}[]\",:\\ 0-1.trufalsn\x01".to_vec()),
+    ) {
+        use mcp_alertd::decode::format::tree::{Need, parse};
+        // (No exponent is written or inserted: members skipped unread are
+        // checked for syntax, not for a number's range.)
+        let mut text = serde_json::to_string(&serde_json::json!({ "v": v })).unwrap().into_bytes();
+        let at = at % text.len();
+        match edit {
+            0 => { text.remove(at); }
+            1 => text.insert(at, byte),
+            _ => text[at] = byte,
+        }
+        let Ok(text) = String::from_utf8(text) else { return Ok(()) };
+        if !text.starts_with('{') {
+            return Ok(());
+        }
+        let serde = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v.is_object());
+        match parse(&text, &Need::all()) {
+            Ok(_) => proptest::prop_assert!(serde, "accepted: {text}"),
+            // An edit can make two keys one (serde_json keeps the last).
+            Err(DecodeError::BadField(e)) => proptest::prop_assert!(e.contains("duplicate"), "{e}"),
+            Err(e) => proptest::prop_assert!(!serde, "refused: {text}: {e}"),
+        }
+        // Nothing read: what serde_json reads is not refused (members
+        // skipped unread are checked for syntax, not number range).
+        if serde {
+            proptest::prop_assert!(parse(&text, &Need::default()).is_ok(), "refused: {text}");
+        }
+    }
+}
