@@ -110,6 +110,25 @@ fn toolhive_audit_events() {
         d.decode_record(list.as_bytes()),
         Err(DecodeError::Unmapped(_))
     ));
+    // An authenticated refusal of another request is a custom
+    // `request.denied`; of a prompt or resource (FORMATS §1.9), nothing.
+    let denied =
+        |ty: &str| lines[3].replace(r#""type":"mcp_tool_call""#, &format!(r#""type":"{ty}""#));
+    let other = denied("mcp_request");
+    let ev = one(&d, &other);
+    assert_eq!(
+        (&*ev.event, s(&ev.reason)),
+        ("request.denied", Some("policy_denied"))
+    );
+    for ty in ["mcp_prompt_get", "mcp_resource_read", "mcp_resources_list"] {
+        assert!(
+            matches!(
+                d.decode_record(denied(ty).as_bytes()),
+                Err(DecodeError::Unmapped(_))
+            ),
+            "{ty}"
+        );
+    }
 }
 
 #[test]
