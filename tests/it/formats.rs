@@ -195,6 +195,31 @@ fn agentgateway_request_log() {
             Some("policy_denied")
         )
     );
+    // A tool no target serves ("unknown tool <name>", lower case, no
+    // colon): the agent called a tool it cannot see (FORMATS §7.2), as the
+    // gateway writes it for legacy and for 2026-07-28 clients.
+    for error in [
+        "mcp: failed to send message: invalid request: unknown tool github_drop_db",
+        "mcp: invalid request parameters: unknown tool github_drop_db",
+    ] {
+        let unknown = bare.replace("mcp: Unknown tool: github_delete_repository", error);
+        let ev = one(&d, &unknown);
+        assert_eq!(
+            (ev.kind, s(&ev.tool), s(&ev.reason)),
+            (
+                EventKind::ToolDenied,
+                Some("github_drop_db"),
+                Some("unknown_or_hidden_tool")
+            ),
+            "{error}"
+        );
+    }
+    // Other failures of a call stay invokes (the upstream answered).
+    let failed = lines[3].replace(
+        "mcp: Unknown tool: github_delete_repository",
+        "mcp: upstream closed on receive",
+    );
+    assert_eq!(one(&d, &failed).kind, EventKind::ToolInvoke);
 }
 
 #[test]
