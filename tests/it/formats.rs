@@ -54,6 +54,31 @@ fn s<'a>(v: &'a Option<std::borrow::Cow<'a, str>>) -> Option<&'a str> {
     v.as_deref()
 }
 
+/// The tool and reason of the `tool.denied` a record maps to.
+fn denied(d: &Decoder, line: &str) -> Denial {
+    let ev = one(d, line);
+    assert_eq!(ev.kind, EventKind::ToolDenied, "{line}");
+    Denial {
+        tool: s(&ev.tool).map(str::to_owned),
+        reason: s(&ev.reason).map(str::to_owned),
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Denial {
+    tool: Option<String>,
+    reason: Option<String>,
+}
+
+impl From<(&str, &str)> for Denial {
+    fn from((tool, reason): (&str, &str)) -> Denial {
+        Denial {
+            tool: Some(tool.to_owned()),
+            reason: Some(reason.to_owned()),
+        }
+    }
+}
+
 #[test]
 fn toolhive_audit_events() {
     let d = decoder("toolhive");
@@ -186,14 +211,9 @@ fn agentgateway_request_log() {
     // the tools/call it answered), of the tool the error names.
     let bare = lines[3].replace(r#""gen_ai.tool.name":"delete_repository","#, "");
     assert_ne!(bare, lines[3]);
-    let ev = one(&d, &bare);
     assert_eq!(
-        (ev.kind, s(&ev.tool), s(&ev.reason)),
-        (
-            EventKind::ToolDenied,
-            Some("github_delete_repository"),
-            Some("policy_denied")
-        )
+        denied(&d, &bare),
+        ("github_delete_repository", "policy_denied").into()
     );
     // A tool no target serves ("unknown tool <name>", lower case, no
     // colon): the agent called a tool it cannot see (FORMATS §7.2), as the
@@ -203,15 +223,9 @@ fn agentgateway_request_log() {
         "mcp: invalid request parameters: unknown tool github_drop_db",
     ] {
         let unknown = bare.replace("mcp: Unknown tool: github_delete_repository", error);
-        let ev = one(&d, &unknown);
         assert_eq!(
-            (ev.kind, s(&ev.tool), s(&ev.reason)),
-            (
-                EventKind::ToolDenied,
-                Some("github_drop_db"),
-                Some("unknown_or_hidden_tool")
-            ),
-            "{error}"
+            denied(&d, &unknown),
+            ("github_drop_db", "unknown_or_hidden_tool").into()
         );
     }
     // Other failures of a call stay invokes (the upstream answered).
