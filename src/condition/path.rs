@@ -78,6 +78,8 @@ struct Seg {
     /// The key's byte range in `text` (without a filter).
     start: usize,
     end: usize,
+    /// The key alone: the run of this one segment, the one looked up most.
+    key: Box<str>,
     /// The segment read as an array index, when it is all digits.
     index: Option<usize>,
     /// `[key=value]`: keep only the array elements whose `key` is `value`.
@@ -155,6 +157,7 @@ impl Path {
             segs.push(Seg {
                 start,
                 end: key_end,
+                key: key.into(),
                 index: key
                     .bytes()
                     .all(|b| b.is_ascii_digit())
@@ -178,6 +181,7 @@ impl Path {
             segs: vec![Seg {
                 start: 0,
                 end: text.len(),
+                key: text.into(),
                 index: None,
                 filter: None,
             }],
@@ -221,7 +225,7 @@ impl Path {
     /// [`Path::first`] over a top level looked up by `get`.
     pub fn first_in<'v, N: Node>(&self, get: &dyn Fn(&str) -> Option<&'v N>) -> Option<&'v N> {
         for j in self.literal_runs(0) {
-            let key = &self.text[self.segs[0].start..self.segs[j].end];
+            let key = self.key_run(0, j);
             if let Some(child) = get(key) {
                 return self.first_after(child, j);
             }
@@ -263,7 +267,7 @@ impl Path {
                 .and_then(|c| self.first_after(c, i));
         }
         for j in self.literal_runs(i) {
-            let key = &self.text[self.segs[i].start..self.segs[j].end];
+            let key = self.key_run(i, j);
             if let Some(child) = v.get(key) {
                 return self.first_after(child, j);
             }
@@ -288,6 +292,9 @@ impl Path {
 
     /// The literal key of segments `i..=j` joined by dots.
     pub fn key_run(&self, i: usize, j: usize) -> &str {
+        if i == j {
+            return &self.segs[i].key;
+        }
         &self.text[self.segs[i].start..self.segs[j].end]
     }
 
@@ -331,7 +338,7 @@ impl Path {
                 .is_some_and(|c| self.after(c, i, f));
         }
         for j in self.literal_runs(i) {
-            let key = &self.text[self.segs[i].start..self.segs[j].end];
+            let key = self.key_run(i, j);
             if let Some(child) = v.get(key) {
                 return self.after(child, j, f);
             }
@@ -346,7 +353,7 @@ impl Path {
         f: &mut dyn FnMut(&N) -> bool,
     ) -> bool {
         for j in self.literal_runs(i) {
-            let key = &self.text[self.segs[i].start..self.segs[j].end];
+            let key = self.key_run(i, j);
             if let Some(child) = get(key) {
                 return self.after(child, j, f);
             }

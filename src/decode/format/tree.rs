@@ -272,10 +272,14 @@ impl<'de> Visitor<'de> for Tree<'_> {
         let mut members = Vec::with_capacity(capacity);
         let mut dotted = false;
         while let Some(key) = map.next_key_seed(CowStr)? {
+            // A secret-looking member is never kept (members no path
+            // reads are skipped anyway).
             let below = match self.0 {
-                _ if is_secret_field(&key) => None,
-                None => Some(Tree(None)),
-                Some(need) => need.find(&key).map(Tree::below),
+                None => (!is_secret_field(&key)).then_some(Tree(None)),
+                Some(need) => need
+                    .find(&key)
+                    .filter(|_| !is_secret_field(&key))
+                    .map(Tree::below),
             };
             let Some(below) = below else {
                 map.next_value::<IgnoredAny>()?;
