@@ -143,7 +143,6 @@ pub fn one(
     engine.advance_to(target, alerts);
     let before = alerts.len();
     let mut ev = ev;
-    // A borrowed event is copied only when it is given a session.
     let derived = match decoder
         .derive_sessions_ms
         .and_then(|idle_ms| engine.derive_session(&ev, idle_ms))

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::support::{
     SOURCES, metric, metric_opt, replay_ids, scenario, scrape_blocking, send_tcp, send_udp, start,
-    wait_for, wait_for_metric,
+    wait_for,
 };
 
 const EXPECTED_ALERTS: usize = 8; // 1 burst + 6 denials + 1 incident
@@ -36,11 +36,13 @@ async fn udp_datagrams_in_both_syslog_formats_give_the_replay_alerts() {
         sock.send_to(msg.as_bytes(), addr).await.unwrap();
         // One datagram at a time: UDP has no backpressure, and this test
         // is about decoding, not loss (see the load tool for that).
-        wait_for_metric(
-            daemon.metrics_addr().unwrap(),
-            "mcp_alertd_records_received_total{source=\"udp\"}",
-            i as f64 + 1.0,
-        )
+        let m = daemon.metrics_addr().unwrap();
+        wait_for("the datagram received", || {
+            metric(
+                &scrape_blocking(m),
+                "mcp_alertd_records_received_total{source=\"udp\"}",
+            ) >= i as f64 + 1.0
+        })
         .await;
     }
     wait_for("udp alerts", || out.alerts().len() >= EXPECTED_ALERTS).await;
@@ -124,7 +126,6 @@ async fn oversize_frames_and_garbage_are_rejected_and_counted_and_the_rest_is_re
     daemon.shutdown().await.unwrap();
 }
 
-/// A blocking scrape for use inside synchronous polling closures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_octet_counted_frame_over_the_bound_is_skipped_and_a_bad_header_closes_the_connection() {
     let dir = tempfile::tempdir().unwrap();

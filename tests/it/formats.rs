@@ -137,9 +137,9 @@ fn toolhive_audit_events() {
     ));
     // An authenticated refusal of another request is a custom
     // `request.denied`; of a prompt or resource (FORMATS §1.9), nothing.
-    let denied =
+    let refused =
         |ty: &str| lines[3].replace(r#""type":"mcp_tool_call""#, &format!(r#""type":"{ty}""#));
-    let other = denied("mcp_request");
+    let other = refused("mcp_request");
     let ev = one(&d, &other);
     assert_eq!(
         (&*ev.event, s(&ev.reason)),
@@ -148,7 +148,7 @@ fn toolhive_audit_events() {
     for ty in ["mcp_prompt_get", "mcp_resource_read", "mcp_resources_list"] {
         assert!(
             matches!(
-                d.decode_record(denied(ty).as_bytes()),
+                d.decode_record(refused(ty).as_bytes()),
                 Err(DecodeError::Unmapped(_))
             ),
             "{ty}"

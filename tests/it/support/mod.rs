@@ -60,17 +60,6 @@ pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-/// Polls the metrics endpoint at `addr` until `sample` is at least `want`.
-pub async fn wait_for_metric(addr: SocketAddr, sample: &str, want: f64) {
-    for _ in 0..POLLS {
-        if metric(&scrape(addr).await, sample) >= want {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    panic!("timed out waiting for {sample} >= {want}");
-}
-
 /// Polls `cond` until it holds (tests without a runtime).
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..POLLS {
@@ -194,17 +183,6 @@ pub async fn send_udp(addr: SocketAddr, messages: &[String]) {
     for m in messages {
         sock.send_to(m.as_bytes(), addr).await.unwrap();
     }
-}
-
-pub async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
 }
 
 /// The value of one sample line of a scrape (`name{labels}`); fails the
